@@ -1,0 +1,3 @@
+from ftpwarden.cli import main
+
+raise SystemExit(main())

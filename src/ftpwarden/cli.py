@@ -1,0 +1,210 @@
+"""ftpwarden serve | check-config | tunables | user."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pwd
+import socket
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+
+__all__ = ["main"]
+
+QUICK_PORT = 2121
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ftpwarden", description="A security-first FTP server that reads vsftpd.conf.")
+    p.add_argument("--version", action="version", version=f"ftpwarden {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server (quick mode without --config)")
+    s.add_argument("directory", nargs="?", help="quick mode: directory to serve (default: the current one)")
+    s.add_argument("--config", metavar="FILE", help="a vsftpd.conf-style file")
+    s.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one option, after the file (repeatable)")
+    s.add_argument("--port", type=int, help=f"control port (quick mode default {QUICK_PORT})")
+    s.add_argument("--bind", help="address(es) to listen on, comma separated (quick mode default 127.0.0.1,::1)")
+    s.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
+                   help="quick mode: add a virtual user with write access to the directory")
+    s.add_argument("--write", action="store_true", help="quick mode: let anonymous users upload, make directories, delete")
+    s.add_argument("--workers", type=int, help="worker processes (worker_processes; 0 = one per core)")
+    s.add_argument("-v", "--verbose", action="store_true", help="log sessions to stderr")
+
+    c = sub.add_parser("check-config", help="validate a config file without starting")
+    c.add_argument("file")
+    c.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    t = sub.add_parser("tunables", help="list every option with its default and meaning")
+    t.add_argument("names", nargs="*")
+
+    sub.add_parser("user", help="manage a user_db_file (ftpwarden user --help)", add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "user":
+        from .usercmd import main as user_main
+        return user_main(argv[1:])
+    args = _parser().parse_args(argv)
+    from .policy.config import ConfigError
+    try:
+        if args.command == "tunables":
+            from .policy.tunables import format_tunables
+            print(format_tunables(args.names or None))
+            return 0
+        if args.command == "check-config":
+            return _check_config(args)
+        return _serve(args)
+    except ConfigError as e:
+        print(f"ftpwarden: {e}", file=sys.stderr)
+        return 2
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from .policy.config import load_config
+    cfg, warnings = load_config(args.file, args.overrides)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{args.file}: OK ({len(cfg.explicit)} options set)")
+    return 0
+
+
+def _quick_config(args: argparse.Namespace) -> Any:
+    from .policy.config import load_config
+    root = os.path.abspath(args.directory or ".")
+    if not os.path.isdir(root):
+        from .policy.config import ConfigError
+        raise ConfigError(f"{args.directory}: not a directory")
+    base = [
+        f"listen_port={QUICK_PORT}", "anonymous_enable=YES", "no_anon_password=YES",
+        f"anon_root={root}", f"local_root={root}", "anon_world_readable_only=NO",
+        "ascii_upload_enable=YES", "ascii_download_enable=YES", "delay_failed_login=1",
+        "ftpd_banner=ftpwarden ready.", "anon_umask=022", "local_umask=022",
+    ]
+    if args.write:
+        base += ["write_enable=YES", "anon_upload_enable=YES", "anon_mkdir_write_enable=YES",
+                 "anon_other_write_enable=YES"]
+    elif args.user:
+        base += ["write_enable=YES"]
+    cfg, warnings = load_config(None, base + list(args.overrides))
+    return cfg, warnings, root
+
+
+def _addresses(cfg: Any, bind: str | None, quick: bool) -> list[tuple[str, bool | None]]:
+    if bind:
+        hosts = [h.strip().strip("[]") for h in bind.split(",") if h.strip()]
+    elif quick:
+        hosts = ["127.0.0.1"] + (["::1"] if socket.has_ipv6 and _has_ipv6_loopback() else [])
+    elif cfg.listen_ipv6:
+        return [(cfg.listen_address6 or "::", None if cfg.listen_address6 else False)]
+    else:
+        hosts = [cfg.listen_address or "0.0.0.0"]
+    return [(h, True if ":" in h else None) for h in hosts]
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _home_of(user: str | None) -> str | None:
+    try:
+        return pwd.getpwnam(user).pw_dir if user else None
+    except KeyError:
+        return None
+
+
+def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str]) -> Any:
+    from .policy.auth.anonymous import AnonymousAuthenticator
+    from .policy.auth.base import chain
+    from .policy.auth.userfile import MemoryUserAuthenticator, UserFileAuthenticator, UserRecord
+    from .policy.config import ConfigError
+    from .policy.passwords import hash_password
+
+    anon_root = cfg.anon_root or quick_root or _home_of(cfg.ftp_username)
+    user_root = cfg.local_root or quick_root or anon_root
+    auths: list[Any] = []
+    if quick_users:
+        records = {}
+        for spec in quick_users:
+            name, sep, password = spec.partition(":")
+            if not sep or not name or not password:
+                raise ConfigError(f"--user {name or spec!r}: expected NAME:PASSWORD")
+            records[name] = UserRecord(name, hash_password(password), None, True, None)
+        auths.append(MemoryUserAuthenticator(cfg, records, user_root))
+    if cfg.user_db_file:
+        if not user_root:
+            raise ConfigError("user_db_file: set local_root (the default root of virtual users)")
+        try:
+            auths.append(UserFileAuthenticator(cfg, cfg.user_db_file, user_root))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{cfg.user_db_file}: {e}") from None
+    if cfg.anonymous_enable:
+        if not anon_root or not os.path.isdir(anon_root):
+            raise ConfigError(f"anon_root: {anon_root or '(unset)'} is not a directory")
+        auths.insert(0, AnonymousAuthenticator(cfg, anon_root))
+    return chain(*auths)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .net.control import ServerContext
+    from .net.server import bind_listeners, serve_pooled
+    from .policy.config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="ftpwarden[%(process)d] %(levelname)s %(message)s")
+    quick = args.config is None
+    if quick:
+        cfg, warnings, root = _quick_config(args)
+    else:
+        if args.directory or args.user or args.write:
+            raise ConfigError("DIR, --user and --write are for quick mode; use the config file")
+        cfg, warnings = load_config(args.config, args.overrides)
+        root = None
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not quick and not cfg.listen and not cfg.listen_ipv6:
+        raise ConfigError(f"{args.config}: listen=NO and listen_ipv6=NO (inetd mode) is not implemented yet")
+    if os.geteuid() == 0 and not cfg.pooled:
+        if quick:
+            print("warning: running pooled mode as root: sessions run as root until isolated mode "
+                  "lands; prefer a normal user", file=sys.stderr)
+        else:
+            raise ConfigError(f"{args.config}: isolated mode (started as root) is not implemented yet; "
+                              "set pooled=YES to run pooled mode as root, or start as a normal user")
+    auth = _authenticator(cfg, root, args.user)
+    banner = None
+    if cfg.banner_file:
+        try:
+            with open(cfg.banner_file, encoding="utf-8", errors="replace") as f:
+                banner = f.read(8192)
+        except OSError as e:
+            raise ConfigError(f"banner_file: cannot read {cfg.banner_file}: {e.strerror}") from None
+    port = args.port if args.port is not None else cfg.listen_port
+    workers = args.workers if args.workers is not None else cfg.worker_processes
+    workers = workers or os.cpu_count() or 1
+    try:
+        listeners = bind_listeners(_addresses(cfg, args.bind, quick), port, workers)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on port {port}: {e.strerror}") from None
+    ctx = ServerContext(cfg, auth, banner=banner)
+    socks = listeners[0]
+    shown = [s.getsockname() for s in socks]
+    where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p, *_ in shown)
+    host, bound_port = shown[0][0], shown[0][1]
+    url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
+    what = f"{root} ({'writable' if args.write else 'read-only'}, anonymous)" if quick else args.config
+    print(f"ftpwarden {__version__}: serving {what} on {where} ({workers} worker process(es))")
+    print(f"  connect: curl ftp://{url_host}:{bound_port}/   or   lftp -p {bound_port} {url_host.strip('[]')}")
+    sys.stdout.flush()
+    return serve_pooled(ctx, listeners)

@@ -1,0 +1,463 @@
+"""One control connection: read lines, feed the Session, write replies, run actions.
+
+This module only moves bytes and performs the actions the core asks for; every
+decision about what a command means is in `proto/session.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import hashlib
+import logging
+import os
+import pwd
+import socket
+import stat as stat_mod
+import time
+import zlib
+from typing import Any, Callable
+
+from ..proto import paths
+from ..proto.actions import (
+    AbortTransfer, Action, Authenticate, ChangeDir, ClosePassive, ComputeHash, ControlListing,
+    FsChange, OpenPassive, ReceiveFile, ResetSession, SendFile, SendListing, StatPath, Transfer,
+    TransferDone,
+)
+from ..proto.listing import Entry
+from ..proto.replies import Reply
+from ..proto.session import Session
+from . import data
+from .jail import Jail
+
+__all__ = ["ServerContext", "ControlConnection"]
+
+log = logging.getLogger("ftpwarden.session")
+
+MESSAGE_MAX = 8192  # a directory message file is shown up to this size
+
+
+class ServerContext:
+    """What every session of one server shares: config, authenticator, name cache."""
+
+    def __init__(self, cfg: Any, authenticator: Any, *, banner: str | None = None) -> None:
+        self.cfg = cfg
+        self.authenticator = authenticator
+        self.banner = banner
+        self._names: dict[tuple[int, bool], str] = {}
+
+    def name_of(self, ident: int, user: bool) -> str:
+        key = (ident, user)
+        name = self._names.get(key)
+        if name is None:
+            name = str(ident)
+            try:
+                name = pwd.getpwuid(ident).pw_name if user else grp.getgrgid(ident).gr_name
+            except (KeyError, OverflowError):
+                pass
+            if len(self._names) < 4096:
+                self._names[key] = name
+        return name
+
+
+class ControlConnection:
+    """Drives one Session over an asyncio stream pair."""
+
+    def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.reader = reader
+        self.writer = writer
+        sock = writer.get_extra_info("socket")
+        local = writer.get_extra_info("sockname")
+        peer = writer.get_extra_info("peername")
+        self.local_ip, self.remote_ip = local[0], peer[0]
+        if sock is not None:
+            # ABOR is sent with urgent data (RFC 959 4.1.3): keep it in the stream.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.session = Session(self.cfg, local_ip=self.local_ip, remote_ip=self.remote_ip,
+                               banner=ctx.banner, names=ctx.name_of)
+        self.data = data.DataChannel(self.cfg, local_ip=self.local_ip, remote_ip=self.remote_ip)
+        self.jail: Jail | None = None
+        self.transfer_task: asyncio.Task[None] | None = None
+        self.transfer_progress = [0]
+        self.closing = False
+
+    # ------------------------------------------------------------ main loop
+
+    async def run(self) -> None:
+        try:
+            await self._emit(self.session.greeting())
+            await self._loop()
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            pass
+        except Exception:  # our bug: this session ends, the server lives on
+            log.exception("session %s failed", self.remote_ip)
+            await self._write_safely(b"421 Internal error; closing connection.\r\n")
+        finally:
+            await self._cleanup()
+
+    async def _loop(self) -> None:
+        while not self.closing:
+            line = await self._read_line()
+            if line is None:
+                return
+            if line is _TOO_LONG:
+                await self._emit(self.session.feed(_TOO_LONG))
+                continue
+            line = line.rstrip(b"\n")
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if self.transfer_task is not None and not self.transfer_task.done():
+                if not self.session.runs_during_transfer(line):
+                    await asyncio.wait({self.transfer_task})
+            await self._emit(self.session.feed(line))
+
+    async def _read_line(self) -> bytes | None:
+        timeout = None
+        if self.transfer_task is None or self.transfer_task.done():
+            timeout = self.session.idle_timeout or None
+            if not self.session.logged_in:
+                timeout = min(timeout or 300, 300)  # login must happen soon
+        try:
+            return await asyncio.wait_for(self._read_bounded_line(), timeout)
+        except asyncio.TimeoutError:
+            await self._write_safely(b"421 Timeout.\r\n")
+            return None
+
+    async def _read_bounded_line(self) -> bytes | None:
+        """A line up to the reader's limit; a longer one is dropped as it arrives
+        (never buffered whole) and reported as _TOO_LONG."""
+        too_long = False
+        while True:
+            try:
+                line = await self.reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as e:
+                return None if too_long or not e.partial else e.partial
+            except asyncio.LimitOverrunError as e:
+                await self.reader.readexactly(e.consumed)
+                too_long = True
+                continue
+            return _TOO_LONG if too_long else line
+
+    async def _write_safely(self, data_: bytes) -> None:
+        try:
+            self.writer.write(data_)
+            await asyncio.wait_for(self.writer.drain(), 5)
+        except (OSError, asyncio.TimeoutError, ConnectionError):
+            pass
+
+    async def _emit(self, events: list[Any]) -> None:
+        """Send replies; perform actions and emit what they lead to, in order."""
+        for ev in events:
+            if isinstance(ev, Reply):
+                self.writer.write(ev.encode())
+                if ev.close:
+                    self.closing = True
+                    await self.writer.drain()
+                    return
+                continue
+            follow = await self._perform(ev)
+            if follow:
+                await self._emit(follow)
+            if self.closing:
+                return
+        await self.writer.drain()
+
+    # ------------------------------------------------------------ actions
+
+    async def _perform(self, action: Action) -> list[Any]:
+        s = self.session
+        if isinstance(action, Transfer):
+            await self.writer.drain()
+            self.transfer_progress = [0]
+            self.transfer_task = asyncio.create_task(self._transfer(action))
+            return []
+        if isinstance(action, AbortTransfer):
+            task = self.transfer_task
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+            return []
+        if isinstance(action, Authenticate):
+            return s.complete(action, await self._authenticate(action))
+        if isinstance(action, ResetSession):
+            self._close_jail()
+            self.data.close()
+            return []
+        if isinstance(action, ClosePassive):
+            self.data.close()
+            return []
+        if isinstance(action, OpenPassive):
+            try:
+                outcome: Any = self.data.open_passive()
+            except OSError as e:
+                outcome = e
+            return s.complete(action, outcome)
+        jail = self.jail
+        assert jail is not None, "file actions come only after login"
+        try:
+            outcome = await self._file_action(jail, action)
+        except OSError as e:
+            outcome = e
+        return s.complete(action, outcome)
+
+    async def _file_action(self, jail: Jail, action: Action) -> Any:
+        if isinstance(action, ChangeDir):
+            st = jail.stat(action.path)
+            if not stat_mod.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(20, "Not a directory")
+            fd = jail.open(action.path, os.O_RDONLY | os.O_DIRECTORY)  # checks search permission
+            os.close(fd)
+            if action.message_file:
+                return _read_message(jail, paths.resolve(action.path, action.message_file))
+            return None
+        if isinstance(action, StatPath):
+            return jail.stat(action.path)
+        if isinstance(action, FsChange):
+            return _fs_change(jail, action)
+        if isinstance(action, ControlListing):
+            entries = await asyncio.to_thread(_entries, jail, action.path, action.verb == "MLST")
+            return entries, time.time()
+        if isinstance(action, ComputeHash):
+            return await asyncio.to_thread(_hash_file, jail, action.path, action.algorithm)
+        raise AssertionError(f"unknown action {action!r}")
+
+    async def _authenticate(self, action: Authenticate) -> Any:
+        from ..policy.auth.base import LoginRequest, LoginRefused
+
+        req = LoginRequest(action.user, action.password, self.remote_ip)
+        try:
+            account = await asyncio.to_thread(self.ctx.authenticator.authenticate, req)
+        except LoginRefused as e:
+            log.info("FAIL LOGIN %s user=%r: %s", self.remote_ip, action.user, e.reason)
+            await asyncio.sleep(float(getattr(self.cfg, "delay_failed_login", 1) or 0))
+            return None
+        try:
+            self.jail = Jail(account.root)
+        except OSError as e:
+            log.warning("login %r: cannot open root %s: %s", action.user, account.root, e)
+            return e
+        log.info("OK LOGIN %s user=%r class=%s", self.remote_ip, account.name, account.user_class.value)
+        return account
+
+    # ------------------------------------------------------------ transfers
+
+    async def _transfer(self, action: Transfer) -> None:
+        s = self.session
+        progress = self.transfer_progress
+        fd: int | None = None
+        sock: socket.socket | None = None
+        payload: bytes | None = None
+        name = ""
+        try:
+            assert self.jail is not None
+            size: int | None = None
+            try:
+                if isinstance(action, SendFile):
+                    fd, size = _open_download(self.jail, action)
+                elif isinstance(action, ReceiveFile):
+                    fd, name = _open_upload(self.jail, action)
+                else:
+                    payload = await asyncio.to_thread(self._render_listing, self.jail, action)
+            except OSError as e:
+                await self._emit(s.complete(action, TransferDone("local_error", error=e)))
+                return
+            try:
+                sock = await self.data.connect(s.data_kind, s.port_target)
+            except data.DataRefused:
+                await self._emit(s.complete(action, TransferDone("no_data_connection")))
+                return
+            start = action if not (isinstance(action, ReceiveFile) and action.unique) else \
+                ReceiveFile(paths.resolve(paths.parent(action.path), name), unique=True)
+            self.writer.write(s.transfer_started(start, size).encode())
+            await self.writer.drain()
+            try:
+                if isinstance(action, SendFile):
+                    await data.send_file(sock, fd, action.offset, action.ascii, progress)  # type: ignore[arg-type]
+                elif isinstance(action, ReceiveFile):
+                    await data.receive_file(sock, fd, action.ascii, progress)  # type: ignore[arg-type]
+                else:
+                    await data.send_bytes(sock, payload or b"")
+                    progress[0] = len(payload or b"")
+                _close_data(sock)
+                sock = None
+            except (ConnectionError, BrokenPipeError) as e:
+                await self._emit(s.complete(action, TransferDone("connection_lost", progress[0])))
+                return
+            except OSError as e:  # the local file failed (disk full, quota)
+                await self._emit(s.complete(action, TransferDone("local_error", progress[0], error=e)))
+                return
+            await self._emit(s.complete(action, TransferDone("ok", progress[0], name=name)))
+        except asyncio.CancelledError:
+            await self._emit(s.complete(action, TransferDone("aborted", progress[0])))
+        finally:
+            if sock is not None:
+                sock.close()
+            if fd is not None:
+                os.close(fd)
+
+    def _render_listing(self, jail: Jail, action: SendListing) -> bytes:
+        st = jail.stat(action.path)
+        if stat_mod.S_ISDIR(st.st_mode):
+            entries = jail.listdir(action.path)
+            entries.sort(key=lambda e: e.name)
+        elif action.kind == "MLSD":
+            raise NotADirectoryError(20, "Not a directory")
+        else:
+            entries = [Entry.from_stat(paths.basename(action.path), jail.lstat(action.path))]
+            if action.kind == "NLST" and action.explicit_path:
+                entries = [Entry.from_stat(action.path, st)]
+        lines = self.session.render_lines(action.kind, entries, time.time(), action.show_hidden)
+        if not lines:
+            return b""
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+    # ------------------------------------------------------------ teardown
+
+    def _close_jail(self) -> None:
+        if self.jail is not None:
+            self.jail.close()
+            self.jail = None
+
+    async def _cleanup(self) -> None:
+        task = self.transfer_task
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await asyncio.wait({task}, timeout=5)
+            except Exception:
+                pass
+        self.data.close()
+        self._close_jail()
+        try:
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+        except (OSError, asyncio.TimeoutError, ConnectionError):
+            pass
+
+
+# Stands for an over-long line; longer than any limit, so parse_line refuses it.
+_TOO_LONG = b"X" * (1 << 16)
+
+
+def _close_data(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _open_download(jail: Jail, action: SendFile) -> tuple[int, int]:
+    fd = jail.open(action.path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise IsADirectoryError(21, "Not a plain file") if stat_mod.S_ISDIR(st.st_mode) \
+                else PermissionError(13, "Not a plain file")
+        if action.world_readable_only and not st.st_mode & stat_mod.S_IROTH:
+            raise PermissionError(13, "File not world-readable")
+        if action.offset > st.st_size:
+            raise OSError(22, "Restart offset beyond end of file")
+        os.set_blocking(fd, True)
+        return fd, st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_upload(jail: Jail, action: ReceiveFile) -> tuple[int, str]:
+    flags = os.O_WRONLY | os.O_CREAT
+    if action.append:
+        flags |= os.O_APPEND
+    elif not action.offset:
+        flags |= os.O_TRUNC
+    mode = action.file_mode & ~action.umask & 0o777
+    if action.unique:
+        base = action.path
+        for i in range(1000):
+            candidate = base if i == 0 else f"{base}.{i}"
+            try:
+                fd = jail.open(candidate, flags | os.O_EXCL, mode)
+            except FileExistsError:
+                continue
+            return fd, paths.basename(candidate)
+        raise FileExistsError(17, "No unique name available")
+    if not action.may_overwrite:
+        flags |= os.O_EXCL
+    fd = jail.open(action.path, flags, mode)
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise PermissionError(13, "Not a plain file")
+        if action.offset:
+            os.lseek(fd, action.offset, os.SEEK_SET)
+            os.ftruncate(fd, action.offset)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, paths.basename(action.path)
+
+
+def _fs_change(jail: Jail, a: FsChange) -> None:
+    if a.op == "mkdir":
+        jail.mkdir(a.path, a.mode)
+    elif a.op == "rmdir":
+        jail.rmdir(a.path)
+    elif a.op == "unlink":
+        if stat_mod.S_ISDIR(jail.lstat(a.path).st_mode):
+            raise IsADirectoryError(21, "Is a directory")
+        jail.unlink(a.path)
+    elif a.op == "rename":
+        jail.rename(a.path, a.target)
+    elif a.op == "chmod":
+        jail.chmod(a.path, a.mode)
+    elif a.op == "utime":
+        jail.utime(a.path, a.mtime)
+    else:
+        raise AssertionError(a.op)
+
+
+def _entries(jail: Jail, vpath: str, single: bool) -> list[Entry]:
+    """STAT path lists a directory's entries, or the one file; MLST one entry."""
+    st = jail.stat(vpath)
+    if stat_mod.S_ISDIR(st.st_mode) and not single:
+        entries = jail.listdir(vpath)
+        entries.sort(key=lambda e: e.name)
+        return entries
+    return [Entry.from_stat(paths.basename(vpath) or "/", st)]
+
+
+def _read_message(jail: Jail, vpath: str) -> str | None:
+    try:
+        fd = jail.open(vpath, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, MESSAGE_MAX).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
+def _hash_file(jail: Jail, vpath: str, algorithm: str) -> tuple[str, int]:
+    fd = jail.open(vpath, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(21, "Not a plain file")
+        size = 0
+        if algorithm == "CRC32":
+            crc = 0
+            while chunk := os.read(fd, 1 << 20):
+                crc = zlib.crc32(chunk, crc)
+                size += len(chunk)
+            return f"{crc:08x}", size
+        h: Any = {"SHA-256": hashlib.sha256, "SHA-1": hashlib.sha1, "MD5": hashlib.md5}[algorithm]()
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+        return h.hexdigest(), size
+    finally:
+        os.close(fd)

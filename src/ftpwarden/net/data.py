@@ -1,0 +1,207 @@
+"""Data connections: passive listeners, active connects, and moving the bytes.
+
+Binary downloads use sendfile (zero copy); uploads read into one large buffer
+per transfer; TYPE A converts line endings on the way (RFC 959 3.1.1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+import socket
+from typing import Any
+
+from ..proto import addr
+
+__all__ = ["DataChannel", "DataRefused", "AsciiEncoder", "AsciiDecoder", "send_file", "receive_file", "send_bytes"]
+
+RECV_BUFFER = 1 << 20  # uploads: one 1 MiB buffer per transfer
+READ_CHUNK = 1 << 16   # ASCII downloads read this much at a time
+
+
+class DataRefused(Exception):
+    """No data connection could be made (timeout, refused, wrong peer)."""
+
+
+class DataChannel:
+    """The data side of one control connection: at most one listener or target."""
+
+    def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str) -> None:
+        self.cfg = cfg
+        self.local_ip = local_ip
+        self.remote_ip = remote_ip
+        self.listener: socket.socket | None = None
+
+    # ------------------------------------------------------------ passive
+
+    def open_passive(self) -> tuple[str, int]:
+        """Bind a listener on the control connection's local address; return (host, port)."""
+        self.close()
+        family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
+        lo, hi = int(self.cfg.pasv_min_port or 0), int(self.cfg.pasv_max_port or 0)
+        candidates: list[int]
+        if lo and hi and lo <= hi:
+            candidates = random.sample(range(lo, hi + 1), min(hi - lo + 1, 100))
+        else:
+            candidates = [0]
+        last: OSError | None = None
+        for port in candidates:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((self.local_ip, port))
+                sock.listen(1)
+            except OSError as e:
+                sock.close()
+                last = e
+                continue
+            self.listener = sock
+            host = self.cfg.pasv_address or addr.ipv4_of(self.local_ip) or self.local_ip
+            return host, sock.getsockname()[1]
+        raise last or OSError(errno.EADDRINUSE, "no free passive port")
+
+    async def _accept(self, timeout: float) -> socket.socket:
+        assert self.listener is not None
+        loop = asyncio.get_running_loop()
+        promiscuous = bool(self.cfg.pasv_promiscuous)
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DataRefused("accept timed out")
+            try:
+                conn, peer = await asyncio.wait_for(loop.sock_accept(self.listener), remaining)
+            except asyncio.TimeoutError:
+                raise DataRefused("accept timed out") from None
+            if promiscuous or addr.same_host(peer[0], self.remote_ip):
+                return conn
+            conn.close()  # a third party raced for our port: refuse it, keep waiting for the client
+
+    # ------------------------------------------------------------ active
+
+    async def _connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            local = self.local_ip
+            if family == socket.AF_INET:
+                local = addr.ipv4_of(local) or ""
+            try:
+                sock.bind((local, 0))
+            except OSError:
+                sock.bind(("", 0))
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            sock.close()
+            raise DataRefused(f"connect failed: {e}") from None
+        return sock
+
+    async def connect(self, kind: str | None, target: tuple[str, int] | None) -> socket.socket:
+        """The data socket for one transfer, as PASV/PORT arranged."""
+        try:
+            if kind == "pasv" and self.listener is not None:
+                sock = await self._accept(float(self.cfg.accept_timeout or 60))
+            elif kind == "port" and target is not None:
+                sock = await self._connect(target[0], target[1], float(self.cfg.connect_timeout or 60))
+            else:
+                raise DataRefused("no data channel prepared")
+        finally:
+            self.close()  # one listener serves one transfer
+        sock.setblocking(False)
+        return sock
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+
+class AsciiEncoder:
+    """LF -> CRLF for downloads; a CR already before LF is kept as is."""
+
+    def __init__(self) -> None:
+        self._last_cr = False
+
+    def feed(self, data: bytes) -> bytes:
+        if not data:
+            return data
+        out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if self._last_cr and data[:1] == b"\n":
+            out = out[1:]  # the CR went out in the previous chunk
+        self._last_cr = data[-1:] == b"\r"
+        return out
+
+
+class AsciiDecoder:
+    """CRLF -> LF for uploads; a CR split from its LF across chunks is held back."""
+
+    def __init__(self) -> None:
+        self._held_cr = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._held_cr:
+            data = b"\r" + data
+            self._held_cr = False
+        if data.endswith(b"\r"):
+            data = data[:-1]
+            self._held_cr = True
+        return data.replace(b"\r\n", b"\n")
+
+    def flush(self) -> bytes:
+        held, self._held_cr = self._held_cr, False
+        return b"\r" if held else b""
+
+
+async def send_bytes(sock: socket.socket, data: bytes) -> int:
+    await asyncio.get_running_loop().sock_sendall(sock, data)
+    return len(data)
+
+
+async def send_file(sock: socket.socket, fd: int, offset: int, ascii_mode: bool, progress: list[int]) -> None:
+    """Send the file from `offset`; `progress[0]` counts bytes sent (for aborts and logs)."""
+    loop = asyncio.get_running_loop()
+    if not ascii_mode:
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+            # chunks let progress show for STAT/ABOR; 8 MiB keeps the syscall count low
+            pos = offset
+            while True:
+                sent = await loop.sock_sendfile(sock, f, pos, 8 << 20, fallback=True)
+                if not sent:
+                    return
+                pos += sent
+                progress[0] += sent
+    encoder = AsciiEncoder()
+    os.lseek(fd, offset, os.SEEK_SET)
+    while True:
+        chunk = os.read(fd, READ_CHUNK)
+        if not chunk:
+            return
+        await loop.sock_sendall(sock, encoder.feed(chunk))
+        progress[0] += len(chunk)
+
+
+async def receive_file(sock: socket.socket, fd: int, ascii_mode: bool, progress: list[int]) -> None:
+    """Read the data connection to EOF into `fd`; `progress[0]` counts bytes written."""
+    loop = asyncio.get_running_loop()
+    buf = bytearray(RECV_BUFFER)
+    view = memoryview(buf)
+    decoder = AsciiDecoder() if ascii_mode else None
+    while True:
+        n = await loop.sock_recv_into(sock, buf)
+        if not n:
+            break
+        data = view[:n] if decoder is None else decoder.feed(bytes(view[:n]))
+        _write_all(fd, data)
+        progress[0] += n
+    if decoder is not None:
+        _write_all(fd, decoder.flush())
+
+
+def _write_all(fd: int, data: Any) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

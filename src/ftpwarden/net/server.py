@@ -1,0 +1,149 @@
+"""Pooled mode: asyncio sessions, many per process, one process per core.
+
+Each worker process has its own listening socket bound with SO_REUSEPORT to
+the same address, so the kernel spreads connections across the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any, Callable
+
+from .control import ControlConnection, ServerContext
+
+__all__ = ["bind_listeners", "serve_pooled", "Listener"]
+
+log = logging.getLogger("ftpwarden.server")
+
+Listener = tuple[socket.socket, ...]  # one worker's sockets (one per address)
+
+
+def _bind(host: str, port: int, *, v6only: bool | None = None) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and v6only is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_listeners(addresses: list[tuple[str, bool | None]], port: int, workers: int) -> list[Listener]:
+    """Bind `workers` sockets per address, all on one port (port 0: the kernel picks it once)."""
+    result: list[list[socket.socket]] = [[] for _ in range(workers)]
+    for host, v6only in addresses:
+        for w in range(workers):
+            sock = _bind(host, port, v6only=v6only)
+            port = sock.getsockname()[1]
+            result[w].append(sock)
+    return [tuple(r) for r in result]
+
+
+async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None) -> None:
+    limit = int(getattr(ctx.cfg, "control_line_max", 4096) or 4096) + 2
+    sessions: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        sessions.add(task)
+        try:
+            await ControlConnection(ctx, reader, writer).run()
+        finally:
+            sessions.discard(task)
+
+    servers = [await asyncio.start_server(handle, sock=s, limit=limit) for s in sockets]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready:
+        ready()
+    await stop.wait()
+    for srv in servers:
+        srv.close()
+    for task in list(sessions):
+        task.cancel()
+    if sessions:
+        await asyncio.wait(sessions, timeout=5)
+
+
+def _run_worker(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None = None) -> None:
+    asyncio.run(_serve(ctx, sockets, ready))
+
+
+def _spawn(ctx: ServerContext, listeners: list[Listener], i: int) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for j, other in enumerate(listeners):
+            if j != i:
+                for s in other:
+                    s.close()
+        _run_worker(ctx, listeners[i])
+    except BaseException:
+        log.exception("worker failed")
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def serve_pooled(ctx: ServerContext, listeners: list[Listener], ready: Callable[[], None] | None = None) -> int:
+    """Run one worker per listener set; with one, in this process.  Returns an exit code.
+
+    With several, this process supervises: it keeps the sockets (so nothing is
+    lost while a crashed worker is replaced) and passes SIGTERM on.
+    """
+    if len(listeners) == 1:
+        _run_worker(ctx, listeners[0], ready)
+        return 0
+    stopping = False
+    workers = {_spawn(ctx, listeners, i): i for i in range(len(listeners))}
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if ready:
+        ready()
+    status = 0
+    while workers:
+        try:
+            pid, st = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        i = workers.pop(pid, None)
+        if i is None:
+            continue
+        code = os.waitstatus_to_exitcode(st)
+        if not stopping:
+            print(f"ftpwarden: worker {pid} ended ({code}); starting a new one", file=sys.stderr)
+            workers[_spawn(ctx, listeners, i)] = i
+        elif code not in (0, -signal.SIGTERM):
+            status = 1
+    return status

@@ -1,0 +1,153 @@
+"""What the core asks the I/O layer to do, and what the I/O layer reports back.
+
+Actions are imperative frozen dataclasses.  The I/O layer performs one and hands
+its outcome to `Session.complete(action, outcome)`, which returns the replies.
+An outcome is the value named on the action, or an `OSError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "Action", "Authenticate", "ResetSession", "ChangeDir", "StatPath", "FsChange",
+    "OpenPassive", "ClosePassive", "AbortTransfer", "SendFile", "ReceiveFile", "SendListing",
+    "ControlListing", "ComputeHash", "Transfer", "TransferDone", "TransferStatus",
+]
+
+
+class Action:
+    """Base class of everything the core asks for."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate(Action):
+    """Check a login.  Outcome: an account object (with `.grants`, `.user_class`,
+    `.umask`, `.name`), or None for a refusal.  Failure delay is the I/O layer's."""
+
+    user: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ResetSession(Action):
+    """REIN: drop the login, the jail and any data channel.  No outcome."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeDir(Action):
+    """Check `path` is an enterable directory; outcome: the text of its message
+    file (or "" / None), or an OSError."""
+
+    path: str
+    message_file: str | None = None
+    verb: str = "CWD"  # CDUP answers 200 (RFC 959), CWD 250
+
+
+@dataclass(frozen=True, slots=True)
+class StatPath(Action):
+    """stat() `path` inside the jail for `verb`; outcome: os.stat_result or OSError."""
+
+    verb: str
+    path: str
+    arg: str = ""  # the verb's other argument (e.g. the MFMT time)
+
+
+@dataclass(frozen=True, slots=True)
+class FsChange(Action):
+    """A filesystem change; outcome: None or OSError."""
+
+    op: Literal["mkdir", "rmdir", "unlink", "rename", "chmod", "utime"]
+    path: str
+    target: str = ""      # rename destination
+    mode: int = 0         # mkdir/chmod mode
+    mtime: float = 0.0    # utime
+    verb: str = ""        # for the reply text
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPassive(Action):
+    """Open a passive listener; outcome: (host, port) to announce, or OSError."""
+
+    extended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AbortTransfer(Action):
+    """ABOR while a transfer runs: cancel it (its 426 goes out first).  No outcome."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePassive(Action):
+    """Close any passive listener (a PORT replaces it).  No outcome."""
+
+
+class Transfer(Action):
+    """An action moving bytes over the data connection.
+
+    The I/O layer: prepare (open the file / read the directory), then report
+    `Session.transfer_started(action, size)` for the 150 reply, move the bytes,
+    then `Session.complete(action, TransferDone(...))` for the final reply.
+    """
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SendFile(Transfer):
+    path: str
+    offset: int = 0
+    ascii: bool = False
+    world_readable_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveFile(Transfer):
+    path: str
+    offset: int = 0
+    append: bool = False
+    ascii: bool = False
+    may_overwrite: bool = True
+    unique: bool = False      # STOU: pick a fresh name from `path`
+    umask: int = 0o077
+    file_mode: int = 0o666
+
+
+@dataclass(frozen=True, slots=True)
+class SendListing(Transfer):
+    kind: Literal["LIST", "NLST", "MLSD"]
+    path: str
+    show_hidden: bool = False
+    explicit_path: bool = False  # NLST of a file argument prints what was given
+
+
+@dataclass(frozen=True, slots=True)
+class ControlListing(Action):
+    """STAT path / MLST: lstat or list `path`; outcome: list of listing.Entry or OSError."""
+
+    verb: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeHash(Action):
+    """HASH: digest of `path`; outcome: (hex digest, size) or OSError."""
+
+    path: str
+    algorithm: str
+
+
+TransferStatus = Literal["ok", "no_data_connection", "aborted", "connection_lost", "local_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferDone:
+    """Past tense: how a transfer ended."""
+
+    status: TransferStatus
+    size: int = 0
+    error: OSError | None = None
+    name: str = ""   # the name actually written (STOU)

@@ -1,0 +1,744 @@
+"""The FTP session state machine: bytes in, replies and actions out.  No I/O.
+
+`Session.feed(line)` takes one control line (CRLF removed) and returns a list of
+events: `Reply` objects to send and `Action` objects to perform.  The I/O layer
+performs an action and hands its outcome to `Session.complete`, which returns
+more events.  Every verb passes `_gate` (login, argument, path, permission) once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat as stat_mod
+from typing import Any, Callable, Iterable
+
+from . import addr, listing, paths
+from .actions import (
+    AbortTransfer, Action, Authenticate, ChangeDir, ClosePassive, ComputeHash, ControlListing, FsChange,
+    OpenPassive, ReceiveFile, ResetSession, SendFile, SendListing, StatPath, Transfer,
+    TransferDone,
+)
+from .commands import COMMANDS, HTTP_VERBS, Arg, Command, Perm, Spec, parse_line
+from .errors import FtpError, RemoteProtocolError
+from .replies import Code, Reply, reply_for_oserror
+
+__all__ = ["Session", "Event", "HASH_ALGORITHMS", "ANONYMOUS_NAMES"]
+
+Event = Reply | Action
+HASH_ALGORITHMS = ("SHA-256", "SHA-1", "MD5", "CRC32")
+ANONYMOUS_NAMES = frozenset({"ftp", "anonymous"})
+MAX_ERRORS = 20  # unknown/bad commands in a row before we hang up (vsftpd does 10 pre-login)
+
+_SITE_COMMANDS: dict[str, Spec] = {
+    "CHMOD": Spec(arg=Arg.REQUIRED, perm=Perm.CHMOD, doc="SITE CHMOD <mode> <path>"),
+    "UMASK": Spec(arg=Arg.OPTIONAL, doc="SITE UMASK [mask]"),
+    "IDLE": Spec(arg=Arg.OPTIONAL, doc="SITE IDLE [seconds]"),
+    "HELP": Spec(login=False, arg=Arg.OPTIONAL, doc="SITE HELP"),
+}
+
+
+def _patterns(value: str | None) -> tuple[str, ...]:
+    """vsftpd's deny_file/hide_file syntax: `{*.mp3,*.mov,.private}`."""
+    if not value:
+        return ()
+    return tuple(p for p in value.strip().strip("{}").split(",") if p)
+
+
+def _matches(patterns: tuple[str, ...], vpath: str) -> bool:
+    return any(fnmatch.fnmatchcase(part, p) for part in vpath.split("/") if part for p in patterns)
+
+
+class Session:
+    """State of one control connection.  `cfg` is read by attribute only."""
+
+    def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str, banner: str | None = None,
+                 names: Callable[[int, bool], str] | None = None) -> None:
+        self.cfg = cfg
+        self.name_of = names  # uid/gid -> name for listings (True: user, False: group)
+        self.local_ip = local_ip
+        self.remote_ip = remote_ip
+        self.banner = banner
+        self._deny = _patterns(getattr(cfg, "deny_file", None))
+        self._hide = _patterns(getattr(cfg, "hide_file", None))
+        self._allowed = self._verb_set(getattr(cfg, "cmds_allowed", None))
+        self._denied = self._verb_set(getattr(cfg, "cmds_denied", None))
+        self.idle_timeout = int(getattr(cfg, "idle_session_timeout", 300) or 0)
+        self._reset()
+
+    @staticmethod
+    def _verb_set(value: str | None) -> frozenset[str] | None:
+        return frozenset(v.strip().upper() for v in value.split(",") if v.strip()) if value else None
+
+    def _reset(self) -> None:
+        self.account: Any = None
+        self.pending_user: str | None = None
+        self.login_fails = 0
+        self.cwd = "/"
+        self.ascii = False
+        self.rest = 0
+        self.rename_from: str | None = None
+        self.data_kind: str | None = None       # None, "pasv" or "port"
+        self.port_target: tuple[str, int] | None = None
+        self.epsv_all = False
+        self.hash_algorithm = "SHA-256"
+        self.mlst_facts = listing.DEFAULT_FACTS
+        self.umask = 0o077
+        self.transferring: Transfer | None = None
+        self.errors = 0
+        self.closed = False
+
+    # ------------------------------------------------------------------ entry points
+
+    @property
+    def logged_in(self) -> bool:
+        return self.account is not None
+
+    def greeting(self) -> list[Event]:
+        text = getattr(self.cfg, "ftpd_banner", None) or "(ftpwarden)"
+        if self.banner:
+            lines = tuple(self.banner.rstrip("\n").split("\n"))
+            return [Reply(Code.READY, lines[0], lines[1:] + (text,) if len(lines) > 1 else (text,))]
+        return [Reply(Code.READY, text)]
+
+    def runs_during_transfer(self, line: bytes) -> bool:
+        """May this line be handled while a transfer runs (ABOR, STAT, QUIT)?"""
+        verb = line.split(b" ", 1)[0].strip().upper().lstrip(b"\xff\xf4\xf2")
+        spec = COMMANDS.get(verb.decode("ascii", "replace"))
+        return spec is not None and spec.during_transfer
+
+    def feed(self, line: bytes) -> list[Event]:
+        """One control line, CRLF removed."""
+        try:
+            cmd = parse_line(line)
+        except RemoteProtocolError as e:
+            return self._error(Reply(e.code, e.text, close=e.close))
+        if cmd.verb in HTTP_VERBS:
+            self.closed = True
+            return [Reply(Code.SYNTAX_ERROR, "HTTP protocol commands not allowed.", close=True)]
+        try:
+            events = self._dispatch(cmd)
+        except RemoteProtocolError as e:
+            return self._error(Reply(e.code, e.text, close=e.close))
+        except FtpError as e:
+            return [Reply(e.code, e.text)]
+        self.errors = 0
+        return events
+
+    def _error(self, reply: Reply) -> list[Event]:
+        self.errors += 1
+        if self.errors >= MAX_ERRORS:
+            self.closed = True
+            return [Reply(Code.SYNTAX_ERROR, "Too many errors.", close=True)]
+        return [reply]
+
+    # ------------------------------------------------------------------ the one gate
+
+    def _gate(self, verb: str, spec: Spec, arg: str) -> str | None:
+        """Check login, argument, path and permission; return the path (if any)."""
+        if spec.login and not self.logged_in:
+            raise FtpError(Code.NOT_LOGGED_IN, "Please login with USER and PASS.")
+        if self.logged_in and not self._verb_allowed(verb):
+            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        if spec.arg in (Arg.REQUIRED, Arg.PATH) and not arg:
+            raise RemoteProtocolError(Code.ARGUMENT_ERROR, f"{verb} needs an argument.")
+        vpath = None
+        if spec.arg in (Arg.PATH, Arg.PATH_OPTIONAL):
+            vpath = paths.resolve(self.cwd, arg) if arg else self.cwd
+            if self._deny and _matches(self._deny, vpath):
+                raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        if spec.perm is not None and not self.may(spec.perm):
+            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        return vpath
+
+    def _verb_allowed(self, verb: str) -> bool:
+        if self._denied is not None and verb in self._denied:
+            return False
+        return self._allowed is None or verb in self._allowed
+
+    def may(self, perm: Perm) -> bool:
+        return self.account is not None and perm in self.account.grants
+
+    def _dispatch(self, cmd: Command) -> list[Event]:
+        spec = COMMANDS.get(cmd.verb)
+        if spec is None:
+            raise RemoteProtocolError(Code.SYNTAX_ERROR, "Unknown command.")
+        vpath = self._gate(cmd.verb, spec, cmd.arg)
+        handler: Callable[[str, str | None], list[Event]] = getattr(self, "_" + _HANDLER.get(cmd.verb, cmd.verb).lower())
+        if cmd.verb not in ("REST", "RETR", "STOR", "APPE"):
+            self.rest = 0  # REST applies only to the transfer that follows it
+        if cmd.verb != "RNTO" and cmd.verb != "RNFR":
+            self.rename_from = None
+        return handler(cmd.arg, vpath)
+
+    # ------------------------------------------------------------------ outcomes
+
+    def complete(self, action: Action, outcome: Any) -> list[Event]:
+        """The I/O layer performed `action`; turn its outcome into replies."""
+        if isinstance(action, Transfer):
+            return self._transfer_done(action, outcome)
+        handler = getattr(self, "_done_" + type(action).__name__.lower())
+        try:
+            return handler(action, outcome)
+        except FtpError as e:
+            return [Reply(e.code, e.text)]
+
+    def _done_authenticate(self, action: Authenticate, account: Any) -> list[Event]:
+        if isinstance(account, OSError):  # the user's root cannot be opened
+            self.closed = True
+            return [Reply(Code.UNAVAILABLE, "Cannot change to the home directory.", close=True)]
+        if account is None:
+            self.login_fails += 1
+            self.pending_user = None
+            if self.login_fails >= max(1, int(getattr(self.cfg, "max_login_fails", 3) or 3)):
+                self.closed = True
+                return [Reply(Code.NOT_LOGGED_IN, "Login incorrect.", close=True)]
+            return [Reply(Code.NOT_LOGGED_IN, "Login incorrect.")]
+        self.account = account
+        self.pending_user = None
+        self.umask = account.umask
+        self.cwd = "/"
+        return [Reply(Code.LOGGED_IN, "Login successful.")]
+
+    def _done_changedir(self, action: ChangeDir, outcome: Any) -> list[Event]:
+        if isinstance(outcome, OSError):
+            return [Reply(Code.FILE_UNAVAILABLE, "Failed to change directory.")]
+        self.cwd = action.path
+        code = Code.OK if action.verb == "CDUP" else Code.FILE_ACTION_OK
+        if outcome:
+            lines = tuple(outcome.rstrip("\n").split("\n"))
+            return [Reply(code, lines[0], lines[1:] + ("Directory successfully changed.",))]
+        return [Reply(code, "Directory successfully changed.")]
+
+    def _done_fschange(self, action: FsChange, outcome: Any) -> list[Event]:
+        if isinstance(outcome, OSError):
+            return [reply_for_oserror(outcome, action.verb)]
+        if action.op == "mkdir":
+            return [Reply(Code.PATH_CREATED, f"{paths.quote_pwd(action.path)} created.")]
+        if action.op == "chmod":
+            return [Reply(Code.OK, "SITE CHMOD command ok.")]
+        if action.op == "utime":
+            return [Reply(Code.FILE_STATUS, f"Modify={listing.mdtm(action.mtime)}; {action.path}")]
+        if action.op == "rename":
+            return [Reply(Code.FILE_ACTION_OK, "Rename successful.")]
+        if action.op == "rmdir":
+            return [Reply(Code.FILE_ACTION_OK, "Remove directory operation successful.")]
+        return [Reply(Code.FILE_ACTION_OK, "Delete operation successful.")]
+
+    def _done_statpath(self, action: StatPath, st: Any) -> list[Event]:
+        if isinstance(st, OSError):
+            if action.verb == "RNFR":
+                return [Reply(Code.FILE_UNAVAILABLE, "RNFR command failed.")]
+            return [Reply(Code.FILE_UNAVAILABLE, "Could not get file size." if action.verb == "SIZE"
+                          else "Could not get file modification time.")]
+        if action.verb == "RNFR":
+            self.rename_from = action.path
+            return [Reply(Code.PENDING, "Ready for RNTO.")]
+        if action.verb == "SIZE":
+            if not stat_mod.S_ISREG(st.st_mode):
+                return [Reply(Code.FILE_UNAVAILABLE, "Could not get file size.")]
+            return [Reply(Code.FILE_STATUS, str(st.st_size))]
+        if action.verb == "MDTM":
+            if not stat_mod.S_ISREG(st.st_mode):
+                return [Reply(Code.FILE_UNAVAILABLE, "Could not get file modification time.")]
+            return [Reply(Code.FILE_STATUS, listing.mdtm(st.st_mtime))]
+        raise AssertionError(action.verb)
+
+    def _done_controllisting(self, action: ControlListing, outcome: Any) -> list[Event]:
+        """Outcome: (entries, now) or OSError."""
+        if isinstance(outcome, OSError):
+            if action.verb == "MLST":
+                return [Reply(Code.FILE_UNAVAILABLE, "Could not get file status.")]
+            return [Reply(Code.FILE_UNAVAILABLE, "No such file or directory.")]
+        entries, now = outcome
+        if action.verb == "MLST":
+            (entry,) = entries
+            line = self._mlsx_line(entry, name=action.path)
+            return [Reply(Code.FILE_ACTION_OK, "Start of list for " + action.path, (" " + line,))]
+        return [Reply(Code.FILE_STATUS, "Status follows:", tuple(self.render_lines("LIST", entries, now, show_hidden=True)))]
+
+    def _done_openpassive(self, action: OpenPassive, outcome: Any) -> list[Event]:
+        if isinstance(outcome, OSError):
+            return [Reply(Code.CANT_OPEN_DATA, "Cannot open passive connection.")]
+        host, port = outcome
+        self.data_kind, self.port_target = "pasv", None
+        if action.extended:
+            return [Reply(Code.EXTENDED_PASSIVE, addr.format_epsv(port))]
+        return [Reply(Code.PASSIVE, addr.format_pasv(host, port))]
+
+    def _done_computehash(self, action: ComputeHash, outcome: Any) -> list[Event]:
+        if isinstance(outcome, OSError):
+            return [reply_for_oserror(outcome, "HASH")]
+        digest, size = outcome
+        end = max(size - 1, 0)
+        return [Reply(Code.FILE_STATUS, f"{action.algorithm} 0-{end} {digest} {paths.basename(action.path) or '/'}")]
+
+    # ------------------------------------------------------------------ transfers
+
+    def transfer_started(self, action: Transfer, size: int | None = None) -> Reply:
+        """The file or listing is ready and the data connection is open: the 150."""
+        if isinstance(action, SendListing):
+            return Reply(Code.FILE_STATUS_OK, "Here comes the directory listing.")
+        mode = "ASCII" if getattr(action, "ascii", False) else "BINARY"
+        if isinstance(action, SendFile):
+            extra = f" ({size} bytes)" if size is not None else ""
+            return Reply(Code.FILE_STATUS_OK, f"Opening {mode} mode data connection for {paths.basename(action.path)}{extra}.")
+        if isinstance(action, ReceiveFile) and action.unique:
+            return Reply(Code.FILE_STATUS_OK, f"FILE: {paths.basename(action.path)}")
+        return Reply(Code.FILE_STATUS_OK, "Ok to send data.")
+
+    def _transfer_done(self, action: Transfer, done: TransferDone) -> list[Event]:
+        self.transferring = None
+        self.data_kind = None  # a data channel serves one transfer
+        if done.status == "ok":
+            if isinstance(action, SendListing):
+                return [Reply(Code.DATA_CLOSING, "Directory send OK.")]
+            if isinstance(action, ReceiveFile) and action.unique:
+                return [Reply(Code.DATA_CLOSING, f"Transfer complete; unique name {done.name}.")]
+            return [Reply(Code.DATA_CLOSING, "Transfer complete.")]
+        if done.status == "no_data_connection":
+            return [Reply(Code.CANT_OPEN_DATA, "Failed to establish connection.")]
+        if done.status == "aborted":
+            return [Reply(Code.TRANSFER_ABORTED, "Transfer aborted.")]
+        if done.status == "connection_lost":
+            return [Reply(Code.TRANSFER_ABORTED, "Connection closed; transfer aborted.")]
+        if done.error is not None:
+            reply = reply_for_oserror(done.error)
+            if isinstance(action, SendListing) and reply.code == Code.FILE_UNAVAILABLE:
+                return [reply]
+            if reply.code == Code.FILE_UNAVAILABLE and isinstance(action, ReceiveFile) and not action.may_overwrite:
+                return [Reply(Code.BAD_FILE_NAME, "Could not create file.")]
+            return [reply]
+        return [Reply(Code.LOCAL_ERROR, "Local error in processing.")]
+
+    def _start_transfer(self, action: Transfer) -> list[Event]:
+        if self.data_kind is None:
+            raise FtpError(Code.CANT_OPEN_DATA, "Use PORT or PASV first.")
+        self.transferring = action
+        return [action]
+
+    def render_lines(self, kind: str, entries: Iterable[listing.Entry], now: float,
+                     show_hidden: bool = False) -> list[str]:
+        """Listing lines (no CRLF); pure, safe to call from a worker thread."""
+        show_hidden = show_hidden or bool(getattr(self.cfg, "force_dot_files", False))
+        hide_ids = bool(getattr(self.cfg, "hide_ids", False))
+        localtime = bool(getattr(self.cfg, "use_localtime", False))
+        names = self.name_of
+        out = []
+        for e in entries:
+            if not listing.visible(e.name, show_hidden=show_hidden):
+                continue
+            if self._hide and _matches(self._hide, e.name):
+                continue
+            if kind == "NLST":
+                out.append(e.name)
+            elif kind == "MLSD":
+                out.append(self._mlsx_line(e, name=e.name))
+            else:
+                owner = group = "ftp"
+                if not hide_ids:
+                    owner = names(e.uid, True) if names else str(e.uid)
+                    group = names(e.gid, False) if names else str(e.gid)
+                out.append(listing.ls_line(e, now, owner=owner, group=group, localtime=localtime))
+        return out
+
+    def _mlsx_line(self, e: listing.Entry, *, name: str) -> str:
+        is_dir = stat_mod.S_ISDIR(e.mode)
+        perm = listing.perm_fact(
+            is_dir, can_read=self.may(Perm.DOWNLOAD), can_write=self.may(Perm.UPLOAD),
+            can_delete=self.may(Perm.DELETE), can_rename=self.may(Perm.RENAME),
+            can_mkdir=self.may(Perm.MKDIR), can_list=self.may(Perm.LIST))
+        hide = bool(getattr(self.cfg, "hide_ids", False))
+        names = self.name_of
+        owner = "ftp" if hide else (names(e.uid, True) if names else str(e.uid))
+        group = "ftp" if hide else (names(e.gid, False) if names else str(e.gid))
+        line = listing.mlsx_facts(e, perm=perm, owner=owner, group=group, facts=self.mlst_facts)
+        head, _, _ = line.rpartition(" ")
+        return f"{head} {name}"
+
+    # ------------------------------------------------------------------ access control
+
+    def _user(self, arg: str, _p: str | None) -> list[Event]:
+        if self.logged_in:
+            return [Reply(Code.NOT_LOGGED_IN, "Can't change to another user.")]
+        name = arg.strip()
+        anonymous = name.lower() in ANONYMOUS_NAMES
+        if anonymous and not getattr(self.cfg, "anonymous_enable", True):
+            return [Reply(Code.NOT_LOGGED_IN, "This FTP server does not allow anonymous logins.")]
+        self.pending_user = name
+        if anonymous and getattr(self.cfg, "no_anon_password", False):
+            return [Authenticate(name, "")]
+        if anonymous:
+            return [Reply(Code.NEED_PASSWORD, "Please specify the password (your e-mail address).")]
+        return [Reply(Code.NEED_PASSWORD, "Please specify the password.")]
+
+    def _pass(self, arg: str, _p: str | None) -> list[Event]:
+        if self.logged_in:
+            return [Reply(Code.LOGGED_IN, "Already logged in.")]
+        if self.pending_user is None:
+            return [Reply(Code.BAD_SEQUENCE, "Login with USER first.")]
+        return [Authenticate(self.pending_user, arg)]
+
+    def _acct(self, arg: str, _p: str | None) -> list[Event]:
+        return [Reply(Code.NOT_IMPLEMENTED_SUPERFLUOUS, "ACCT not needed.")]
+
+    def _rein(self, arg: str, _p: str | None) -> list[Event]:
+        if self.transferring is not None:
+            return [Reply(Code.BAD_SEQUENCE, "Transfer in progress.")]
+        self._reset()
+        return [ResetSession(), Reply(Code.READY, "Service ready for new user.")]
+
+    def _quit(self, arg: str, _p: str | None) -> list[Event]:
+        self.closed = True
+        return [Reply(Code.CLOSING, "Goodbye.", close=True)]
+
+    def _smnt(self, arg: str, _p: str | None) -> list[Event]:
+        return [Reply(Code.NOT_IMPLEMENTED_SUPERFLUOUS, "SMNT not needed: one file system.")]
+
+    # ------------------------------------------------------------------ navigation
+
+    def _cwd(self, arg: str, vpath: str | None) -> list[Event]:
+        msg = getattr(self.cfg, "message_file", ".message") if getattr(self.cfg, "dirmessage_enable", False) else None
+        return [ChangeDir(vpath or "/", msg)]
+
+    def _cdup(self, arg: str, _p: str | None) -> list[Event]:
+        return [ChangeDir(paths.parent(self.cwd), None, verb="CDUP")]
+
+    def _pwd(self, arg: str, _p: str | None) -> list[Event]:
+        return [Reply(Code.PATH_CREATED, f"{paths.quote_pwd(self.cwd)} is the current directory")]
+
+    # ------------------------------------------------------------------ parameters
+
+    def _type(self, arg: str, _p: str | None) -> list[Event]:
+        t = arg.upper().split()
+        if t in (["A"], ["A", "N"]):
+            self.ascii = True
+            return [Reply(Code.OK, "Switching to ASCII mode.")]
+        if t in (["I"], ["L", "8"], ["L8"]):
+            self.ascii = False
+            return [Reply(Code.OK, "Switching to Binary mode.")]
+        if t and t[0] in ("A", "E", "L"):
+            return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Type not implemented for that parameter.")]
+        return [Reply(Code.ARGUMENT_ERROR, "Unrecognised TYPE command.")]
+
+    def _stru(self, arg: str, _p: str | None) -> list[Event]:
+        if arg.upper() == "F":
+            return [Reply(Code.OK, "Structure set to F.")]
+        if arg.upper() in ("R", "P"):
+            return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Bad STRU command.")]
+        return [Reply(Code.ARGUMENT_ERROR, "Bad STRU command.")]
+
+    def _mode(self, arg: str, _p: str | None) -> list[Event]:
+        if arg.upper() == "S":
+            return [Reply(Code.OK, "Mode set to S.")]
+        if arg.upper() in ("B", "C", "Z"):
+            return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Bad MODE command.")]
+        return [Reply(Code.ARGUMENT_ERROR, "Bad MODE command.")]
+
+    def _allo(self, arg: str, _p: str | None) -> list[Event]:
+        return [Reply(Code.NOT_IMPLEMENTED_SUPERFLUOUS, "ALLO command ignored.")]
+
+    def _rest(self, arg: str, _p: str | None) -> list[Event]:
+        if not arg.isdigit() or len(arg) > 19:
+            raise RemoteProtocolError(Code.ARGUMENT_ERROR, "REST needs a non-negative integer.")
+        self.rest = int(arg)
+        return [Reply(Code.PENDING, f"Restart position accepted ({self.rest}).")]
+
+    # ------------------------------------------------------------------ data channel
+
+    def _ipv6_control(self) -> bool:
+        return addr.ipv4_of(self.local_ip) is None
+
+    def _pasv(self, arg: str, _p: str | None) -> list[Event]:
+        if not getattr(self.cfg, "pasv_enable", True):
+            return [Reply(Code.FILE_UNAVAILABLE, "PASV is disabled.")]
+        if self.epsv_all:
+            return [Reply(Code.BAD_SEQUENCE, "EPSV ALL in effect; use EPSV.")]
+        if self._ipv6_control():
+            return [Reply(Code.CANT_OPEN_DATA, "PASV is IPv4 only; use EPSV on IPv6.")]
+        return [OpenPassive(extended=False)]
+
+    def _epsv(self, arg: str, _p: str | None) -> list[Event]:
+        if not getattr(self.cfg, "pasv_enable", True):
+            return [Reply(Code.FILE_UNAVAILABLE, "EPSV is disabled.")]
+        a = arg.strip().upper()
+        if a == "ALL":
+            self.epsv_all = True
+            return [Reply(Code.OK, "EPSV ALL ok.")]
+        if a:
+            want = "2" if self._ipv6_control() else "1"
+            if a not in ("1", "2"):
+                raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad network protocol.")
+            if a != want:
+                return [Reply(522, f"Network protocol not supported, use ({want})")]
+        return [OpenPassive(extended=True)]
+
+    def _port(self, arg: str, _p: str | None) -> list[Event]:
+        host, port = addr.parse_port(arg)
+        return self._active(host, port, "PORT")
+
+    def _eprt(self, arg: str, _p: str | None) -> list[Event]:
+        _af, host, port = addr.parse_eprt(arg)
+        return self._active(host, port, "EPRT")
+
+    def _active(self, host: str, port: int, verb: str) -> list[Event]:
+        if not getattr(self.cfg, "port_enable", True):
+            return [Reply(Code.FILE_UNAVAILABLE, f"{verb} is disabled.")]
+        if self.epsv_all:
+            return [Reply(Code.BAD_SEQUENCE, "EPSV ALL in effect; use EPSV.")]
+        if not getattr(self.cfg, "port_promiscuous", False):
+            if port < 1024 or not addr.same_host(host, self.remote_ip):
+                return [Reply(Code.SYNTAX_ERROR, f"Illegal {verb} command.")]
+        self.data_kind, self.port_target = "port", (host, port)
+        return [ClosePassive(), Reply(Code.OK, f"{verb} command successful. Consider using EPSV.")]
+
+    # ------------------------------------------------------------------ transfers
+
+    def _retr(self, arg: str, vpath: str | None) -> list[Event]:
+        offset, self.rest = self.rest, 0
+        ascii_ = self.ascii and bool(getattr(self.cfg, "ascii_download_enable", False))
+        anon = self._is_anonymous()
+        return self._start_transfer(SendFile(
+            vpath or "/", offset=offset, ascii=ascii_,
+            world_readable_only=anon and bool(getattr(self.cfg, "anon_world_readable_only", True))))
+
+    def _store(self, vpath: str, *, append: bool = False, unique: bool = False) -> list[Event]:
+        offset, self.rest = self.rest, 0
+        overwrite = self.may(Perm.OVERWRITE)
+        if (append or offset) and not overwrite:
+            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        ascii_ = self.ascii and bool(getattr(self.cfg, "ascii_upload_enable", False))
+        mode = int(getattr(self.cfg, "file_open_mode", 0o666))
+        return self._start_transfer(ReceiveFile(
+            vpath, offset=offset, append=append, ascii=ascii_, may_overwrite=overwrite,
+            unique=unique, umask=self.umask, file_mode=mode))
+
+    def _stor(self, arg: str, vpath: str | None) -> list[Event]:
+        return self._store(vpath or "/")
+
+    def _appe(self, arg: str, vpath: str | None) -> list[Event]:
+        return self._store(vpath or "/", append=True)
+
+    def _stou(self, arg: str, _p: str | None) -> list[Event]:
+        base = paths.resolve(self.cwd, arg) if arg else paths.resolve(self.cwd, "STOU")
+        if self._deny and _matches(self._deny, base):
+            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        return self._store(base, unique=True)
+
+    def _list(self, arg: str, _p: str | None) -> list[Event]:
+        return self._listing("LIST", arg)
+
+    def _nlst(self, arg: str, _p: str | None) -> list[Event]:
+        return self._listing("NLST", arg)
+
+    def _mlsd(self, arg: str, vpath: str | None) -> list[Event]:
+        return self._start_transfer(SendListing("MLSD", vpath or self.cwd, show_hidden=True))
+
+    def _listing(self, kind: str, arg: str) -> list[Event]:
+        flags, rest = listing.parse_list_args(arg)
+        vpath = paths.resolve(self.cwd, rest) if rest else self.cwd
+        if self._deny and _matches(self._deny, vpath):
+            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        if not getattr(self.cfg, "dirlist_enable", True):
+            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        show_hidden = "a" in flags or "A" in flags
+        return self._start_transfer(SendListing(kind, vpath, show_hidden=show_hidden, explicit_path=bool(rest)))
+
+    def _abor(self, arg: str, _p: str | None) -> list[Event]:
+        # With a transfer running, the I/O layer cancels it, sends its 426 and then
+        # this 226 (RFC 959 4.1.3).  Without one, a plain 225.
+        if self.transferring is not None:
+            return [AbortTransfer(), Reply(Code.DATA_CLOSING, "ABOR successful.")]
+        self.data_kind = None
+        return [ClosePassive(), Reply(225, "No transfer to ABOR.")]
+
+    # ------------------------------------------------------------------ file operations
+
+    def _dele(self, arg: str, vpath: str | None) -> list[Event]:
+        return [FsChange("unlink", vpath or "/", verb="DELE")]
+
+    def _rmd(self, arg: str, vpath: str | None) -> list[Event]:
+        return [FsChange("rmdir", vpath or "/", verb="RMD")]
+
+    def _mkd(self, arg: str, vpath: str | None) -> list[Event]:
+        mode = 0o777 & ~self.umask
+        return [FsChange("mkdir", vpath or "/", mode=mode, verb="MKD")]
+
+    def _rnfr(self, arg: str, vpath: str | None) -> list[Event]:
+        return [StatPath("RNFR", vpath or "/")]
+
+    def _rnto(self, arg: str, vpath: str | None) -> list[Event]:
+        src, self.rename_from = self.rename_from, None
+        if src is None:
+            return [Reply(Code.BAD_SEQUENCE, "RNFR required first.")]
+        return [FsChange("rename", src, target=vpath or "/", verb="RNTO")]
+
+    def _size(self, arg: str, vpath: str | None) -> list[Event]:
+        return [StatPath("SIZE", vpath or "/")]
+
+    def _mdtm(self, arg: str, vpath: str | None) -> list[Event]:
+        # vsftpd's mdtm_write: "MDTM YYYYMMDDHHMMSS path" sets the time.
+        stamp, _, rest = arg.partition(" ")
+        if rest and len(stamp) >= 14 and stamp[:14].isdigit() and getattr(self.cfg, "mdtm_write", True):
+            return self._set_mtime(stamp, rest)
+        return [StatPath("MDTM", vpath or "/")]
+
+    def _mfmt(self, arg: str, _p: str | None) -> list[Event]:
+        stamp, _, rest = arg.partition(" ")
+        if not rest:
+            raise RemoteProtocolError(Code.ARGUMENT_ERROR, "MFMT needs a time and a path.")
+        return self._set_mtime(stamp, rest)
+
+    def _set_mtime(self, stamp: str, arg: str) -> list[Event]:
+        if not self.may(Perm.SET_MTIME):
+            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        try:
+            mtime = listing.parse_mfmt_time(stamp)
+        except ValueError:
+            raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad time value.") from None
+        vpath = self._gate("MFMT", Spec(arg=Arg.PATH), arg)
+        return [FsChange("utime", vpath or "/", mtime=mtime, verb="MFMT")]
+
+    def _hash(self, arg: str, vpath: str | None) -> list[Event]:
+        if not getattr(self.cfg, "hash_enable", True):
+            raise RemoteProtocolError(Code.SYNTAX_ERROR, "Unknown command.")
+        return [ComputeHash(vpath or "/", self.hash_algorithm)]
+
+    def _mlst(self, arg: str, vpath: str | None) -> list[Event]:
+        return [ControlListing("MLST", vpath or self.cwd)]
+
+    # ------------------------------------------------------------------ information
+
+    def _syst(self, arg: str, _p: str | None) -> list[Event]:
+        return [Reply(Code.SYSTEM_TYPE, "UNIX Type: L8")]
+
+    def _noop(self, arg: str, _p: str | None) -> list[Event]:
+        return [Reply(Code.OK, "NOOP ok.")]
+
+    def features(self) -> tuple[str, ...]:
+        feats = ["EPRT", "EPSV", "MDTM", "MFMT", "PASV", "REST STREAM", "SIZE", "TVFS"]
+        if getattr(self.cfg, "mlsd_enable", True):
+            facts = "".join(f + ("*;" if f in self.mlst_facts else ";") for f in listing.SUPPORTED_FACTS)
+            feats.append("MLST " + facts)
+        if getattr(self.cfg, "utf8_enable", True):
+            feats.append("UTF8")
+        if getattr(self.cfg, "hash_enable", True):
+            feats.append("HASH " + ";".join(a + ("*" if a == self.hash_algorithm else "") for a in HASH_ALGORITHMS))
+        return tuple(sorted(feats))
+
+    def _feat(self, arg: str, _p: str | None) -> list[Event]:
+        return [Reply(Code.SYSTEM_STATUS, "Features:", self.features())]
+
+    def _opts(self, arg: str, _p: str | None) -> list[Event]:
+        name, _, value = arg.strip().partition(" ")
+        name, value = name.upper(), value.strip()
+        if name == "UTF8" and value.upper() in ("ON", "OFF", ""):
+            return [Reply(Code.OK, "Always in UTF8 mode.")]
+        if name == "HASH":
+            if not value:
+                return [Reply(Code.OK, self.hash_algorithm)]
+            if value.upper() not in HASH_ALGORITHMS:
+                return [Reply(Code.ARGUMENT_ERROR, "Unknown algorithm; current one kept.")]
+            self.hash_algorithm = value.upper()
+            return [Reply(Code.OK, self.hash_algorithm)]
+        if name == "MLST":
+            wanted = [f for f in value.split(";") if f]
+            known = {f.lower(): f for f in listing.SUPPORTED_FACTS}
+            self.mlst_facts = frozenset(known[f.lower()] for f in wanted if f.lower() in known)
+            shown = "".join(f + ";" for f in listing.SUPPORTED_FACTS if f in self.mlst_facts)
+            return [Reply(Code.OK, f"MLST OPTS {shown}")]
+        return [Reply(Code.ARGUMENT_ERROR, "Option not understood.")]
+
+    def _help(self, arg: str, _p: str | None) -> list[Event]:
+        verb = arg.strip().upper()
+        if verb:
+            spec = COMMANDS.get(verb)
+            if spec is None:
+                return [Reply(Code.ARGUMENT_ERROR, f"Unknown command {verb}.")]
+            return [Reply(Code.HELP, f"Syntax: {spec.doc}")]
+        verbs = sorted(COMMANDS)
+        rows = tuple(" ".join(f"{v:<5}" for v in verbs[i:i + 10]) for i in range(0, len(verbs), 10))
+        return [Reply(Code.HELP, "The following commands are recognized.", rows)]
+
+    def _stat(self, arg: str, _p: str | None) -> list[Event]:
+        if not arg:
+            who = self.account.name if self.account else "(not logged in)"
+            lines = [
+                f"Connected to {self.remote_ip}",
+                f"Logged in as {who}",
+                f"TYPE: {'ASCII' if self.ascii else 'BINARY'}",
+                f"Session timeout in seconds is {self.idle_timeout}",
+            ]
+            if self.transferring is not None:
+                lines.append(f"Transfer in progress: {type(self.transferring).__name__}")
+            else:
+                lines.append("No data connection")
+            return [Reply(Code.SYSTEM_STATUS, "FTP server status:", tuple(lines))]
+        if self.transferring is not None:
+            return [Reply(Code.BAD_SEQUENCE, "STAT path not allowed during a transfer.")]
+        spec = Spec(arg=Arg.PATH, perm=Perm.LIST)
+        flags, rest = listing.parse_list_args(arg)
+        vpath = self._gate("STAT", spec, rest or ".")
+        if not getattr(self.cfg, "dirlist_enable", True):
+            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        return [ControlListing("STAT", vpath or self.cwd)]
+
+    # ------------------------------------------------------------------ SITE
+
+    def _site(self, arg: str, _p: str | None) -> list[Event]:
+        sub, _, rest = arg.strip().partition(" ")
+        sub = sub.upper()
+        spec = _SITE_COMMANDS.get(sub)
+        if spec is None:
+            return [Reply(Code.SYNTAX_ERROR, "Unknown SITE command.")]
+        self._gate("SITE " + sub, spec, rest.strip())
+        return getattr(self, "_site_" + sub.lower())(rest.strip())
+
+    def _site_help(self, arg: str) -> list[Event]:
+        return [Reply(Code.HELP, " ".join(sorted(_SITE_COMMANDS)))]
+
+    def _site_chmod(self, arg: str) -> list[Event]:
+        mode_s, _, target = arg.partition(" ")
+        try:
+            mode = int(mode_s, 8)
+        except ValueError:
+            raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad mode.") from None
+        if not target or mode < 0 or mode > 0o7777:
+            raise RemoteProtocolError(Code.ARGUMENT_ERROR, "SITE CHMOD needs <mode> <path>.")
+        vpath = self._gate("SITE CHMOD", Spec(arg=Arg.PATH, perm=Perm.CHMOD), target)
+        # setuid/setgid bits are never granted from the network
+        return [FsChange("chmod", vpath or "/", mode=mode & 0o1777, verb="SITE CHMOD")]
+
+    def _site_umask(self, arg: str) -> list[Event]:
+        if not arg:
+            return [Reply(Code.OK, f"Your current UMASK is {self.umask:04o}")]
+        try:
+            value = int(arg, 8)
+        except ValueError:
+            raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad UMASK value.") from None
+        if not 0 <= value <= 0o777:
+            raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad UMASK value.")
+        self.umask = value
+        return [Reply(Code.OK, f"UMASK set to {value:04o}")]
+
+    def _site_idle(self, arg: str) -> list[Event]:
+        if not arg:
+            return [Reply(Code.OK, f"Current idle time is {self.idle_timeout}")]
+        if not arg.isdigit():
+            raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad SITE IDLE value.")
+        # a client may shorten its timeout, never lengthen it past the operator's
+        limit = int(getattr(self.cfg, "idle_session_timeout", 300) or 7200)
+        self.idle_timeout = max(30, min(int(arg), limit))
+        return [Reply(Code.OK, f"SITE IDLE set to {self.idle_timeout}")]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _is_anonymous(self) -> bool:
+        cls = getattr(self.account, "user_class", None)
+        return getattr(cls, "value", cls) == "anonymous"
+
+    def hidden(self, name: str) -> bool:
+        return bool(self._hide) and _matches(self._hide, name)
+
+
+_HANDLER = {"XCWD": "CWD", "XCUP": "CDUP", "XMKD": "MKD", "XRMD": "RMD", "XPWD": "PWD"}

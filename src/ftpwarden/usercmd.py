@@ -1,0 +1,203 @@
+"""`ftpwarden user add|del|passwd|list --db FILE`: edit the virtual user DB.
+
+Passwords come from a prompt (asked twice) or, when stdin is not a terminal,
+from one line of stdin; never from argv, which `ps` and shell history show.
+Every change replaces the file atomically, so a running server never reads
+half a file; comments and the other lines are kept as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import stat
+import sys
+import tempfile
+
+from .policy.auth.userfile import UserRecord, check_root, format_record, parse_userdb, valid_user_name
+from .policy.passwords import MAX_PASSWORD_BYTES, hash_password
+
+__all__ = ["main"]
+
+
+class _Fail(Exception):
+    """An error the operator can fix; printed without a traceback."""
+
+
+def _read_db(path: str, *, create: bool = False) -> tuple[str, dict[str, UserRecord]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        if not create:
+            raise _Fail(f"{path}: no such user DB") from None
+        return "", {}
+    return text, parse_userdb(text, path)
+
+
+def _write_db(path: str, text: str) -> None:
+    """Replace `path` atomically: temp file in the same directory, fsync, rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ftpwarden-userdb.")  # created 0600
+    try:
+        if old is not None:
+            os.fchmod(fd, stat.S_IMODE(old.st_mode))
+            try:
+                os.fchown(fd, old.st_uid, old.st_gid)
+            except PermissionError:
+                pass  # not root: the file stays ours, as the old one was
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)  # make the rename itself survive a crash
+    finally:
+        os.close(dfd)
+
+
+def _is_user_line(line: str, name: str) -> bool:
+    s = line.strip()
+    return bool(s) and not s.startswith("#") and s.split(":", 1)[0] == name
+
+
+def _replace_line(text: str, name: str, new: str | None) -> str:
+    """`text` with `name`'s line replaced by `new`, or dropped if `new` is None."""
+    lines = [new if _is_user_line(line, name) else line for line in text.split("\n")]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def _read_password() -> str:
+    if sys.stdin is None:
+        raise _Fail("no stdin to read the password from")
+    if sys.stdin.isatty():
+        try:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Retype password: ") != password:
+                raise _Fail("passwords do not match")
+        except (EOFError, KeyboardInterrupt):
+            raise _Fail("no password given") from None
+    else:
+        password = sys.stdin.readline()
+        password = password.removesuffix("\n").removesuffix("\r")  # also accept CRLF input
+    if not password:
+        raise _Fail("empty password")
+    if any(c in password for c in "\r\n\0"):
+        raise _Fail("password contains CR, LF or NUL, which no FTP client can send")
+    if len(password.encode("utf-8", "surrogateescape")) > MAX_PASSWORD_BYTES:
+        raise _Fail(f"password longer than {MAX_PASSWORD_BYTES} bytes")
+    return password
+
+
+def _check_name(name: str) -> None:
+    if not valid_user_name(name):
+        raise _Fail(f"bad user name {name!r}: use 1-128 of A-Z a-z 0-9 . _ @ -, "
+                    "starting with a letter, digit or _")
+
+
+def _add(args: argparse.Namespace) -> int:
+    _check_name(args.name)
+    umask = None
+    if args.umask is not None:
+        if not args.umask or not set(args.umask) <= set("01234567") or int(args.umask, 8) > 0o777:
+            raise _Fail(f"bad umask {args.umask!r}: use octal 000 to 777")
+        umask = int(args.umask, 8)
+    if args.root is not None:
+        try:
+            check_root(args.root)
+        except ValueError as e:
+            raise _Fail(f"bad root {args.root!r}: {e}") from None
+    text, records = _read_db(args.db, create=True)
+    if args.name in records:
+        raise _Fail(f"user {args.name} already exists in {args.db}")
+    line = format_record(UserRecord(args.name, hash_password(_read_password()), args.root, args.write, umask))
+    if args.root is not None and not os.path.isdir(args.root):
+        print(f"ftpwarden user: warning: {args.root} is not a directory (yet)", file=sys.stderr)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    _write_db(args.db, text + line + "\n")
+    return 0
+
+
+def _existing(args: argparse.Namespace) -> tuple[str, UserRecord]:
+    text, records = _read_db(args.db)
+    if args.name not in records:
+        raise _Fail(f"no such user {args.name} in {args.db}")
+    return text, records[args.name]
+
+
+def _del(args: argparse.Namespace) -> int:
+    text, _ = _existing(args)
+    _write_db(args.db, _replace_line(text, args.name, None))
+    return 0
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    text, old = _existing(args)
+    new = UserRecord(old.name, hash_password(_read_password()), old.root, old.write, old.umask)
+    _write_db(args.db, _replace_line(text, args.name, format_record(new)))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    _, records = _read_db(args.db)
+    for r in records.values():
+        write = "-" if r.write is None else ("yes" if r.write else "no")
+        umask = "-" if r.umask is None else f"{r.umask:03o}"
+        print(f"{r.name}\t{r.root or '-'}\t{write}\t{umask}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--db", required=True, metavar="FILE", help="the user DB (user_db_file)")
+    parser = argparse.ArgumentParser(
+        prog="ftpwarden user", description="Manage virtual users in the user DB file.",
+        epilog="The password is prompted for (twice) on a terminal, else read as one line from stdin.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("add", parents=[db], help="add a user (creates the DB if missing)")
+    add.add_argument("name")
+    add.add_argument("--root", metavar="DIR", help="the user's / (default: the server's default root)")
+    mode = add.add_mutually_exclusive_group()
+    mode.add_argument("--write", dest="write", action="store_true", default=None, help="may write")
+    mode.add_argument("--read-only", dest="write", action="store_false", default=None, help="may not write")
+    add.add_argument("--umask", metavar="OCTAL", help="e.g. 022 (default: local_umask)")
+    add.set_defaults(run=_add)
+    delete = sub.add_parser("del", parents=[db], help="delete a user")
+    delete.add_argument("name")
+    delete.set_defaults(run=_del)
+    passwd = sub.add_parser("passwd", parents=[db], help="set a user's password")
+    passwd.add_argument("name")
+    passwd.set_defaults(run=_passwd)
+    listing = sub.add_parser("list", parents=[db], help="print NAME ROOT WRITE UMASK ('-': server default)")
+    listing.set_defaults(run=_list)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # usage error (2) or --help (0), already printed
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return args.run(args)
+    except (_Fail, ValueError, OSError) as e:
+        print(f"ftpwarden user: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

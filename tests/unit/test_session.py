@@ -1,0 +1,294 @@
+"""The sans-IO core: feed bytes, assert replies and actions.  No sockets, no files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+
+from ftpwarden.policy.config import default_config
+from ftpwarden.proto import actions as A
+from ftpwarden.proto.commands import COMMANDS, Perm
+from ftpwarden.proto.replies import Reply
+from ftpwarden.proto.session import Session
+
+
+class _Cls:
+    value = "guest"
+
+
+@dataclass(frozen=True)
+class FakeAccount:
+    name: str = "alice"
+    grants: frozenset = frozenset(Perm)
+    umask: int = 0o022
+    user_class: object = _Cls()
+
+
+def new(**cfg) -> Session:
+    return Session(default_config(**cfg), local_ip="127.0.0.1", remote_ip="127.0.0.1")
+
+
+def logged_in(**cfg) -> Session:
+    s = new(**cfg)
+    s.feed(b"USER alice")
+    (auth,) = s.feed(b"PASS pw")
+    assert isinstance(auth, A.Authenticate)
+    s.complete(auth, FakeAccount())
+    return s
+
+
+def codes(events) -> list[int]:
+    return [e.code for e in events if isinstance(e, Reply)]
+
+
+def test_every_command_has_exactly_one_handler():
+    aliases = {"XCWD": "cwd", "XCUP": "cdup", "XMKD": "mkd", "XRMD": "rmd", "XPWD": "pwd"}
+    for verb in COMMANDS:
+        assert callable(getattr(Session, "_" + aliases.get(verb, verb.lower()))), verb
+
+
+def test_greeting_is_220():
+    assert codes(new().greeting()) == [220]
+
+
+@pytest.mark.parametrize("line,code", [
+    (b"NOOP", 200), (b"SYST", 215), (b"FEAT", 211), (b"HELP", 214), (b"PWD", 530),
+    (b"RETR x", 530), (b"LIST", 530), (b"BOGUS", 500), (b"PASS x", 503), (b"", 500),
+    (b"A" * 5000, 500), (b"NO\x00OP", 501), (b"USER", 501),
+])
+def test_before_login(line, code):
+    assert codes(new().feed(line)) == [code]
+
+
+def test_http_verbs_close_the_session():
+    (r,) = new().feed(b"GET / HTTP/1.1")
+    assert r.code == 500 and r.close
+
+
+def test_telnet_iac_is_stripped():
+    assert codes(new().feed(b"\xff\xf4\xff\xf2NOOP")) == [200]
+
+
+def test_login_then_failure_counts_and_closes():
+    s = new(max_login_fails=2)
+    s.feed(b"USER bob")
+    (auth,) = s.feed(b"PASS wrong")
+    r1 = s.complete(auth, None)
+    assert codes(r1) == [530] and not r1[0].close
+    s.feed(b"USER bob")
+    (auth,) = s.feed(b"PASS wrong")
+    r2 = s.complete(auth, None)
+    assert codes(r2) == [530] and r2[0].close
+
+
+def test_anonymous_refused_when_disabled():
+    assert codes(new(anonymous_enable=False).feed(b"USER anonymous")) == [530]
+
+
+def test_no_anon_password_logs_in_at_user():
+    (ev,) = new(no_anon_password=True).feed(b"USER ftp")
+    assert isinstance(ev, A.Authenticate) and ev.password == ""
+
+
+def test_pwd_cwd_cdup():
+    s = logged_in()
+    assert s.feed(b"PWD")[0].text.startswith('"/"')
+    (cd,) = s.feed(b"CWD a/b/../c")
+    assert cd == A.ChangeDir("/a/c", None)
+    assert codes(s.complete(cd, None)) == [250]
+    assert s.cwd == "/a/c"
+    (up,) = s.feed(b"CDUP")
+    assert up.path == "/a" and codes(s.complete(up, None)) == [200]
+    (bad,) = s.feed(b"CWD nowhere")
+    assert codes(s.complete(bad, FileNotFoundError(2, "x"))) == [550]
+    assert s.cwd == "/a"
+
+
+def test_cwd_never_leaves_root():
+    s = logged_in()
+    (cd,) = s.feed(b"CWD ../../../etc")
+    assert cd.path == "/etc"
+
+
+def test_type_stru_mode():
+    s = logged_in()
+    assert codes(s.feed(b"TYPE A")) == [200] and s.ascii
+    assert codes(s.feed(b"TYPE I")) == [200] and not s.ascii
+    assert codes(s.feed(b"TYPE L 8")) == [200]
+    assert codes(s.feed(b"TYPE E")) == [504]
+    assert codes(s.feed(b"TYPE Q")) == [501]
+    assert codes(s.feed(b"STRU F")) == [200]
+    assert codes(s.feed(b"STRU R")) == [504]
+    assert codes(s.feed(b"MODE S")) == [200]
+    assert codes(s.feed(b"MODE B")) == [504]
+
+
+def test_retr_needs_a_data_channel_then_uses_rest_once():
+    s = logged_in()
+    assert codes(s.feed(b"RETR f")) == [425]
+    (op,) = s.feed(b"PASV")
+    assert isinstance(op, A.OpenPassive)
+    assert codes(s.complete(op, ("127.0.0.1", 50000))) == [227]
+    assert codes(s.feed(b"REST 100")) == [350]
+    (send,) = s.feed(b"RETR f")
+    assert send == A.SendFile("/f", offset=100)
+    assert codes(s.complete(send, A.TransferDone("ok", 10))) == [226]
+    s.complete(s.feed(b"PASV")[0], ("127.0.0.1", 50001))
+    (send2,) = s.feed(b"RETR f")
+    assert send2.offset == 0
+
+
+def test_rest_is_dropped_by_other_commands():
+    s = logged_in()
+    s.feed(b"REST 5")
+    s.feed(b"NOOP")
+    assert s.rest == 0
+
+
+def test_pasv_reply_format():
+    s = logged_in()
+    (op,) = s.feed(b"PASV")
+    (r,) = s.complete(op, ("127.0.0.1", 0x1234))
+    assert r.text == "Entering Passive Mode (127,0,0,1,18,52)."
+    (op,) = s.feed(b"EPSV")
+    (r,) = s.complete(op, ("127.0.0.1", 5000))
+    assert r.code == 229 and "(|||5000|)" in r.text
+
+
+def test_epsv_all_blocks_other_data_commands():
+    s = logged_in()
+    assert codes(s.feed(b"EPSV ALL")) == [200]
+    assert codes(s.feed(b"PASV")) == [503]
+    assert codes(s.feed(b"PORT 127,0,0,1,200,1")) == [503]
+
+
+@pytest.mark.parametrize("line,code", [
+    (b"PORT 127,0,0,1,200,1", 200),
+    (b"PORT 127,0,0,1,0,21", 500),       # privileged port
+    (b"PORT 10,0,0,1,200,1", 500),       # another host: bounce
+    (b"PORT 1,2,3", 501),
+    (b"EPRT |1|127.0.0.1|51000|", 200),
+    (b"EPRT |1|127.0.0.2|51000|", 500),
+    (b"EPRT |3|x|1|", 522),
+])
+def test_port_checks(line, code):
+    assert codes(logged_in().feed(line)) == [code]
+
+
+def test_port_promiscuous_allows_other_hosts():
+    assert codes(logged_in(port_promiscuous=True).feed(b"PORT 10,0,0,1,200,1")) == [200]
+
+
+def test_permissions_are_checked_once_in_the_gate():
+    s = logged_in()
+    s.account = FakeAccount(grants=frozenset({Perm.DOWNLOAD, Perm.LIST}))
+    for line in (b"STOR x", b"DELE x", b"MKD x", b"RMD x", b"RNFR x", b"SITE CHMOD 644 x", b"APPE x"):
+        assert codes(s.feed(line)) == [550], line
+
+
+def test_cmds_denied_and_allowed():
+    s = logged_in(cmds_denied="DELE,MKD")
+    assert codes(s.feed(b"MKD x")) == [550]
+    s = logged_in(cmds_allowed="USER,PASS,PWD,QUIT")
+    assert codes(s.feed(b"PWD")) == [257]
+    assert codes(s.feed(b"SYST")) == [550]
+
+
+def test_deny_file_patterns():
+    s = logged_in(deny_file="{*.secret,private}")
+    assert codes(s.feed(b"RETR a/b.secret")) == [550]
+    assert codes(s.feed(b"CWD private")) == [550]
+
+
+def test_rename_sequence():
+    s = logged_in()
+    assert codes(s.feed(b"RNTO b")) == [503]
+    (st,) = s.feed(b"RNFR a")
+    assert codes(s.complete(st, os.stat("/"))) == [350]
+    (ren,) = s.feed(b"RNTO b")
+    assert ren == A.FsChange("rename", "/a", target="/b", verb="RNTO")
+    assert codes(s.complete(ren, None)) == [250]
+
+
+def test_mkd_reply_quotes_path():
+    s = logged_in()
+    (mk,) = s.feed(b'MKD we"ird')
+    (r,) = s.complete(mk, None)
+    assert r.code == 257 and r.text.startswith('"/we""ird"')
+
+
+def test_feat_lists_extensions():
+    (r,) = new().feed(b"FEAT")
+    feats = set(r.lines)
+    for f in ("EPSV", "EPRT", "MDTM", "MFMT", "SIZE", "REST STREAM", "TVFS", "UTF8"):
+        assert f in feats
+    assert any(f.startswith("MLST type*") for f in feats)
+    assert any(f.startswith("HASH SHA-256*") for f in feats)
+    assert r.encode().startswith(b"211-") and r.encode().endswith(b"211 End\r\n")
+
+
+def test_opts():
+    s = new()
+    assert codes(s.feed(b"OPTS UTF8 ON")) == [200]
+    assert s.feed(b"OPTS HASH MD5")[0].text == "MD5"
+    assert codes(s.feed(b"OPTS HASH ROT13")) == [501]
+    assert s.hash_algorithm == "MD5"
+    assert s.feed(b"OPTS MLST size;type;bogus;")[0].text == "MLST OPTS type;size;"
+
+
+def test_hash_reply():
+    s = logged_in()
+    (h,) = s.feed(b"HASH f")
+    assert h == A.ComputeHash("/f", "SHA-256")
+    (r,) = s.complete(h, ("ab" * 32, 10))
+    assert r.code == 213 and r.text == f"SHA-256 0-9 {'ab' * 32} f"
+
+
+def test_abor_without_transfer():
+    s = logged_in()
+    assert 225 in codes(s.feed(b"ABOR"))
+
+
+def test_abor_during_transfer():
+    s = logged_in()
+    s.complete(s.feed(b"PASV")[0], ("127.0.0.1", 50000))
+    (send,) = s.feed(b"RETR f")
+    assert s.runs_during_transfer(b"ABOR") and s.runs_during_transfer(b"STAT")
+    assert not s.runs_during_transfer(b"RETR x")
+    ev = s.feed(b"ABOR")
+    assert isinstance(ev[0], A.AbortTransfer) and codes(ev) == [226]
+    assert codes(s.complete(send, A.TransferDone("aborted", 5))) == [426]
+
+
+def test_site_commands():
+    s = logged_in()
+    assert "CHMOD" in s.feed(b"SITE HELP")[0].text
+    (ch,) = s.feed(b"SITE CHMOD 4755 f")
+    assert ch.mode == 0o755  # setuid is never granted from the network
+    assert codes(s.feed(b"SITE CHMOD xyz f")) == [501]
+    assert s.feed(b"SITE UMASK 027")[0].text == "UMASK set to 0027"
+    assert codes(s.feed(b"SITE IDLE 60")) == [200] and s.idle_timeout == 60
+    assert codes(s.feed(b"SITE NOPE")) == [500]
+
+
+def test_too_many_errors_close():
+    s = new()
+    for _ in range(19):
+        assert not s.feed(b"BOGUS")[0].close
+    assert s.feed(b"BOGUS")[0].close
+
+
+def test_stat_without_argument():
+    (r,) = logged_in().feed(b"STAT")
+    assert r.code == 211 and any("alice" in line for line in r.lines)
+
+
+def test_mfmt():
+    s = logged_in()
+    (u,) = s.feed(b"MFMT 20200102030405 f")
+    assert u.op == "utime" and u.path == "/f"
+    (r,) = s.complete(u, None)
+    assert r.text == "Modify=20200102030405; /f"
+    assert codes(s.feed(b"MFMT 2020 f")) == [501]
