@@ -85,7 +85,7 @@ def _quick_config(args: argparse.Namespace) -> Any:
         f"listen_port={QUICK_PORT}", "anonymous_enable=YES", "no_anon_password=YES",
         f"anon_root={root}", f"local_root={root}", "anon_world_readable_only=NO",
         "ascii_upload_enable=YES", "ascii_download_enable=YES", "delay_failed_login=1",
-        "ftpd_banner=ftpwarden ready.", "anon_umask=022", "local_umask=022",
+        "ftpd_banner=ftpwarden ready.", "anon_umask=022", "local_umask=022", "text_userdb_names=YES",
     ]
     if args.write:
         base += ["write_enable=YES", "anon_upload_enable=YES", "anon_mkdir_write_enable=YES",

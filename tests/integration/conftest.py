@@ -49,12 +49,12 @@ def start_server(args: list[str], root: Path, tmp: Path, timeout: float = 15.0) 
         line = proc.stdout.readline()
         if line or proc.poll() is not None:
             break
-    m = re.search(rb" on \[?([0-9a-f.:]+?)\]?:(\d+)", line)
+    m = re.search(rb" on (?:\[([0-9a-f:]+)\]|([0-9.]+)):(\d+)", line)
     if not m:
         proc.kill()
         proc.wait(5)
         raise RuntimeError(f"server did not start: {line!r}\n{err.read_text(errors='replace')}")
-    return Server(proc, m.group(1).decode(), int(m.group(2)), root, err)
+    return Server(proc, (m.group(1) or m.group(2)).decode(), int(m.group(3)), root, err)
 
 
 def stop_server(server: Server) -> None:

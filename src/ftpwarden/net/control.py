@@ -52,6 +52,8 @@ class ServerContext:
         if name is None:
             name = str(ident)
             try:
+                if not self.cfg.text_userdb_names:  # vsftpd shows numeric ids by default
+                    raise KeyError(ident)
                 name = pwd.getpwuid(ident).pw_name if user else grp.getgrgid(ident).gr_name
             except (KeyError, OverflowError):
                 pass
@@ -228,11 +230,16 @@ class ControlConnection:
         from ..policy.auth.base import LoginRequest, LoginRefused
 
         req = LoginRequest(action.user, action.password, self.remote_ip)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             account = await asyncio.to_thread(self.ctx.authenticator.authenticate, req)
         except LoginRefused as e:
             log.info("FAIL LOGIN %s user=%r: %s", self.remote_ip, action.user, e.reason)
-            await asyncio.sleep(float(getattr(self.cfg, "delay_failed_login", 1) or 0))
+            # Answer at a fixed time after PASS, whatever the check cost: an
+            # unknown user and a cheap bcrypt hash must look alike.
+            delay = float(self.cfg.delay_failed_login or 0)
+            await asyncio.sleep(max(0.0, started + delay - loop.time()))
             return None
         try:
             self.jail = Jail(account.root)
@@ -273,17 +280,18 @@ class ControlConnection:
                 ReceiveFile(paths.resolve(paths.parent(action.path), name), unique=True)
             self.writer.write(s.transfer_started(start, size).encode())
             await self.writer.drain()
+            stall = float(self.cfg.data_connection_timeout or 0)
             try:
                 if isinstance(action, SendFile):
-                    await data.send_file(sock, fd, action.offset, action.ascii, progress)  # type: ignore[arg-type]
+                    await data.send_file(sock, fd, action.offset, action.ascii, progress, stall)  # type: ignore[arg-type]
                 elif isinstance(action, ReceiveFile):
-                    await data.receive_file(sock, fd, action.ascii, progress)  # type: ignore[arg-type]
+                    await data.receive_file(sock, fd, action.ascii, progress, stall)  # type: ignore[arg-type]
                 else:
                     await data.send_bytes(sock, payload or b"")
                     progress[0] = len(payload or b"")
                 _close_data(sock)
                 sock = None
-            except (ConnectionError, BrokenPipeError) as e:
+            except (ConnectionError, TimeoutError):
                 await self._emit(s.complete(action, TransferDone("connection_lost", progress[0])))
                 return
             except OSError as e:  # the local file failed (disk full, quota)

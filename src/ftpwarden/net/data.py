@@ -160,42 +160,62 @@ async def send_bytes(sock: socket.socket, data: bytes) -> int:
     return len(data)
 
 
-async def send_file(sock: socket.socket, fd: int, offset: int, ascii_mode: bool, progress: list[int]) -> None:
+class Stalled:
+    """data_connection_timeout: the transfer fails when no byte moves for `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds or None
+        self._cm: Any = None
+
+    async def __aenter__(self) -> "Stalled":
+        self._cm = asyncio.timeout(None)
+        await self._cm.__aenter__()
+        self.moved()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._cm.__aexit__(*exc)
+
+    def moved(self) -> None:
+        if self.seconds:
+            self._cm.reschedule(asyncio.get_running_loop().time() + self.seconds)
+
+
+async def send_file(sock: socket.socket, fd: int, offset: int, ascii_mode: bool, progress: list[int],
+                    stall_timeout: float = 0) -> None:
     """Send the file from `offset`; `progress[0]` counts bytes sent (for aborts and logs)."""
     loop = asyncio.get_running_loop()
-    if not ascii_mode:
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-            # chunks let progress show for STAT/ABOR; 8 MiB keeps the syscall count low
-            pos = offset
-            while True:
-                sent = await loop.sock_sendfile(sock, f, pos, 8 << 20, fallback=True)
-                if not sent:
-                    return
-                pos += sent
-                progress[0] += sent
-    encoder = AsciiEncoder()
-    os.lseek(fd, offset, os.SEEK_SET)
-    while True:
-        chunk = os.read(fd, READ_CHUNK)
-        if not chunk:
+    async with Stalled(stall_timeout) as stall:
+        if not ascii_mode:
+            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+                # chunks let progress show for STAT/ABOR; 8 MiB keeps the syscall count low
+                pos = offset
+                while sent := await loop.sock_sendfile(sock, f, pos, 8 << 20, fallback=True):
+                    pos += sent
+                    progress[0] += sent
+                    stall.moved()
             return
-        await loop.sock_sendall(sock, encoder.feed(chunk))
-        progress[0] += len(chunk)
+        encoder = AsciiEncoder()
+        os.lseek(fd, offset, os.SEEK_SET)
+        while chunk := os.read(fd, READ_CHUNK):
+            await loop.sock_sendall(sock, encoder.feed(chunk))
+            progress[0] += len(chunk)
+            stall.moved()
 
 
-async def receive_file(sock: socket.socket, fd: int, ascii_mode: bool, progress: list[int]) -> None:
+async def receive_file(sock: socket.socket, fd: int, ascii_mode: bool, progress: list[int],
+                       stall_timeout: float = 0) -> None:
     """Read the data connection to EOF into `fd`; `progress[0]` counts bytes written."""
     loop = asyncio.get_running_loop()
     buf = bytearray(RECV_BUFFER)
     view = memoryview(buf)
     decoder = AsciiDecoder() if ascii_mode else None
-    while True:
-        n = await loop.sock_recv_into(sock, buf)
-        if not n:
-            break
-        data = view[:n] if decoder is None else decoder.feed(bytes(view[:n]))
-        _write_all(fd, data)
-        progress[0] += n
+    async with Stalled(stall_timeout) as stall:
+        while n := await loop.sock_recv_into(sock, buf):
+            data = view[:n] if decoder is None else decoder.feed(bytes(view[:n]))
+            _write_all(fd, data)
+            progress[0] += n
+            stall.moved()
     if decoder is not None:
         _write_all(fd, decoder.flush())
 

@@ -72,8 +72,8 @@ def _check_scrypt(raw: bytes, stored: str) -> bool | None:
     if not (1 <= ln <= 20 and 1 <= r <= 32 and 1 <= p <= 16):
         return None  # a tampered hash must not buy minutes of CPU
     salt, want = _unb64(salt_text), _unb64(digest_text)
-    if not salt or len(want) < 16:
-        return None
+    if not salt or len(want) < _DKLEN:
+        return None  # a shortened digest is a prefix of the real one: refuse it
     return hmac.compare_digest(_scrypt(raw, salt, ln, r, p, len(want)), want)
 
 

@@ -48,8 +48,8 @@ _IMPLEMENTED = frozenset("""
     ascii_download_enable idle_session_timeout data_connection_timeout
     accept_timeout connect_timeout use_localtime hide_ids chmod_enable
     mdtm_write force_dot_files ftp_username nopriv_user
-    secure_chroot_dir pam_service_name max_clients max_per_ip
-    tilde_user_enable text_userdb_names ls_recurse_enable
+    secure_chroot_dir pam_service_name virtual_use_local_privs
+    tilde_user_enable text_userdb_names delay_failed_login max_login_fails
 """.split())
 
 _OCTAL = frozenset({"anon_umask", "local_umask", "file_open_mode", "chown_upload_mode"})

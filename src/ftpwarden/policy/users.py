@@ -41,7 +41,10 @@ def grants_for(cfg, user_class: UserClass, *, write: bool | None = None) -> froz
     """The permissions of a `user_class` user under `cfg`.
 
     `write` (the user DB's per-user flag) replaces write_enable for this user
-    when it is not None; every other tunable still applies.
+    when it is not None; every other tunable still applies.  A guest without
+    that flag has anonymous-like rights unless virtual_use_local_privs=YES
+    (vsftpd's rule), so a migrated guest_enable setup keeps its limits; a
+    per-user `write` flag is the operator's explicit choice and gives local rights.
     """
     grants: set[Perm] = set()
     if cfg.download_enable:
@@ -50,7 +53,9 @@ def grants_for(cfg, user_class: UserClass, *, write: bool | None = None) -> froz
         grants.add(Perm.LIST)
     if not (cfg.write_enable if write is None else write):
         return frozenset(grants)  # write_enable is the master switch for every write
-    if user_class is UserClass.ANONYMOUS:
+    anon_like = user_class is UserClass.ANONYMOUS or (
+        user_class is UserClass.GUEST and write is None and not getattr(cfg, "virtual_use_local_privs", False))
+    if anon_like:
         # Each anonymous write needs its own opt-in; SITE CHMOD never (as in vsftpd).
         if cfg.anon_upload_enable:
             grants.add(Perm.UPLOAD)

@@ -1,0 +1,213 @@
+"""The benchmark's shared fixture: one data directory, one test user, one certificate.
+
+Every server serves the same directory to the same user (benchuser/benchpass):
+
+    <tmp>/data/big.bin      the big file (--size-big), random bytes, sha256 known
+    <tmp>/data/c10m.bin     10 MiB, for `concurrent`
+    <tmp>/data/small/       N files of 8 KiB, for `retr_small`
+    <tmp>/data/list/        10,000 empty files, for `list_big`
+    <tmp>/data/up/          where uploads land (checked, then deleted)
+
+As root (and only if vsftpd is wanted), benchuser also becomes a system user with
+that password, and /etc/pam.d/ftpwarden-bench is written for vsftpd; both are
+removed again at the end if this run created them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["USER", "PASSWORD", "Sizes", "Fixture", "SRC", "REPO", "BENCH"]
+
+USER, PASSWORD = "benchuser", "benchpass"
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+SRC = REPO / "src"
+PAM_SERVICE = "ftpwarden-bench"
+PAM_FILE = Path("/etc/pam.d") / PAM_SERVICE
+PAM_TEXT = "auth required pam_unix.so\naccount required pam_unix.so\n"
+SMALL_SIZE = 8 * 1024
+CONC_SIZE = 10 * 1024 * 1024
+
+
+@dataclass
+class Sizes:
+    big: int = 1 << 30          # retr_big / stor_big (and TLS variants), ceiling streams
+    small_files: int = 2000     # retr_small
+    list_entries: int = 10000   # list_big
+    login_clients: int = 16     # login_rate
+    login_seconds: float = 5.0
+    concurrent: int = 200       # concurrent
+    concurrent_seconds: float = 8.0
+    idle_sessions: int = 1000   # idle_sessions
+
+
+@dataclass
+class Fixture:
+    sizes: Sizes
+    want_system_user: bool
+    keep: bool = False
+    tmp: Path = field(init=False)
+    data: Path = field(init=False)
+    big_sha256: str = ""
+    userdb: Path | None = None
+    userdb_error: str | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    cert_error: str | None = None
+    system_user: bool = False
+    system_user_error: str | None = None
+    _created_user: bool = False
+    _created_pam: bool = False
+
+    def __post_init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="ftpwarden-bench-"))
+        os.chmod(self.tmp, 0o755)  # vsftpd's benchuser must traverse it
+        self.data = self.tmp / "data"
+
+    # -- building ------------------------------------------------------------------
+    def build(self, log=print) -> None:
+        self.data.mkdir()
+        (self.data / "up").mkdir()
+        log(f"  data: {self.data} (big file {self.sizes.big / 2**20:.0f} MiB)")
+        self.big_sha256 = _random_file(self.data / "big.bin", self.sizes.big)
+        _random_file(self.data / "c10m.bin", CONC_SIZE)
+        small = self.data / "small"
+        small.mkdir()
+        blob = os.urandom(SMALL_SIZE)
+        for i in range(self.sizes.small_files):
+            (small / f"f{i:05d}.bin").write_bytes(blob)
+        lst = self.data / "list"
+        lst.mkdir()
+        for i in range(self.sizes.list_entries):
+            (lst / f"entry-{i:05d}.dat").touch()
+        self._make_cert()
+        self._make_userdb()
+        if self.want_system_user:
+            self._make_system_user()
+
+    def _make_cert(self) -> None:
+        cert, key = self.tmp / "cert.pem", self.tmp / "key.pem"
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                            "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1"],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode == 0:
+            self.cert, self.key = cert, key
+        else:
+            self.cert_error = f"openssl req failed: {_first_line(r.stderr)}"
+
+    def _make_userdb(self) -> None:
+        db = self.tmp / "users.db"
+        env = dict(os.environ, PYTHONPATH=str(SRC))
+        try:
+            r = subprocess.run([sys.executable, "-m", "ftpwarden", "user", "add", "--db", str(db), USER,
+                                "--root", str(self.data), "--write"],
+                               input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, env=env)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.userdb_error = f"ftpwarden user add: {e}"
+            return
+        if r.returncode == 0 and db.exists():
+            self.userdb = db
+        else:
+            self.userdb_error = f"ftpwarden user add failed: {_first_line(r.stderr or r.stdout)}"
+
+    def userdb_hash(self) -> str | None:
+        if self.userdb is None:
+            return None
+        for line in self.userdb.read_text().splitlines():
+            if line.startswith(USER + ":"):
+                return line.split(":")[1]
+        return None
+
+    def _make_system_user(self) -> None:
+        try:
+            try:
+                pwd.getpwnam(USER)
+            except KeyError:
+                subprocess.run(["useradd", "-M", "-d", str(self.data), "-s", "/bin/bash", USER],
+                               check=True, capture_output=True, timeout=60)
+                self._created_user = True
+            subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True,
+                           check=True, capture_output=True, timeout=60)
+            if not PAM_FILE.exists():
+                PAM_FILE.write_text(PAM_TEXT)
+                self._created_pam = True
+            elif PAM_FILE.read_text() != PAM_TEXT:
+                raise RuntimeError(f"{PAM_FILE} exists with other content; not touching it")
+            Path("/var/run/vsftpd/empty").mkdir(parents=True, exist_ok=True)
+            uid, gid = pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid
+            for dirpath, dirnames, filenames in os.walk(self.data):
+                os.chown(dirpath, uid, gid)
+                for name in filenames:
+                    os.chown(os.path.join(dirpath, name), uid, gid)
+            self.system_user = True
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            err = getattr(e, "stderr", None)
+            self.system_user_error = f"system user setup failed: {_first_line(err) if err else e}"
+
+    def shadow_hash(self) -> str | None:
+        try:
+            with open("/etc/shadow") as f:
+                for line in f:
+                    if line.startswith(USER + ":"):
+                        return line.split(":")[1]
+        except OSError:
+            pass
+        return None
+
+    # -- teardown -------------------------------------------------------------------
+    def cleanup(self) -> None:
+        if self._created_user:
+            subprocess.run(["userdel", USER], capture_output=True, timeout=60)
+            self._created_user = False
+        if self._created_pam:
+            try:
+                PAM_FILE.unlink()
+            except FileNotFoundError:
+                pass
+            self._created_pam = False
+        if not self.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _random_file(path: Path, size: int) -> str:
+    """Write `size` random bytes to `path`; return their sha256."""
+    h = hashlib.sha256()
+    chunk = 16 << 20
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            block = os.urandom(min(chunk, left))
+            h.update(block)
+            f.write(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path | str) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(view)
+            if not n:
+                return h.hexdigest()
+            h.update(view[:n])
+
+
+def _first_line(text: str | bytes | None) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    for line in (text or "").splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return "(no output)"

@@ -1,0 +1,226 @@
+"""Jail: the only way a session touches files (pooled-mode confinement).
+
+We hold an O_PATH fd of the user's root and resolve every client path with
+openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) beneath it.  The kernel then
+treats the root fd as "/" for the whole lookup: "..", absolute symlinks and
+relative symlinks all stay inside, /proc magic links are refused, and a
+concurrent rename cannot move a lookup out half-way (no check-then-use race).
+
+Operations on a name (mkdir, unlink, rename, lstat) open the *parent* with
+openat2 and act on one plain component with the *at() call, so the last
+component is never resolved outside the root either.
+
+All calls block; the caller decides whether to run them in a thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+
+from ..proto.listing import Entry
+from ..proto.paths import basename, parent, resolve, to_relative
+
+__all__ = ["Jail"]
+
+_SYS_OPENAT2 = 437  # same number on x86-64 and arm64 (unified syscall table)
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+# Jail never creates or sets setuid/setgid/sticky bits: in pooled mode every
+# file belongs to the service uid, and a client-made setuid file would hand
+# that uid to any local user (vsftpd masks chmod with 0777 for the same reason).
+_MODE_MASK = 0o777
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def _openat2(dirfd: int, path: str, flags: int, mode: int = 0) -> int:
+    if "\0" in path:
+        raise ValueError("NUL in path")
+    how = _OpenHow(flags, mode, _RESOLVE)
+    tries = 0
+    while True:
+        fd = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd),
+                      ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                      ctypes.c_size_t(ctypes.sizeof(how)))
+        if fd >= 0:
+            return fd
+        err = ctypes.get_errno()
+        tries += 1
+        # EAGAIN: a concurrent rename raced a ".." lookup; the kernel refused
+        # rather than risk an escape, and openat2(2) says to retry.
+        if err == errno.EINTR or (err == errno.EAGAIN and tries < 8):
+            continue
+        raise OSError(err, os.strerror(err), path)
+
+
+def _norm(vpath: str) -> str:
+    # Callers pass paths.resolve() output; normalising again costs nothing and
+    # means a stray ".." can never be the one name given to an *at() call.
+    # (NUL is refused there too: ctypes would silently cut the path at it.)
+    if not vpath.startswith("/"):
+        raise ValueError(f"virtual path is not absolute: {vpath!r}")
+    return resolve("/", vpath)
+
+
+class Jail:
+    """Files beneath `root`, confined by the kernel. Also a context manager."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)  # for messages only
+        self._fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:  # probe now: without openat2 there is no confinement, so no jail
+            os.close(_openat2(self._fd, ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError as exc:
+            os.close(self._fd)
+            self._fd = -1
+            raise OSError(exc.errno, f"openat2(2) with RESOLVE_IN_ROOT is unavailable "
+                          f"({exc.strerror}); pooled mode needs Linux >= 5.6 and a "
+                          f"seccomp policy that allows it") from None
+
+    # ------------------------------------------------------------ context manager
+
+    def __enter__(self) -> "Jail":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    # ------------------------------------------------------------ helpers
+
+    def _open_path(self, vpath: str, flags: int, mode: int = 0) -> int:
+        flags |= os.O_CLOEXEC
+        if not flags & os.O_PATH:  # openat2 is strict: O_PATH takes no O_NOCTTY
+            flags |= os.O_NOCTTY
+        return _openat2(self._fd, to_relative(_norm(vpath)), flags, mode)
+
+    def _parent(self, vpath: str) -> tuple[int, str]:
+        """O_PATH fd of the parent directory, and the last component."""
+        vpath = _norm(vpath)
+        name = basename(vpath)
+        if not name:  # the root itself cannot be created, removed or renamed
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM), vpath)
+        return self._open_path(parent(vpath), os.O_PATH | os.O_DIRECTORY), name
+
+    # ------------------------------------------------------------ opening and stat
+
+    def open(self, vpath: str, flags: int, mode: int = 0o666) -> int:
+        """Raw fd of `vpath`; O_CLOEXEC|O_NOCTTY always added."""
+        # openat2 rejects a non-zero mode unless a file may be created.
+        creating = flags & os.O_CREAT or (flags & os.O_TMPFILE) == os.O_TMPFILE
+        return self._open_path(vpath, flags, mode & _MODE_MASK if creating else 0)
+
+    def stat(self, vpath: str) -> os.stat_result:
+        """Follows symlinks, but only inside the root."""
+        fd = self._open_path(vpath, os.O_PATH)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def lstat(self, vpath: str) -> os.stat_result:
+        if _norm(vpath) == "/":
+            return os.fstat(self._fd)
+        pfd, name = self._parent(vpath)
+        try:
+            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        finally:
+            os.close(pfd)
+
+    def is_dir(self, vpath: str) -> bool:
+        """True for a directory (symlinks followed inside the root); False if it cannot be stat'ed."""
+        try:
+            return stat.S_ISDIR(self.stat(vpath).st_mode)
+        except OSError:
+            return False
+
+    def listdir(self, vpath: str) -> list[Entry]:
+        """lstat data of each entry (unsorted), with symlink targets."""
+        fd = self._open_path(vpath, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            entries = []
+            with os.scandir(fd) as it:
+                for de in it:
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                        target = (os.readlink(de.name, dir_fd=fd)
+                                  if stat.S_ISLNK(st.st_mode) else None)
+                    except FileNotFoundError:  # removed while we listed
+                        continue
+                    entries.append(Entry.from_stat(de.name, st, target))
+            return entries
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------ changes
+
+    def mkdir(self, vpath: str, mode: int = 0o777) -> None:
+        pfd, name = self._parent(vpath)
+        try:
+            os.mkdir(name, mode & _MODE_MASK, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+
+    def rmdir(self, vpath: str) -> None:
+        pfd, name = self._parent(vpath)
+        try:
+            os.rmdir(name, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+
+    def unlink(self, vpath: str) -> None:
+        pfd, name = self._parent(vpath)
+        try:
+            os.unlink(name, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+
+    def rename(self, src_vpath: str, dst_vpath: str) -> None:
+        spfd, sname = self._parent(src_vpath)
+        try:
+            dpfd, dname = self._parent(dst_vpath)
+            try:
+                os.rename(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd)
+            finally:
+                os.close(dpfd)
+        finally:
+            os.close(spfd)
+
+    # chmod and utime: there is no chmodat/utimensat that takes a path *and*
+    # RESOLVE_IN_ROOT, and fchmod/futimens refuse O_PATH fds (a plain open
+    # could block on a FIFO or need read permission).  So we resolve with
+    # openat2 to an O_PATH fd, then act on /proc/self/fd/N: the kernel follows
+    # that magic link straight to the inode we hold, with no second lookup of
+    # the client's path.  Needs /proc mounted (it always is in pooled mode).
+
+    def chmod(self, vpath: str, mode: int) -> None:
+        fd = self._open_path(vpath, os.O_PATH)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", mode & _MODE_MASK)
+        finally:
+            os.close(fd)
+
+    def utime(self, vpath: str, mtime: float) -> None:
+        """Set the modification time; the access time is kept."""
+        fd = self._open_path(vpath, os.O_PATH)
+        try:
+            atime_ns = os.fstat(fd).st_atime_ns
+            os.utime(f"/proc/self/fd/{fd}", ns=(atime_ns, round(mtime * 1e9)))
+        finally:
+            os.close(fd)

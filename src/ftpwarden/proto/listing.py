@@ -1,0 +1,208 @@
+"""Directory listings from stat-like records: LIST, NLST, MLSD/MLST, MDTM.
+
+Pure functions: the caller passes the records, names and "now"; nothing here
+reads the clock, the locale or the file system.  LIST lines copy vsftpd's
+ls.c (build_dir_line) field for field, because clients parse them.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import stat
+import time
+from dataclasses import dataclass
+
+__all__ = [
+    "Entry", "ls_line", "mlsx_facts", "perm_fact", "nlst_line", "parse_list_args",
+    "mdtm", "parse_mfmt_time", "visible", "DEFAULT_FACTS", "SUPPORTED_FACTS",
+]
+
+# Fixed English names: a server's locale must not change what clients parse.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_SIX_MONTHS = 60 * 60 * 24 * 182  # vsftpd's cut-off for "Mmm dd HH:MM"
+
+# Order here is the order of facts in every MLSx line and in FEAT.
+SUPPORTED_FACTS: tuple[str, ...] = (
+    "type", "size", "modify", "perm", "unique",
+    "unix.mode", "unix.owner", "unix.group", "unix.uid", "unix.gid",
+)
+DEFAULT_FACTS: frozenset[str] = frozenset(
+    ("type", "size", "modify", "perm", "unique", "unix.mode"))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What an lstat of one directory entry gives (plus a symlink's target)."""
+
+    name: str
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    mtime: float
+    ino: int
+    dev: int
+    link_target: str | None = None
+
+    @classmethod
+    def from_stat(cls, name: str, st, link_target: str | None = None) -> "Entry":
+        return cls(name, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_size,
+                   st.st_mtime, st.st_ino, st.st_dev, link_target)
+
+
+# ------------------------------------------------------------------ LIST
+
+_TYPE_CHAR = {
+    stat.S_IFREG: "-", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p",
+    stat.S_IFSOCK: "s", stat.S_IFCHR: "c", stat.S_IFBLK: "b",
+}
+
+
+def _mode_string(mode: int) -> str:
+    # vsftpd's vsf_sysutil_statbuf_get_perms: "?" for an unknown type.
+    chars = [_TYPE_CHAR.get(stat.S_IFMT(mode), "?")]
+    for bit, ch in ((stat.S_IRUSR, "r"), (stat.S_IWUSR, "w"), (stat.S_IXUSR, "x"),
+                    (stat.S_IRGRP, "r"), (stat.S_IWGRP, "w"), (stat.S_IXGRP, "x"),
+                    (stat.S_IROTH, "r"), (stat.S_IWOTH, "w"), (stat.S_IXOTH, "x")):
+        chars.append(ch if mode & bit else "-")
+    for bit, pos, on, off in ((stat.S_ISUID, 3, "s", "S"), (stat.S_ISGID, 6, "s", "S"),
+                              (stat.S_ISVTX, 9, "t", "T")):
+        if mode & bit:
+            chars[pos] = on if chars[pos] == "x" else off
+    return "".join(chars)
+
+
+def _ls_date(mtime: float, now: float, localtime: bool) -> str:
+    # vsftpd compares whole seconds: any future time, or older than 182 days,
+    # shows the year instead of the time.
+    secs, now_secs = int(mtime // 1), int(now // 1)
+    tm = time.localtime(secs) if localtime else time.gmtime(secs)
+    month = _MONTHS[tm.tm_mon - 1]
+    if secs > now_secs or now_secs - secs > _SIX_MONTHS:
+        return f"{month} {tm.tm_mday:02d}  {tm.tm_year}"
+    return f"{month} {tm.tm_mday:02d} {tm.tm_hour:02d}:{tm.tm_min:02d}"
+
+
+def ls_line(e: Entry, now: float, *, owner: str, group: str, localtime: bool = False) -> str:
+    """One `ls -l` line without CRLF, in vsftpd's exact layout:
+
+    mode, nlink right-aligned in 4, owner and group left-aligned in 8,
+    size right-aligned in 8, date, name ("name -> target" for symlinks).
+    """
+    name = e.name
+    if stat.S_ISLNK(e.mode) and e.link_target is not None:
+        name = f"{name} -> {e.link_target}"
+    return (f"{_mode_string(e.mode)} {e.nlink:>4} {owner:<8} {group:<8} "
+            f"{e.size:>8} {_ls_date(e.mtime, now, localtime)} {name}")
+
+
+def nlst_line(e: Entry) -> str:
+    return e.name
+
+
+def visible(name: str, *, show_hidden: bool) -> bool:
+    """Dotfiles only with -a / force_dot_files; "." and ".." never (vsftpd)."""
+    if name in (".", ".."):
+        return False
+    return show_hidden or not name.startswith(".")
+
+
+_FLAGS = re.compile(r"-([A-Za-z]+)(?: +|$)")
+
+
+def parse_list_args(arg: str) -> tuple[set[str], str]:
+    """Split LIST/NLST's argument into ls flags and a path.
+
+    Clients send ls options ("-la", "-a -l dir").  Each leading token that is
+    "-" plus letters only, followed by a space or the end, is a flag group;
+    the rest is the path.  So "-foo.txt" or "-" are paths, and a file really
+    named "-l" cannot be listed by name (as with vsftpd).
+    """
+    flags: set[str] = set()
+    pos = 0
+    while m := _FLAGS.match(arg, pos):
+        flags.update(m.group(1))
+        pos = m.end()
+    return flags, arg[pos:]
+
+
+# ------------------------------------------------------------------ MLSx, MDTM, MFMT
+
+def _utc_stamp(mtime: float) -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(int(mtime // 1)))
+
+
+def mdtm(mtime: float) -> str:
+    """"YYYYMMDDHHMMSS" in UTC (RFC 3659 time-val) for the 213 MDTM reply."""
+    return _utc_stamp(mtime)
+
+
+_MFMT = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})(?:\.([0-9]{1,9}))?")
+
+
+def parse_mfmt_time(s: str) -> float:
+    """"YYYYMMDDHHMMSS[.fff]" (UTC) -> epoch seconds; ValueError on anything else."""
+    m = _MFMT.fullmatch(s)
+    if m is None:
+        raise ValueError(f"not a time-val: {s!r}")
+    year, mon, day, hour, minute, sec = (int(g) for g in m.groups()[:6])
+    if not (1 <= mon <= 12 and 1 <= day <= calendar.monthrange(year, mon)[1]
+            and hour <= 23 and minute <= 59 and sec <= 59):
+        raise ValueError(f"no such time: {s!r}")
+    whole = calendar.timegm((year, mon, day, hour, minute, sec, 0, 0, 0))
+    frac = float("0." + m.group(7)) if m.group(7) else 0.0
+    return whole + frac
+
+
+def perm_fact(is_dir: bool, *, can_read: bool, can_write: bool, can_delete: bool,
+              can_rename: bool, can_mkdir: bool, can_list: bool) -> str:
+    """RFC 3659 7.5.5 perm letters, in the RFC's alphabetical order.
+
+    Files: a (APPE) d (DELE) f (RNFR) r (RETR) w (STOR).
+    Dirs:  c (STOR inside) d (RMD) e (CWD) f (RNFR) l (LIST) m (MKD) p (delete contents).
+    """
+    if is_dir:
+        pairs = (("c", can_write), ("d", can_delete), ("e", can_read), ("f", can_rename),
+                 ("l", can_list), ("m", can_mkdir), ("p", can_delete))
+    else:
+        pairs = (("a", can_write), ("d", can_delete), ("f", can_rename),
+                 ("r", can_read), ("w", can_write))
+    return "".join(letter for letter, ok in pairs if ok)
+
+
+def _type_fact(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    kinds = {stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket",
+             stat.S_IFCHR: "chr", stat.S_IFBLK: "blk"}
+    return "OS.unix=" + kinds.get(stat.S_IFMT(mode), "unknown")
+
+
+def mlsx_facts(e: Entry, *, perm: str, owner: str, group: str,
+               facts: frozenset[str] = DEFAULT_FACTS, type_override: str | None = None) -> str:
+    """One RFC 3659 entry: "fact=value;...; name" with the selected facts only.
+
+    `type_override` is "cdir"/"pdir" for MLSD's "." and "..".  No size for
+    directories (RFC 3659 7.5.7: size applies to non-directory types).
+    """
+    wanted = {f.lower() for f in facts}
+    values = {
+        "type": type_override or _type_fact(e.mode),
+        "size": None if stat.S_ISDIR(e.mode) else str(e.size),
+        "modify": _utc_stamp(e.mtime),
+        "perm": perm,
+        "unique": f"{e.dev:x}U{e.ino:x}",
+        "unix.mode": f"0{stat.S_IMODE(e.mode):03o}",
+        "unix.owner": owner,
+        "unix.group": group,
+        "unix.uid": str(e.uid),
+        "unix.gid": str(e.gid),
+    }
+    head = "".join(f"{f}={values[f]};" for f in SUPPORTED_FACTS
+                   if f in wanted and values[f] is not None)
+    return f"{head} {e.name}"

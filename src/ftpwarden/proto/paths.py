@@ -1,0 +1,65 @@
+"""Virtual paths: cwd + client argument -> normalised absolute path (strings only).
+
+A virtual path is what the client sees: absolute, "/"-separated, rooted at the
+user's root, with no ".", ".." or empty components and no trailing slash
+(except "/" itself).  Only `net/jail.py` turns one into a real file, and the
+kernel (openat2 RESOLVE_IN_ROOT) confines it again there; normalising here
+keeps replies, logs and permission checks about one spelling per file.
+"""
+
+from __future__ import annotations
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = ["MAX_PATH", "resolve", "parent", "basename", "to_relative", "quote_pwd"]
+
+MAX_PATH = 4096  # Linux PATH_MAX; vsftpd caps a command line at 4 KiB too
+_BAD_FILE_NAME = 553
+
+
+def resolve(cwd: str, arg: str) -> str:
+    """Join `arg` to `cwd` and normalise; ".." stops at "/".
+
+    "~" and "~/x" mean the user's root (vsftpd with tilde_user_enable=NO:
+    everyone's home is "/"); "~name" is an ordinary file name.
+    """
+    if not cwd.startswith("/"):
+        raise LocalProtocolError(f"cwd is not absolute: {cwd!r}")
+    if "\0" in arg:
+        raise RemoteProtocolError(_BAD_FILE_NAME, "File name not allowed (NUL byte).")
+    if len(arg) > MAX_PATH:
+        raise RemoteProtocolError(_BAD_FILE_NAME, "File name too long.")
+    if arg == "~" or arg.startswith("~/"):
+        arg = "/" + arg[1:]
+    base = "" if arg.startswith("/") else cwd
+    parts: list[str] = []
+    for part in f"{base}/{arg}".split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def parent(vpath: str) -> str:
+    """"/a/b" -> "/a"; the parent of "/" is "/"."""
+    head = vpath.rsplit("/", 1)[0]
+    return head or "/"
+
+
+def basename(vpath: str) -> str:
+    """"/a/b" -> "b"; "/" -> "" (the root has no name of its own)."""
+    return vpath.rsplit("/", 1)[1]
+
+
+def to_relative(vpath: str) -> str:
+    """"/a/b" -> "a/b", "/" -> ".": the form openat2 takes beneath the root fd."""
+    return vpath.lstrip("/") or "."
+
+
+def quote_pwd(vpath: str) -> str:
+    """RFC 959 appendix II: the 257 path is quoted, inner quotes doubled."""
+    return '"' + vpath.replace('"', '""') + '"'

@@ -1,0 +1,116 @@
+"""`ftpwarden serve --config FILE`: a typical vsftpd.conf (anonymous download + virtual users)."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+
+def ftpwarden(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    return subprocess.run([sys.executable, "-m", "ftpwarden", *args], input=input,
+                          capture_output=True, env=env, timeout=60)
+
+
+def write_conf(path: Path, **opts: str) -> Path:
+    path.write_text("# written by the test\n" + "".join(f"{k}={v}\n" for k, v in opts.items()))
+    return path
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    anon = tmp_path / "anon"
+    (anon / "pub").mkdir(parents=True)
+    (anon / "pub" / "readme.txt").write_text("public\n")
+    (anon / "pub" / "readme.txt").chmod(0o644)
+    alice = tmp_path / "alice"
+    alice.mkdir()
+    db = tmp_path / "users.db"
+    r = ftpwarden("user", "add", "--db", str(db), "alice", "--root", str(alice), "--write", input=b"s3cret\n")
+    assert r.returncode == 0, r.stderr
+    r = ftpwarden("user", "add", "--db", str(db), "bob", "--root", str(alice), "--read-only", input=b"bobpw\n")
+    assert r.returncode == 0, r.stderr
+    conf = write_conf(
+        tmp_path / "vsftpd.conf", listen="YES", listen_address="127.0.0.1", listen_port="0",
+        anonymous_enable="YES", no_anon_password="YES", anon_root=str(anon), write_enable="YES",
+        anon_upload_enable="NO", user_db_file=str(db), local_root=str(alice), pooled="YES",
+        ftpd_banner="Welcome to the test site.", worker_processes="2", delay_failed_login="0",
+        pasv_min_port="40000", pasv_max_port="40100", xferlog_enable="YES",
+    )
+    return conf, anon, alice
+
+
+def test_typical_vsftpd_conf(make_server, site):
+    conf, anon, alice = site
+    srv = make_server(anon, "--config", str(conf))
+    assert "xferlog_enable" in srv.stderr()  # recognised but not implemented yet: named, not ignored
+    ftp = ftplib.FTP()
+    assert "Welcome to the test site." in ftp.connect(srv.host, srv.port, timeout=20)
+    ftp.login("anonymous", "")
+    buf = io.BytesIO()
+    ftp.retrbinary("RETR pub/readme.txt", buf.write)
+    assert buf.getvalue() == b"public\n"
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.storbinary("STOR pub/new.txt", io.BytesIO(b"x"))
+    ftp.quit()
+
+    with ftplib.FTP() as ftp:
+        ftp.connect(srv.host, srv.port, timeout=20)
+        ftp.login("alice", "s3cret")
+        ftp.storbinary("STOR hi.txt", io.BytesIO(b"from alice"))
+    assert (alice / "hi.txt").read_bytes() == b"from alice"
+
+    with ftplib.FTP() as ftp:
+        ftp.connect(srv.host, srv.port, timeout=20)
+        ftp.login("bob", "bobpw")
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            ftp.storbinary("STOR bob.txt", io.BytesIO(b"x"))
+        with pytest.raises(ftplib.error_perm, match="^530"):
+            ftp2 = ftplib.FTP()
+            ftp2.connect(srv.host, srv.port, timeout=20)
+            ftp2.login("alice", "wrong")
+
+
+def test_passive_port_range_is_honoured(make_server, site):
+    conf, anon, _ = site
+    srv = make_server(anon, "--config", str(conf))
+    with ftplib.FTP() as ftp:
+        ftp.connect(srv.host, srv.port, timeout=20)
+        ftp.login("anonymous", "")
+        for _ in range(5):
+            _host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+            assert 40000 <= port <= 40100
+
+
+def test_config_errors_name_file_and_line(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("listen=YES\nanonymous_enabel=YES\n")
+    r = ftpwarden("check-config", str(conf))
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    assert f"{conf}:2:" in err and "anonymous_enable" in err
+    r = ftpwarden("serve", "--config", str(conf))
+    assert r.returncode != 0 and f"{conf}:2:" in r.stderr.decode()
+    conf.write_text("anon_umask=abc\n")
+    assert f"{conf}:1:" in ftpwarden("check-config", str(conf)).stderr.decode()
+    r = ftpwarden("check-config", str(conf), "-o", "anon_umask=022")
+    assert r.returncode != 0  # the file's bad line still stops it
+
+
+def test_check_config_ok_and_tunables(tmp_path):
+    conf = write_conf(tmp_path / "ok.conf", anonymous_enable="NO", local_umask="022")
+    r = ftpwarden("check-config", str(conf))
+    assert r.returncode == 0, r.stderr
+    r = ftpwarden("tunables")
+    out = r.stdout.decode()
+    assert r.returncode == 0
+    for name in ("anon_upload_enable", "pasv_min_port", "user_db_file", "worker_processes"):
+        assert name in out

@@ -1,0 +1,257 @@
+"""Python's ftplib against a real ftpwarden server on loopback."""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from .conftest import Server
+
+TIMEOUT = 20
+
+
+def connect(srv: Server, user: str = "anonymous", password: str = "guest@example.org") -> ftplib.FTP:
+    ftp = ftplib.FTP(timeout=TIMEOUT)
+    ftp.connect(srv.host, srv.port)
+    ftp.login(user, password)
+    return ftp
+
+
+def test_anonymous_download(quick_server):
+    with connect(quick_server) as ftp:
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR hello.txt", buf.write)
+        assert buf.getvalue() == b"hello world\n"
+        data = io.BytesIO()
+        ftp.retrbinary("RETR sub/data.bin", data.write)
+        assert data.getvalue() == (quick_server.root / "sub" / "data.bin").read_bytes()
+
+
+def test_anonymous_is_read_only(quick_server):
+    with connect(quick_server) as ftp:
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            ftp.storbinary("STOR new.txt", io.BytesIO(b"x"))
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            ftp.mkd("newdir")
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            ftp.delete("hello.txt")
+    assert not (quick_server.root / "new.txt").exists()
+    assert (quick_server.root / "hello.txt").exists()
+
+
+def test_wrong_password_is_530(quick_server):
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        connect(quick_server, "alice", "wrong")
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        connect(quick_server, "nobody-here", "wrong")
+
+
+def test_virtual_user_upload_roundtrip(quick_server):
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    with connect(quick_server, "alice", "secret") as ftp:
+        ftp.storbinary("STOR up.bin", io.BytesIO(payload))
+        assert ftp.size("up.bin") == len(payload)
+        back = io.BytesIO()
+        ftp.retrbinary("RETR up.bin", back.write)
+    assert back.getvalue() == payload
+    assert (quick_server.root / "up.bin").read_bytes() == payload
+
+
+def test_directories_rename_delete(quick_server):
+    with connect(quick_server, "alice", "secret") as ftp:
+        assert ftp.mkd("d1") == "/d1"
+        ftp.cwd("d1")
+        assert ftp.pwd() == "/d1"
+        ftp.storbinary("STOR a.txt", io.BytesIO(b"a"))
+        ftp.rename("a.txt", "b.txt")
+        assert ftp.nlst() == ["b.txt"]
+        ftp.delete("b.txt")
+        ftp.cwd("..")
+        ftp.rmd("d1")
+        assert "d1" not in ftp.nlst()
+    assert not (quick_server.root / "d1").exists()
+
+
+def test_listings(quick_server):
+    with connect(quick_server) as ftp:
+        lines: list[str] = []
+        ftp.retrlines("LIST", lines.append)
+        names = [line.split()[-1] for line in lines]
+        assert sorted(names) == ["hello.txt", "sub"]
+        assert lines[names.index("sub")].startswith("d")
+        facts = dict(ftp.mlsd())
+        assert facts["hello.txt"]["type"] == "file" and facts["hello.txt"]["size"] == "12"
+        assert facts["sub"]["type"] == "dir"
+        assert sorted(ftp.nlst()) == ["hello.txt", "sub"]
+
+
+def test_hidden_files_need_dash_a(quick_server):
+    (quick_server.root / ".hidden").write_text("h")
+    with connect(quick_server) as ftp:
+        plain: list[str] = []
+        ftp.retrlines("LIST", plain.append)
+        every: list[str] = []
+        ftp.retrlines("LIST -a", every.append)
+    assert not any(".hidden" in l for l in plain)
+    assert any(l.endswith(" .hidden") for l in every)
+
+
+def test_ascii_mode_converts_line_endings(quick_server):
+    (quick_server.root / "unix.txt").write_bytes(b"one\ntwo\n")
+    with connect(quick_server, "alice", "secret") as ftp:
+        ftp.voidcmd("TYPE A")
+        with ftp.transfercmd("RETR unix.txt") as conn:
+            raw = b""
+            while chunk := conn.recv(65536):
+                raw += chunk
+        ftp.voidresp()
+        assert raw == b"one\r\ntwo\r\n"
+        ftp.storlines("STOR dos.txt", io.BytesIO(b"a\r\nb\r\n"))
+    assert (quick_server.root / "dos.txt").read_bytes() == b"a\nb\n"
+
+
+def test_rest_resumes_download(quick_server):
+    with connect(quick_server) as ftp:
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR hello.txt", buf.write, rest=6)
+        assert buf.getvalue() == b"world\n"
+        # REST applies once: the next RETR starts at 0 again
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR hello.txt", buf.write)
+        assert buf.getvalue() == b"hello world\n"
+
+
+def test_rest_resumes_upload(quick_server):
+    with connect(quick_server, "alice", "secret") as ftp:
+        ftp.storbinary("STOR part.bin", io.BytesIO(b"0123456789"))
+        ftp.storbinary("STOR part.bin", io.BytesIO(b"ABC"), rest=5)
+        ftp.storbinary("APPE part.bin", io.BytesIO(b"xyz"))
+    assert (quick_server.root / "part.bin").read_bytes() == b"01234ABCxyz"
+
+
+def test_active_mode(quick_server):
+    with connect(quick_server) as ftp:
+        ftp.set_pasv(False)
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR hello.txt", buf.write)
+        assert buf.getvalue() == b"hello world\n"
+
+
+def test_size_mdtm_mfmt_hash(quick_server):
+    target = quick_server.root / "sub" / "data.bin"
+    with connect(quick_server, "alice", "secret") as ftp:
+        assert ftp.size("sub/data.bin") == target.stat().st_size
+        assert ftp.sendcmd("MDTM hello.txt").startswith("213 ")
+        assert ftp.sendcmd("MFMT 20200102030405 hello.txt") == "213 Modify=20200102030405; /hello.txt"
+        assert time.gmtime((quick_server.root / "hello.txt").stat().st_mtime)[:6] == (2020, 1, 2, 3, 4, 5)
+        reply = ftp.sendcmd("HASH sub/data.bin")
+        assert reply.split()[1:4] == ["SHA-256", f"0-{target.stat().st_size - 1}",
+                                      hashlib.sha256(target.read_bytes()).hexdigest()]
+        ftp.sendcmd("OPTS HASH MD5")
+        assert ftp.sendcmd("HASH hello.txt").split()[3] == hashlib.md5(b"hello world\n").hexdigest()
+
+
+def test_stat_of_a_path_over_control(quick_server):
+    with connect(quick_server) as ftp:
+        reply = ftp.sendcmd("STAT /")
+    assert reply.startswith("213-") and "hello.txt" in reply and reply.rstrip().endswith("213 End")
+
+
+def test_escapes_stay_inside_root(quick_server, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret outside")
+    os.symlink(str(tmp_path), quick_server.root / "link-out")
+    os.symlink("../../../../../../", quick_server.root / "rel-out")
+    with connect(quick_server) as ftp:
+        for path in ("../outside.txt", "/../outside.txt", "link-out/outside.txt", "rel-out/outside.txt",
+                     "rel-out" + str(outside)):
+            with pytest.raises(ftplib.error_perm, match="^550"):
+                ftp.retrbinary(f"RETR {path}", lambda b: None)
+        ftp.cwd("../../..")
+        assert ftp.pwd() == "/"
+        assert "hello.txt" in ftp.nlst()
+
+
+def test_abor_during_download(quick_server):
+    big = quick_server.root / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(512 * 1024 * 1024)
+    with connect(quick_server) as ftp:
+        conn = ftp.transfercmd("RETR big.bin")
+        conn.recv(65536)
+        ftp.putcmd("ABOR")
+        first = ftp.getline()
+        conn.close()
+        second = ftp.getline() if first.startswith("426") else ""
+        assert first.startswith("426") and second.startswith("226"), (first, second)
+        assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_stat_during_transfer(quick_server):
+    big = quick_server.root / "big2.bin"
+    with open(big, "wb") as f:
+        f.truncate(256 * 1024 * 1024)
+    with connect(quick_server) as ftp:
+        conn = ftp.transfercmd("RETR big2.bin")
+        conn.recv(65536)
+        reply = ftp.sendcmd("STAT")
+        assert reply.startswith("211") and "Transfer in progress" in reply
+        conn.close()
+        ftp.getline()
+
+
+def test_over_long_line_and_bad_bytes(quick_server):
+    with socket.create_connection((quick_server.host, quick_server.port), timeout=TIMEOUT) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        s.sendall(b"USER " + b"a" * 100_000 + b"\r\n")
+        assert f.readline().startswith(b"500")
+        s.sendall(b"NOOP\xff\xfe\xfd\r\n")
+        assert f.readline()[:1] in (b"2", b"5")
+        s.sendall(b"USER \xc3\x28bad\r\n")
+        assert f.readline()[:1] in (b"3", b"5")
+        s.sendall(b"NOOP\r\n")
+        assert f.readline().startswith(b"200")
+
+
+def test_http_request_closes(quick_server):
+    with socket.create_connection((quick_server.host, quick_server.port), timeout=TIMEOUT) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert f.readline().startswith(b"500")
+        assert f.read() == b""
+
+
+def test_other_sessions_keep_working_during_a_slow_one(quick_server):
+    with socket.create_connection((quick_server.host, quick_server.port), timeout=TIMEOUT) as slow:
+        slow.sendall(b"USER anonym")  # never finishes its line
+        with connect(quick_server) as ftp:
+            assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_many_parallel_sessions(quick_server):
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with connect(quick_server) as ftp:
+                buf = io.BytesIO()
+                ftp.retrbinary("RETR hello.txt", buf.write)
+                assert buf.getvalue() == b"hello world\n"
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert not errors
