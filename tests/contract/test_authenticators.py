@@ -185,12 +185,16 @@ def test_anonymous_grants_follow_config():
 
 
 def test_guest_write_flag_and_write_enable(tmp_path):
-    cfg = make_cfg(write_enable=True)
     recs = {"w": UserRecord("w", hash_password("p"), None, None, None),
+            "rw": UserRecord("rw", hash_password("p"), None, True, None),
             "ro": UserRecord("ro", hash_password("p"), None, False, None)}
-    auth = MemoryUserAuthenticator(cfg, recs, "/srv/d")
-    assert auth.authenticate(LoginRequest("w", "p", "")).grants == LOCAL_WRITE
+    # vsftpd: without virtual_use_local_privs a guest has anonymous-like rights
+    auth = MemoryUserAuthenticator(make_cfg(write_enable=True, anon_upload_enable=False), recs, "/srv/d")
+    assert auth.authenticate(LoginRequest("w", "p", "")).grants == READ
+    assert auth.authenticate(LoginRequest("rw", "p", "")).grants == LOCAL_WRITE
     assert auth.authenticate(LoginRequest("ro", "p", "")).grants == READ
+    auth = MemoryUserAuthenticator(make_cfg(write_enable=True, virtual_use_local_privs=True), recs, "/srv/d")
+    assert auth.authenticate(LoginRequest("w", "p", "")).grants == LOCAL_WRITE
 
 
 def test_guest_umask_zero_is_kept():

@@ -9,7 +9,6 @@ more events.  Every verb passes `_gate` (login, argument, path, permission) once
 from __future__ import annotations
 
 import fnmatch
-import os
 import stat as stat_mod
 from typing import Any, Callable, Iterable
 
