@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import grp
 import hashlib
+import itertools
 import logging
 import os
 import pwd
@@ -24,6 +25,7 @@ from ..proto.actions import (
     FsChange, OpenPassive, ReceiveFile, ResetSession, SendFile, SendListing, StatPath, Transfer,
     TransferDone,
 )
+from ..logs.events import EventLog, TransferRecord
 from ..proto.listing import Entry
 from ..proto.replies import Reply
 from ..proto.session import Session
@@ -40,11 +42,17 @@ MESSAGE_MAX = 8192  # a directory message file is shown up to this size
 class ServerContext:
     """What every session of one server shares: config, authenticator, name cache."""
 
-    def __init__(self, cfg: Any, authenticator: Any, *, banner: str | None = None) -> None:
+    def __init__(self, cfg: Any, authenticator: Any, *, banner: str | None = None,
+                 events: EventLog | None = None) -> None:
         self.cfg = cfg
         self.authenticator = authenticator
         self.banner = banner
+        self.events = events or EventLog()
         self._names: dict[tuple[int, bool], str] = {}
+        self._next_id = itertools.count(1)
+
+    def session_id(self) -> str:
+        return f"{os.getpid()}.{next(self._next_id)}"
 
     def name_of(self, ident: int, user: bool) -> str:
         key = (ident, user)
@@ -85,20 +93,31 @@ class ControlConnection:
         self.transfer_task: asyncio.Task[None] | None = None
         self.transfer_progress = [0]
         self.closing = False
+        self.events = ctx.events
+        self.sid = ctx.session_id()
+        self.end_reason = "client closed"
+
+    @property
+    def user(self) -> str:
+        account = self.session.account
+        return account.name if account is not None else (self.session.pending_user or "")
 
     # ------------------------------------------------------------ main loop
 
     async def run(self) -> None:
+        self.events.connect(self.sid, self.remote_ip)
         try:
             await self._emit(self.session.greeting())
             await self._loop()
-        except (ConnectionError, asyncio.IncompleteReadError, OSError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
+            self.end_reason = f"connection error: {e.__class__.__name__}"
         except Exception:  # our bug: this session ends, the server lives on
+            self.end_reason = "internal error"
             log.exception("session %s failed", self.remote_ip)
             await self._write_safely(b"421 Internal error; closing connection.\r\n")
         finally:
             await self._cleanup()
+            self.events.disconnect(self.sid, self.remote_ip, self.user, self.end_reason)
 
     async def _loop(self) -> None:
         while not self.closing:
@@ -114,6 +133,7 @@ class ControlConnection:
             if self.transfer_task is not None and not self.transfer_task.done():
                 if not self.session.runs_during_transfer(line):
                     await asyncio.wait({self.transfer_task})
+            self.events.command(self.sid, self.remote_ip, self.user, line)
             await self._emit(self.session.feed(line))
 
     async def _read_line(self) -> bytes | None:
@@ -125,6 +145,7 @@ class ControlConnection:
         try:
             return await asyncio.wait_for(self._read_bounded_line(), timeout)
         except asyncio.TimeoutError:
+            self.end_reason = "idle timeout"
             await self._write_safely(b"421 Timeout.\r\n")
             return None
 
@@ -154,8 +175,9 @@ class ControlConnection:
         """Send replies; perform actions and emit what they lead to, in order."""
         for ev in events:
             if isinstance(ev, Reply):
-                self.writer.write(ev.encode())
+                self._send(ev)
                 if ev.close:
+                    self.end_reason = f"closed by server ({ev.code})"
                     self.closing = True
                     await self.writer.drain()
                     return
@@ -166,6 +188,11 @@ class ControlConnection:
             if self.closing:
                 return
         await self.writer.drain()
+
+    def _send(self, reply: Reply) -> None:
+        data_ = reply.encode()
+        self.writer.write(data_)
+        self.events.reply(self.sid, self.remote_ip, self.user, data_)
 
     # ------------------------------------------------------------ actions
 
@@ -203,6 +230,9 @@ class ControlConnection:
             outcome = await self._file_action(jail, action)
         except OSError as e:
             outcome = e
+        if isinstance(action, FsChange):
+            self.events.fs_change(self.sid, self.remote_ip, self.user, action.verb or action.op,
+                                  action.path, action.target, not isinstance(outcome, OSError))
         return s.complete(action, outcome)
 
     async def _file_action(self, jail: Jail, action: Action) -> Any:
@@ -235,7 +265,7 @@ class ControlConnection:
         try:
             account = await asyncio.to_thread(self.ctx.authenticator.authenticate, req)
         except LoginRefused as e:
-            log.info("FAIL LOGIN %s user=%r: %s", self.remote_ip, action.user, e.reason)
+            self.events.login(self.sid, self.remote_ip, action.user, None, False, e.reason)
             # Answer at a fixed time after PASS, whatever the check cost: an
             # unknown user and a cheap bcrypt hash must look alike.
             delay = float(self.cfg.delay_failed_login or 0)
@@ -244,67 +274,86 @@ class ControlConnection:
         try:
             self.jail = Jail(account.root)
         except OSError as e:
-            log.warning("login %r: cannot open root %s: %s", action.user, account.root, e)
+            self.events.login(self.sid, self.remote_ip, action.user, account.user_class.value, False,
+                              f"cannot open root {account.root}: {e.strerror}")
             return e
-        log.info("OK LOGIN %s user=%r class=%s", self.remote_ip, account.name, account.user_class.value)
+        self.events.login(self.sid, self.remote_ip, account.name, account.user_class.value, True)
         return account
 
     # ------------------------------------------------------------ transfers
 
     async def _transfer(self, action: Transfer) -> None:
-        s = self.session
+        """Prepare, connect, 150, move the bytes, then the final reply (and log it)."""
         progress = self.transfer_progress
-        fd: int | None = None
-        sock: socket.socket | None = None
-        payload: bytes | None = None
-        name = ""
+        opened: dict[str, Any] = {}
+        started = time.time()
         try:
-            assert self.jail is not None
-            size: int | None = None
-            try:
-                if isinstance(action, SendFile):
-                    fd, size = _open_download(self.jail, action)
-                elif isinstance(action, ReceiveFile):
-                    fd, name = _open_upload(self.jail, action)
-                else:
-                    payload = await asyncio.to_thread(self._render_listing, self.jail, action)
-            except OSError as e:
-                await self._emit(s.complete(action, TransferDone("local_error", error=e)))
-                return
-            try:
-                sock = await self.data.connect(s.data_kind, s.port_target)
-            except data.DataRefused:
-                await self._emit(s.complete(action, TransferDone("no_data_connection")))
-                return
-            start = action if not (isinstance(action, ReceiveFile) and action.unique) else \
-                ReceiveFile(paths.resolve(paths.parent(action.path), name), unique=True)
-            self.writer.write(s.transfer_started(start, size).encode())
-            await self.writer.drain()
-            stall = float(self.cfg.data_connection_timeout or 0)
-            try:
-                if isinstance(action, SendFile):
-                    await data.send_file(sock, fd, action.offset, action.ascii, progress, stall)  # type: ignore[arg-type]
-                elif isinstance(action, ReceiveFile):
-                    await data.receive_file(sock, fd, action.ascii, progress, stall)  # type: ignore[arg-type]
-                else:
-                    await data.send_bytes(sock, payload or b"")
-                    progress[0] = len(payload or b"")
-                _close_data(sock)
-                sock = None
-            except (ConnectionError, TimeoutError):
-                await self._emit(s.complete(action, TransferDone("connection_lost", progress[0])))
-                return
-            except OSError as e:  # the local file failed (disk full, quota)
-                await self._emit(s.complete(action, TransferDone("local_error", progress[0], error=e)))
-                return
-            await self._emit(s.complete(action, TransferDone("ok", progress[0], name=name)))
+            done = await self._move(action, progress, opened)
         except asyncio.CancelledError:
-            await self._emit(s.complete(action, TransferDone("aborted", progress[0])))
+            done = TransferDone("aborted", progress[0])
         finally:
-            if sock is not None:
-                sock.close()
-            if fd is not None:
-                os.close(fd)
+            if opened.get("sock") is not None:
+                opened["sock"].close()
+            if opened.get("fd") is not None:
+                os.close(opened["fd"])
+        if opened.get("moving") and isinstance(action, (SendFile, ReceiveFile)):
+            self._log_transfer(action, done, started, opened.get("name", ""))
+        await self._emit(self.session.complete(action, done))
+
+    async def _move(self, action: Transfer, progress: list[int], opened: dict[str, Any]) -> TransferDone:
+        s = self.session
+        assert self.jail is not None
+        size: int | None = None
+        payload = b""
+        try:
+            if isinstance(action, SendFile):
+                opened["fd"], size = _open_download(self.jail, action)
+            elif isinstance(action, ReceiveFile):
+                opened["fd"], opened["name"] = _open_upload(self.jail, action)
+            else:
+                payload = await asyncio.to_thread(self._render_listing, self.jail, action)
+        except OSError as e:
+            return TransferDone("local_error", error=e)
+        try:
+            sock = opened["sock"] = await self.data.connect(s.data_kind, s.port_target)
+        except data.DataRefused:
+            return TransferDone("no_data_connection")
+        start = action
+        if isinstance(action, ReceiveFile) and action.unique:
+            start = ReceiveFile(paths.resolve(paths.parent(action.path), opened["name"]), unique=True)
+        self._send(s.transfer_started(start, size))
+        await self.writer.drain()
+        opened["moving"] = True
+        stall = float(self.cfg.data_connection_timeout or 0)
+        try:
+            if isinstance(action, SendFile):
+                await data.send_file(sock, opened["fd"], action.offset, action.ascii, progress, stall)
+            elif isinstance(action, ReceiveFile):
+                await data.receive_file(sock, opened["fd"], action.ascii, progress, stall)
+            else:
+                progress[0] = await data.send_bytes(sock, payload)
+        except (ConnectionError, TimeoutError):
+            return TransferDone("connection_lost", progress[0])
+        except OSError as e:  # the local file failed (disk full, quota)
+            return TransferDone("local_error", progress[0], error=e)
+        opened["sock"] = None
+        _close_data(sock)
+        return TransferDone("ok", progress[0], name=opened.get("name", ""))
+
+    def _log_transfer(self, action: SendFile | ReceiveFile, done: TransferDone, started: float, name: str) -> None:
+        account = self.session.account
+        path = action.path
+        if isinstance(action, ReceiveFile) and action.unique and name:
+            path = paths.resolve(paths.parent(action.path), name)
+        root = self.jail.root if self.jail is not None else ""
+        self.events.transfer(TransferRecord(
+            session=self.sid, remote_ip=self.remote_ip, user=self.user,
+            user_class=account.user_class.value if account is not None else "",
+            anon_password=getattr(account, "anon_password", ""), path=path,
+            real_path=os.path.join(root, path.lstrip("/")) if root else path,
+            direction="o" if isinstance(action, SendFile) else "i", ascii=action.ascii,
+            size=done.size, seconds=time.time() - started, complete=done.status == "ok",
+            started_at=started))
 
     def _render_listing(self, jail: Jail, action: SendListing) -> bytes:
         st = jail.stat(action.path)

@@ -11,7 +11,7 @@ import errno
 import os
 import random
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from ..proto import addr
 
@@ -19,6 +19,7 @@ __all__ = ["DataChannel", "DataRefused", "AsciiEncoder", "AsciiDecoder", "send_f
 
 RECV_BUFFER = 1 << 20  # uploads: one 1 MiB buffer per transfer
 READ_CHUNK = 1 << 16   # ASCII downloads read this much at a time
+SENDFILE_CHUNK = 1 << 20  # one sendfile call moves at most this much, so other sessions get a turn
 
 
 class DataRefused(Exception):
@@ -187,13 +188,14 @@ async def send_file(sock: socket.socket, fd: int, offset: int, ascii_mode: bool,
     loop = asyncio.get_running_loop()
     async with Stalled(stall_timeout) as stall:
         if not ascii_mode:
-            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-                # chunks let progress show for STAT/ABOR; 8 MiB keeps the syscall count low
-                pos = offset
-                while sent := await loop.sock_sendfile(sock, f, pos, 8 << 20, fallback=True):
-                    pos += sent
-                    progress[0] += sent
-                    stall.moved()
+            pos = [offset]
+
+            def step(sfd: int) -> bool:
+                sent = os.sendfile(sfd, fd, pos[0], SENDFILE_CHUNK)
+                pos[0] += sent
+                progress[0] += sent
+                return sent == 0
+            await _pump(sock, step, stall, writing=True)
             return
         encoder = AsciiEncoder()
         os.lseek(fd, offset, os.SEEK_SET)
@@ -211,13 +213,51 @@ async def receive_file(sock: socket.socket, fd: int, ascii_mode: bool, progress:
     view = memoryview(buf)
     decoder = AsciiDecoder() if ascii_mode else None
     async with Stalled(stall_timeout) as stall:
+        if decoder is None:
+            def step(sfd: int) -> bool:
+                n = sock.recv_into(buf)
+                _write_all(fd, view[:n])
+                progress[0] += n
+                return n == 0
+            await _pump(sock, step, stall, writing=False)
+            return
         while n := await loop.sock_recv_into(sock, buf):
-            data = view[:n] if decoder is None else decoder.feed(bytes(view[:n]))
-            _write_all(fd, data)
+            _write_all(fd, decoder.feed(bytes(view[:n])))
             progress[0] += n
             stall.moved()
-    if decoder is not None:
         _write_all(fd, decoder.flush())
+
+
+async def _pump(sock: socket.socket, step: Callable[[int], bool], stall: Stalled, *, writing: bool) -> None:
+    """Call `step` whenever the socket is ready, until it returns True (EOF).
+
+    asyncio's sock_sendfile/sock_recv_into re-register the fd with epoll on
+    every call; a transfer keeps one registration for its whole life instead,
+    which is what makes bulk transfers run at the loopback's speed.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    sfd = sock.fileno()
+
+    def ready() -> None:
+        if done.done():
+            return
+        try:
+            for _ in range(8):  # bounded, so other sessions get their turn
+                if step(sfd):
+                    done.set_result(None)
+                    return
+            stall.moved()
+        except (BlockingIOError, InterruptedError):
+            stall.moved()
+        except OSError as e:
+            done.set_exception(e)
+
+    (loop.add_writer if writing else loop.add_reader)(sfd, ready)
+    try:
+        await done
+    finally:
+        (loop.remove_writer if writing else loop.remove_reader)(sfd)
 
 
 def _write_all(fd: int, data: Any) -> None:

@@ -1,0 +1,299 @@
+"""Results -> summaries, ratios, a text table, Markdown and JSON. Pure functions only.
+
+The results dict (what run.py builds and results.json holds):
+
+    {"meta": {...}, "servers": [column order], "subjects": [...], "peers": [...],
+     "server_info": {name: {"version": str, ...}},
+     "ceiling": {name: [{"mib_s": x, "client_cores": y} | {"error": str}, ...]},
+     "workloads": {workload: {server: {"status": "ok" | "n/a", "reason": str | None,
+                                       "samples": [{"metrics": {...}, "expected": {...},
+                                                    "missing": {metric: why}, "notes": [...]}],
+                                       "summary": {metric: {"median", "min", "max", "n"}}}}}}
+
+A ratio is subject median / peer median, for every metric with a direction;
+whether more is better is shown by the arrow in the metric column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Iterable, Sequence
+
+__all__ = ["METRICS", "CEILINGS", "percentile", "summarize", "fmt_num", "fmt_cell", "ratio",
+           "fmt_ratio", "build_table", "render_text", "render_markdown", "to_json", "summarize_results"]
+
+# workload -> [(metric key, label, unit, better: "higher" | "lower" | None)]; unit "ok" = a count of successes
+METRICS: dict[str, list[tuple[str, str, str, str | None]]] = {
+    "retr_big": [("mib_s", "download rate", "MiB/s", "higher"),
+                 ("cpu_s_per_gib", "server CPU", "s/GiB", "lower"),
+                 ("client_cores", "client CPU", "cores", None)],
+    "stor_big": [("mib_s", "upload rate", "MiB/s", "higher"),
+                 ("cpu_s_per_gib", "server CPU", "s/GiB", "lower"),
+                 ("client_cores", "client CPU", "cores", None),
+                 ("verified", "on disk: size+sha256", "ok", None)],
+    "retr_small": [("files_s", "files", "files/s", "higher"),
+                   ("p99_ms", "p99 latency", "ms", "lower"),
+                   ("cpu_ms_per_file", "server CPU", "ms/file", "lower"),
+                   ("client_cores", "client CPU", "cores", None)],
+    "list_big": [("list_ms", "LIST", "ms/listing", "lower"),
+                 ("mlsd_ms", "MLSD", "ms/listing", "lower"),
+                 ("list_cpu_ms", "server CPU, LIST", "ms/listing", "lower"),
+                 ("mlsd_cpu_ms", "server CPU, MLSD", "ms/listing", "lower")],
+    "login_rate": [("logins_s", "logins", "logins/s", "higher"),
+                   ("cpu_ms_per_login", "server CPU", "ms/login", "lower"),
+                   ("hash_ms", "password check alone", "ms", "lower"),
+                   ("overhead_ms", "CPU/login - check", "ms/login", "lower"),
+                   ("client_cores", "client CPU", "cores", None)],
+    "concurrent": [("agg_mib_s", "aggregate rate", "MiB/s", "higher"),
+                   ("slowest_mib_s", "slowest client", "MiB/s", "higher"),
+                   ("cpu_s_per_gib", "server CPU", "s/GiB", "lower"),
+                   ("client_cores", "client CPU", "cores", None),
+                   ("clients_ok", "clients completed", "ok", None)],
+    "idle_sessions": [("accepted", "sessions accepted", "ok", None),
+                      ("pss_kib", "PSS per session", "KiB", "lower"),
+                      ("uss_kib", "USS per session", "KiB", "lower"),
+                      ("procs", "processes per session", "procs", "lower")],
+    "retr_big_tls": [("mib_s", "download rate", "MiB/s", "higher"),
+                     ("cpu_s_per_gib", "server CPU", "s/GiB", "lower"),
+                     ("client_cores", "client CPU", "cores", None)],
+    "stor_big_tls": [("mib_s", "upload rate", "MiB/s", "higher"),
+                     ("cpu_s_per_gib", "server CPU", "s/GiB", "lower"),
+                     ("client_cores", "client CPU", "cores", None),
+                     ("verified", "on disk: size+sha256", "ok", None)],
+}
+
+CEILINGS: list[tuple[str, str]] = [
+    ("loopback", "loopback: sendfile -> recv (2 helper processes)"),
+    ("client_download", "client download (its RETR read loop)"),
+    ("client_upload", "client upload (its STOR sendfile)"),
+    ("client_tls_download", "client TLS download"),
+    ("client_tls_upload", "client TLS upload"),
+]
+
+_ARROW = {"higher": "↑", "lower": "↓", None: ""}
+
+
+# -- numbers -----------------------------------------------------------------------------
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); p in 0..100."""
+    if not values:
+        raise ValueError("percentile of no values")
+    xs = sorted(values)
+    k = (len(xs) - 1) * p / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def summarize(values: Iterable[float]) -> dict[str, float] | None:
+    xs = [float(v) for v in values]
+    if not xs:
+        return None
+    return {"median": percentile(xs, 50), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def fmt_num(x: float) -> str:
+    """Three significant digits, no exponent for the sizes we meet (0.0001 .. 10^7)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    a = abs(x)
+    if a == 0:
+        return "0"
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    digits = min(6, 2 - math.floor(math.log10(a)))
+    return f"{x:.{digits}f}"
+
+
+def fmt_cell(summary: dict[str, float] | None) -> str:
+    """'median (min–max)', or just the median when all samples agree or there is one."""
+    if not summary:
+        return "n/a"
+    med, lo, hi = fmt_num(summary["median"]), fmt_num(summary["min"]), fmt_num(summary["max"])
+    if summary["n"] == 1 or lo == hi:
+        return med
+    return f"{med} ({lo}–{hi})"
+
+
+def ratio(subject: float | None, peer: float | None) -> float | None:
+    if subject is None or peer is None or peer == 0:
+        return None
+    return subject / peer
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}×"
+
+
+def _ok_cell(samples: list[dict], key: str) -> str:
+    got = [s for s in samples if key in s.get("metrics", {})]
+    if not got:
+        return "n/a"
+    ok = sum(int(s["metrics"][key]) for s in got)
+    want = sum(int(s.get("expected", {}).get(key, 1)) for s in got)
+    return f"{ok}/{want}"
+
+
+# -- results -> summaries ----------------------------------------------------------------
+def summarize_results(results: dict[str, Any]) -> dict[str, Any]:
+    """Fill in every "summary" from its "samples" (in place; returns `results`)."""
+    for per_server in results.get("workloads", {}).values():
+        for entry in per_server.values():
+            keys: dict[str, list[float]] = {}
+            for s in entry.get("samples", []):
+                for k, v in s.get("metrics", {}).items():
+                    keys.setdefault(k, []).append(v)
+            entry["summary"] = {k: summarize(v) for k, v in keys.items()}
+    return results
+
+
+# -- the table ---------------------------------------------------------------------------
+def _short(name: str) -> str:
+    return name.replace("ftpwarden-", "fw-")
+
+
+def build_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
+    """(headers, rows, footnotes) of the main table."""
+    servers: list[str] = results["servers"]
+    subjects = [s for s in results.get("subjects", []) if s in servers]
+    peers = [p for p in results.get("peers", []) if p in servers and p not in subjects]
+    pairs = [(s, p) for s in subjects for p in peers]
+    headers = ["workload", "metric", "unit"] + servers + [f"{_short(s)}/{_short(p)}" for s, p in pairs]
+    notes: list[str] = []
+
+    def mark(text: str) -> str:
+        if text not in notes:
+            notes.append(text)
+        return f"n/a[{notes.index(text) + 1}]"
+
+    rows = []
+    for wname, per_server in results.get("workloads", {}).items():
+        for key, label, unit, better in METRICS.get(wname, []):
+            cells, medians = [], {}
+            for srv in servers:
+                entry = per_server.get(srv)
+                if entry is None:
+                    cells.append("-")
+                    continue
+                if entry.get("status") != "ok":
+                    cells.append(mark(f"{srv}: {entry.get('reason') or 'not available'}"))
+                    continue
+                if unit == "ok":
+                    cells.append(_ok_cell(entry.get("samples", []), key))
+                    continue
+                summary = entry.get("summary", {}).get(key)
+                if summary is None:
+                    why = next((s["missing"][key] for s in entry.get("samples", [])
+                                if key in s.get("missing", {})), "not measured")
+                    cells.append(mark(f"{srv}, {wname}, {label}: {why}"))
+                    continue
+                medians[srv] = summary["median"]
+                cells.append(fmt_cell(summary))
+            rcells = [fmt_ratio(ratio(medians.get(s), medians.get(p))) if better else ""
+                      for s, p in pairs]
+            rows.append([wname, f"{label} {_ARROW[better]}".strip(), unit] + cells + rcells)
+    return headers, rows, [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
+
+
+def ceiling_rows(results: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for key, label in CEILINGS:
+        samples = results.get("ceiling", {}).get(key)
+        if not samples:
+            continue
+        good = [s for s in samples if "mib_s" in s]
+        if not good:
+            rows.append([label, "n/a: " + samples[0].get("error", "?"), ""])
+            continue
+        rate = fmt_cell(summarize(s["mib_s"] for s in good))
+        cores = summarize(s["client_cores"] for s in good if "client_cores" in s)
+        rows.append([label, rate, fmt_cell(cores) if cores else ""])
+    return rows
+
+
+def render_text(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+           "  ".join("-" * w for w in widths)]
+    last = None
+    for r in rows:
+        first = r[0] if r[0] != last else ""
+        last = r[0]
+        out.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip([first] + r[1:], widths))).rstrip())
+    return "\n".join(out)
+
+
+def _md_table(headers: list[str], rows: list[list[str]], numeric_from: int) -> str:
+    def esc(c: str) -> str:
+        return c.replace("|", "\\|")
+    out = ["| " + " | ".join(esc(h) for h in headers) + " |",
+           "|" + "|".join("---:" if i >= numeric_from else "---" for i in range(len(headers))) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _notes(results: dict[str, Any]) -> list[str]:
+    out = []
+    for wname, per_server in results.get("workloads", {}).items():
+        for srv, entry in per_server.items():
+            seen: list[str] = []
+            for s in entry.get("samples", []):
+                for n in s.get("notes", []):
+                    if n not in seen:
+                        seen.append(n)
+            if seen:
+                more = f" (+{len(seen) - 3} more)" if len(seen) > 3 else ""
+                out.append(f"{wname} / {srv}: " + "; ".join(seen[:3]) + more)
+    return out
+
+
+def render_all_text(results: dict[str, Any]) -> str:
+    headers, rows, footnotes = build_table(results)
+    parts = [_header_lines(results), "",
+             render_text(["ceiling (same run)", "MiB/s", "client CPU (cores)"], ceiling_rows(results)), "",
+             render_text(headers, rows)]
+    if footnotes:
+        parts += ["", *footnotes]
+    notes = _notes(results)
+    if notes:
+        parts += ["", "notes:", *("  " + n for n in notes)]
+    return "\n".join(parts)
+
+
+def _header_lines(results: dict[str, Any]) -> str:
+    m = results.get("meta", {})
+    info = results.get("server_info", {})
+    versions = ", ".join(f"{s} {info.get(s, {}).get('version', '?')}" for s in results.get("servers", []))
+    return "\n".join([
+        f"ftpwarden benchmark {m.get('started', '')}: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
+        f"kernel {m.get('kernel', '?')}, Python {m.get('python', '?')}",
+        f"servers: {versions}",
+        f"sizes: {m.get('sizes_text', '?')}; repeat {m.get('repeat', '?')}; "
+        f"median (min–max) of the repeats; took {m.get('duration_s', 0):.0f}s",
+    ])
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    headers, rows, footnotes = build_table(results)
+    md = ["# ftpwarden benchmark results", "", "```", _header_lines(results), "```", "",
+          "## Ceilings (same run)", "",
+          _md_table(["ceiling", "MiB/s", "client CPU (cores)"], ceiling_rows(results), 1), "",
+          "## Servers", "",
+          _md_table(headers, rows, 3), ""]
+    if footnotes:
+        md += [*(f"{f}  " for f in footnotes), ""]
+    notes = _notes(results)
+    if notes:
+        md += ["## Notes", "", *(f"- {n}" for n in notes), ""]
+    md += ["Cells: median (min–max) over the repeats. Ratios: subject median / peer median; "
+           "↑ = more is better, ↓ = less is better. See bench/README.md.", ""]
+    return "\n".join(md)
+
+
+def to_json(results: dict[str, Any]) -> str:
+    return json.dumps(results, indent=1, sort_keys=False, default=str) + "\n"

@@ -1,0 +1,423 @@
+"""The workloads: each takes one running server and returns one sample of its metrics.
+
+A sample is {"metrics": {key: number}, "expected": {key: n}, "missing": {key: why},
+"notes": [str]}; the keys, labels and units are in report.METRICS. Server CPU is the
+process tree's CPU time between just before and just after the timed part
+(servers.Server.cpu_seconds); client CPU is this process's own CPU time over the
+same wall time, in cores (1.0 = one core busy the whole time).
+
+Every loop is bounded in time: socket timeouts on every connection, deadlines on
+every loop, thread joins with timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from client import Control, FtpError, login_once, tls_client_context
+from fixture import CONC_SIZE, PASSWORD, SMALL_SIZE, SRC, USER, Fixture, sha256_file
+from servers import HOST, Server
+
+__all__ = ["WORKLOADS", "Workload", "Sample", "hash_check_ms"]
+
+GIB = float(1 << 30)
+MIB = float(1 << 20)
+LOOP_LIMIT = 300.0  # no single sample may run longer than this
+
+
+@dataclass
+class Sample:
+    metrics: dict[str, float] = field(default_factory=dict)
+    expected: dict[str, int] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)  # metric -> why it has no value
+    notes: list[str] = field(default_factory=list)
+
+
+class Meter:
+    """Wall time, server tree CPU and client CPU around a block."""
+
+    def __init__(self, server: Server, settle: Callable[[], None] | None = None) -> None:
+        self.server, self.settle = server, settle
+
+    def __enter__(self) -> "Meter":
+        self.cpu0 = self.server.cpu_seconds()
+        self.c0, self.t0 = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.t1, self.c1 = time.perf_counter(), time.process_time()
+        if exc[0] is None:
+            (self.settle or (lambda: time.sleep(0.2)))()
+        self.cpu1 = self.server.cpu_seconds()
+
+    @property
+    def wall(self) -> float:
+        return self.t1 - self.t0
+
+    @property
+    def server_cpu(self) -> float:
+        return self.cpu1 - self.cpu0
+
+    @property
+    def client_cores(self) -> float:
+        return (self.c1 - self.c0) / self.wall if self.wall > 0 else 0.0
+
+
+@dataclass
+class Ctx:
+    fx: Fixture
+    seq: int = 0
+    buf: bytearray = field(default_factory=lambda: bytearray(4 << 20))
+
+    def control(self, server: Server, timeout: float = 60.0) -> Control:
+        c = Control(HOST, server.port, timeout=timeout, tls=tls_client_context() if server.tls else None)
+        try:
+            c.login(USER, PASSWORD)
+        except BaseException:
+            c.close()
+            raise
+        return c
+
+
+def _wait_procs(server: Server, target: int, limit: float) -> None:
+    """Let sessions end: wait until the tree is back to `target` processes (bounded)."""
+    deadline = time.monotonic() + limit
+    while server.nprocs() > target and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
+# -- big transfers ------------------------------------------------------------------------
+def retr_big(server: Server, ctx: Ctx) -> Sample:
+    size = ctx.fx.sizes.big
+    c = ctx.control(server, timeout=120)
+    try:
+        with Meter(server) as m:
+            n = c.retr("big.bin", ctx.buf)
+    finally:
+        c.quit()
+    if n != size:
+        raise FtpError(f"RETR big.bin gave {n} bytes, not {size}")
+    return Sample({"mib_s": n / MIB / m.wall, "cpu_s_per_gib": m.server_cpu / (n / GIB),
+                   "client_cores": m.client_cores})
+
+
+def stor_big(server: Server, ctx: Ctx) -> Sample:
+    fx = ctx.fx
+    ctx.seq += 1
+    name = f"up/{server.name}{'-tls' if server.tls else ''}-{ctx.seq}.bin"
+    target = fx.data / name
+    c = ctx.control(server, timeout=120)
+    try:
+        with Meter(server) as m:
+            n = c.stor(name, str(fx.data / "big.bin"))
+    finally:
+        c.quit()
+    s = Sample({"mib_s": n / MIB / m.wall, "cpu_s_per_gib": m.server_cpu / (n / GIB),
+                "client_cores": m.client_cores})
+    try:
+        size = target.stat().st_size
+        ok = size == fx.sizes.big and sha256_file(target) == fx.big_sha256
+        if not ok:
+            s.notes.append(f"upload on disk: {size} bytes" + (", sha256 differs" if size == fx.sizes.big else ""))
+    except OSError as e:
+        ok = False
+        s.notes.append(f"upload not found on disk: {e.strerror}")
+    finally:
+        try:
+            target.unlink()
+        except OSError:
+            pass
+    s.metrics["verified"], s.expected["verified"] = int(ok), 1
+    return s
+
+
+# -- many small files ----------------------------------------------------------------------
+def retr_small(server: Server, ctx: Ctx) -> Sample:
+    count = ctx.fx.sizes.small_files
+    lat: list[float] = []
+    c = ctx.control(server)
+    try:
+        deadline = time.monotonic() + LOOP_LIMIT
+        with Meter(server) as m:
+            for i in range(count):
+                t = time.perf_counter()
+                n = c.retr(f"small/f{i:05d}.bin", ctx.buf)
+                lat.append(time.perf_counter() - t)
+                if n != SMALL_SIZE:
+                    raise FtpError(f"small/f{i:05d}.bin: {n} bytes, not {SMALL_SIZE}")
+                if time.monotonic() > deadline:
+                    break
+    finally:
+        c.quit()
+    s = Sample({"files_s": len(lat) / m.wall, "p99_ms": _percentile(lat, 99) * 1e3,
+                "cpu_ms_per_file": m.server_cpu * 1e3 / len(lat), "client_cores": m.client_cores})
+    if len(lat) < count:
+        s.notes.append(f"stopped after {LOOP_LIMIT:.0f}s at {len(lat)} of {count} files")
+    return s
+
+
+def _percentile(values: list[float], p: float) -> float:
+    from report import percentile
+    return percentile(values, p)
+
+
+# -- listings --------------------------------------------------------------------------------
+LISTINGS_PER_SAMPLE = 3
+
+
+def list_big(server: Server, ctx: Ctx) -> Sample:
+    want = ctx.fx.sizes.list_entries
+    s = Sample()
+    c = ctx.control(server)
+    try:
+        for verb in ("LIST", "MLSD"):
+            key = verb.lower()
+            try:
+                with Meter(server) as m:
+                    for _ in range(LISTINGS_PER_SAMPLE):
+                        text = c.listing(verb, "list", ctx.buf)
+            except FtpError as e:
+                s.missing[f"{key}_ms"] = s.missing[f"{key}_cpu_ms"] = str(e)
+                continue
+            seen = text.count(b"entry-")
+            if seen != want:
+                s.notes.append(f"{verb} listed {seen} of {want} entries")
+            s.metrics[f"{key}_ms"] = m.wall * 1e3 / LISTINGS_PER_SAMPLE
+            s.metrics[f"{key}_cpu_ms"] = m.server_cpu * 1e3 / LISTINGS_PER_SAMPLE
+    finally:
+        c.quit()
+    return s
+
+
+# -- logins ----------------------------------------------------------------------------------------
+_hash_cache: dict[str, tuple[float | None, str]] = {}
+
+
+def hash_check_ms(server_name: str, fx: Fixture) -> tuple[float | None, str]:
+    """The cost of one password check of benchuser's stored hash, measured alone in this
+    process: ftpwarden's verify_password on the user DB's hash, crypt(3) on the shadow
+    hash for vsftpd (PAM's pam_unix does the same crypt), a string compare for pyftpdlib."""
+    kind = "ftpwarden" if server_name.startswith("ftpwarden") else server_name
+    if kind in _hash_cache:
+        return _hash_cache[kind]
+    what, fn = "", None
+    try:
+        if kind == "ftpwarden":
+            import sys
+            if str(SRC) not in sys.path:
+                sys.path.insert(0, str(SRC))
+            from ftpwarden.policy.passwords import verify_password
+            stored = fx.userdb_hash()
+            what = (stored or "?").split("$")[1] + (" " + stored.split("$")[2] if stored else "")
+            fn = lambda: verify_password(PASSWORD, stored)  # noqa: E731
+        elif kind == "vsftpd":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt
+            stored = fx.shadow_hash()
+            what = "crypt(3) $" + (stored or "?").split("$")[1] + "$"
+            fn = lambda: crypt.crypt(PASSWORD, stored) == stored  # noqa: E731
+        elif kind == "pyftpdlib":
+            from pyftpdlib.authorizers import DummyAuthorizer
+            auth = DummyAuthorizer()
+            auth.add_user(USER, PASSWORD, str(fx.data))
+            what = "plain-text compare (DummyAuthorizer)"
+
+            def fn() -> bool:
+                for _ in range(999):
+                    auth.validate_authentication(USER, PASSWORD, None)
+                auth.validate_authentication(USER, PASSWORD, None)
+                return True
+    except Exception as e:  # the hash check is a side figure: never fail the run for it
+        _hash_cache[kind] = (None, f"{type(e).__name__}: {e}")
+        return _hash_cache[kind]
+    if fn is None:
+        return None, "unknown server"
+    times = []
+    for _ in range(7):
+        t = time.perf_counter()
+        ok = fn()
+        times.append(time.perf_counter() - t)
+        if not ok:
+            _hash_cache[kind] = (None, "the stored hash did not verify")
+            return _hash_cache[kind]
+    times.sort()
+    ms = times[len(times) // 2] * 1e3 / (1000 if kind == "pyftpdlib" else 1)
+    _hash_cache[kind] = (ms, what)
+    return _hash_cache[kind]
+
+
+def login_rate(server: Server, ctx: Ctx) -> Sample:
+    sizes = ctx.fx.sizes
+    base_procs = server.nprocs()
+    deadline = time.perf_counter() + sizes.login_seconds
+    counts = [0] * sizes.login_clients
+    fails = [0] * sizes.login_clients
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        while time.perf_counter() < deadline:
+            try:
+                login_once(HOST, server.port, USER, PASSWORD, timeout=30)
+                counts[i] += 1
+            except (OSError, FtpError) as e:
+                fails[i] += 1
+                if len(errors) < 3:
+                    errors.append(f"{type(e).__name__}: {e}")
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(sizes.login_clients)]
+    with Meter(server, settle=lambda: _wait_procs(server, base_procs, 10)) as m:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(sizes.login_seconds + 60)
+    done = sum(counts)
+    s = Sample(notes=[f"failed logins: {sum(fails)} (e.g. {errors[0]})"] if errors else [])
+    if not done:
+        raise FtpError(f"no login succeeded: {errors[:1]}")
+    s.metrics = {"logins_s": done / m.wall, "cpu_ms_per_login": m.server_cpu * 1e3 / done,
+                 "client_cores": m.client_cores}
+    ms, what = hash_check_ms(server.name, ctx.fx)
+    if ms is not None:
+        s.metrics["hash_ms"] = ms
+        s.metrics["overhead_ms"] = s.metrics["cpu_ms_per_login"] - ms
+        s.notes.append(f"password hash: {what}")
+    else:
+        s.missing["hash_ms"] = s.missing["overhead_ms"] = what
+    return s
+
+
+# -- many clients ----------------------------------------------------------------------------------
+def _open_sessions(server: Server, ctx: Ctx, n: int, parallel: int = 16) -> tuple[list[Control], list[str]]:
+    """Log `n` sessions in, `parallel` at a time; return the ones that made it and some errors."""
+    errors: list[str] = []
+
+    def one(_i: int) -> Control | None:
+        try:
+            return ctx.control(server, timeout=60)
+        except (OSError, FtpError) as e:
+            if len(errors) < 3:
+                errors.append(f"{type(e).__name__}: {e}")
+            return None
+
+    with ThreadPoolExecutor(parallel) as pool:
+        sessions = [c for c in pool.map(one, range(n), timeout=LOOP_LIMIT) if c is not None]
+    return sessions, errors
+
+
+def _close_all(sessions: list[Control]) -> None:
+    for c in sessions:
+        c.close()
+
+
+def concurrent(server: Server, ctx: Ctx) -> Sample:
+    sizes = ctx.fx.sizes
+    n = sizes.concurrent
+    base_procs = server.nprocs()
+    sessions, errors = _open_sessions(server, ctx, n)
+    got = [0] * len(sessions)
+    ends = [0.0] * len(sessions)
+    fails: list[str] = []
+    start = threading.Barrier(len(sessions) + 1, timeout=120)
+    t0 = [0.0]
+
+    def worker(i: int) -> None:
+        c, buf = sessions[i], bytearray(1 << 20)
+        try:
+            start.wait()
+        except threading.BrokenBarrierError:
+            return
+        deadline = t0[0] + sizes.concurrent_seconds
+        try:
+            while time.perf_counter() < deadline:
+                got[i] += c.retr("c10m.bin", buf)
+                ends[i] = time.perf_counter()
+        except (OSError, FtpError) as e:
+            fails.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(sessions))]
+    for t in threads:
+        t.start()
+    try:
+        with Meter(server) as m:
+            t0[0] = time.perf_counter()
+            start.wait()
+            for t in threads:
+                t.join(sizes.concurrent_seconds + 120)
+    finally:
+        _close_all(sessions)
+    _wait_procs(server, base_procs, 10)
+    total = sum(got)
+    if not total:
+        raise FtpError(f"no download completed: {(errors + fails)[:1]}")
+    wall = max(ends) - t0[0]
+    rates = [g / MIB / (e - t0[0]) if g else 0.0 for g, e in zip(got, ends)]
+    s = Sample({"agg_mib_s": total / MIB / wall, "slowest_mib_s": min(rates) if len(sessions) == n else 0.0,
+                "cpu_s_per_gib": m.server_cpu / (total / GIB), "client_cores": m.client_cores,
+                "clients_ok": len(sessions) - len(fails)}, {"clients_ok": n})
+    if errors or fails:
+        s.notes.append(f"{n - len(sessions)} logins and {len(fails)} clients failed: {(errors + fails)[0]}")
+    s.notes.append(f"{total / CONC_SIZE:.0f} downloads of 10 MiB in {wall:.1f}s")
+    return s
+
+
+def idle_sessions(server: Server, ctx: Ctx) -> Sample:
+    n = ctx.fx.sizes.idle_sessions
+    time.sleep(0.3)
+    base = server.memory()
+    sessions, errors = _open_sessions(server, ctx, n)
+    try:
+        time.sleep(1.0)
+        mem = server.memory()
+        alive = 0
+        for c in sessions:
+            try:
+                if c.cmd("NOOP")[0] == 200:
+                    alive += 1
+            except (OSError, FtpError):
+                pass
+    finally:
+        _close_all(sessions)
+    _wait_procs(server, base["procs"], 20)
+    s = Sample({"accepted": alive}, {"accepted": n})
+    if alive:
+        s.metrics["pss_kib"] = (mem["pss_kib"] - base["pss_kib"]) / alive
+        s.metrics["uss_kib"] = (mem["uss_kib"] - base["uss_kib"]) / alive
+        s.metrics["procs"] = (mem["procs"] - base["procs"]) / alive
+    if errors:
+        s.notes.append(f"{n - len(sessions)} sessions refused: {errors[0]}")
+    s.notes.append(f"tree with {alive} sessions: PSS {mem['pss_kib'] / 1024:.1f} MiB, "
+                   f"USS {mem['uss_kib'] / 1024:.1f} MiB, {mem['procs']} processes "
+                   f"(idle: {base['pss_kib'] / 1024:.1f} MiB PSS, {base['procs']} processes)")
+    return s
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    fn: Callable[[Server, Ctx], Sample]
+    tls: bool = False
+    max_repeat: int | None = None  # slow ones may be repeated less
+    about: str = ""
+
+
+WORKLOADS: dict[str, Workload] = {w.name: w for w in [
+    Workload("retr_big", retr_big, about="download the big file"),
+    Workload("stor_big", stor_big, about="upload the big file; size and sha256 checked on disk"),
+    Workload("retr_small", retr_small, about="N downloads of 8 KiB files over one session"),
+    Workload("list_big", list_big, about="LIST and MLSD of a directory of many empty files"),
+    Workload("login_rate", login_rate, about="connect+USER+PASS+QUIT, 16 clients at once"),
+    Workload("concurrent", concurrent, about="N clients each downloading a 10 MiB file in a loop"),
+    Workload("idle_sessions", idle_sessions, max_repeat=1, about="N logged-in idle sessions"),
+    Workload("retr_big_tls", retr_big, tls=True, about="retr_big over TLS (AUTH TLS, PROT P)"),
+    Workload("stor_big_tls", stor_big, tls=True, about="stor_big over TLS"),
+]}
