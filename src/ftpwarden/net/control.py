@@ -17,7 +17,7 @@ import socket
 import stat as stat_mod
 import time
 import zlib
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ..proto import paths
 from ..proto.actions import (
@@ -43,11 +43,17 @@ class ServerContext:
     """What every session of one server shares: config, authenticator, name cache."""
 
     def __init__(self, cfg: Any, authenticator: Any, *, banner: str | None = None,
-                 events: EventLog | None = None) -> None:
+                 events: EventLog | None = None, broker: Any = None,
+                 handover: Callable[["ControlConnection", Any], Awaitable[None]] | None = None) -> None:
         self.cfg = cfg
-        self.authenticator = authenticator
+        self.authenticator = authenticator  # .authenticate(LoginRequest) -> account, blocking
         self.banner = banner
         self.events = events or EventLog()
+        # Isolated mode: `broker` asks the monitor for port-20 sockets and upload
+        # chowns; `handover` passes a good login to the monitor, which starts the
+        # post-login process.  Pooled mode: both None (done in-process).
+        self.broker = broker
+        self.handover = handover
         self._names: dict[tuple[int, bool], str] = {}
         self._next_id = itertools.count(1)
 
@@ -73,7 +79,10 @@ class ServerContext:
 class ControlConnection:
     """Drives one Session over an asyncio stream pair."""
 
-    def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 *, account: Any = None, pending: bytes = b"") -> None:
+        """`account`: start logged in (isolated mode's post-login process), after
+        feeding `pending`, the bytes the client pipelined after PASS."""
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.reader = reader
@@ -88,8 +97,12 @@ class ControlConnection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.session = Session(self.cfg, local_ip=self.local_ip, remote_ip=self.remote_ip,
                                banner=ctx.banner, names=ctx.name_of)
-        self.data = data.DataChannel(self.cfg, local_ip=self.local_ip, remote_ip=self.remote_ip)
+        self.data = data.DataChannel(self.cfg, local_ip=self.local_ip, remote_ip=self.remote_ip,
+                                     broker=ctx.broker)
         self.jail: Jail | None = None
+        self.start_account = account
+        if pending:
+            reader.feed_data(pending)
         self.transfer_task: asyncio.Task[None] | None = None
         self.transfer_progress = [0]
         self.closing = False
@@ -105,9 +118,15 @@ class ControlConnection:
     # ------------------------------------------------------------ main loop
 
     async def run(self) -> None:
-        self.events.connect(self.sid, self.remote_ip)
+        if self.start_account is None:
+            self.events.connect(self.sid, self.remote_ip)
         try:
-            await self._emit(self.session.greeting())
+            if self.start_account is None:
+                await self._emit(self.session.greeting())
+            else:
+                self.jail = Jail(self.start_account.root)
+                await self._emit(self.session.complete(
+                    Authenticate(self.start_account.name, ""), self.start_account))
             await self._loop()
         except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
             self.end_reason = f"connection error: {e.__class__.__name__}"
@@ -189,6 +208,10 @@ class ControlConnection:
                 return
         await self.writer.drain()
 
+    def pending_bytes(self) -> bytes:
+        """What the client sent that we have not read yet (handed over after login)."""
+        return bytes(self.reader._buffer)  # asyncio has no public accessor for this
+
     def _send(self, reply: Reply) -> None:
         data_ = reply.encode()
         self.writer.write(data_)
@@ -210,7 +233,14 @@ class ControlConnection:
                 await asyncio.wait({task})
             return []
         if isinstance(action, Authenticate):
-            return s.complete(action, await self._authenticate(action))
+            outcome = await self._authenticate(action)
+            if self.ctx.handover is not None and outcome is not None and not isinstance(outcome, OSError):
+                # the post-login process answers 230 and reads on from here
+                await self.ctx.handover(self, outcome)
+                self.end_reason = "logged in: handed over"
+                self.closing = True
+                return []
+            return s.complete(action, outcome)
         if isinstance(action, ResetSession):
             self._close_jail()
             self.data.close()
@@ -272,7 +302,8 @@ class ControlConnection:
             await asyncio.sleep(max(0.0, started + delay - loop.time()))
             return None
         try:
-            self.jail = Jail(account.root)
+            if self.ctx.handover is None:
+                self.jail = Jail(account.root)
         except OSError as e:
             self.events.login(self.sid, self.remote_ip, action.user, account.user_class.value, False,
                               f"cannot open root {account.root}: {e.strerror}")
@@ -338,7 +369,16 @@ class ControlConnection:
             return TransferDone("local_error", progress[0], error=e)
         opened["sock"] = None
         _close_data(sock)
+        if isinstance(action, ReceiveFile) and self._chown_uploads():
+            try:
+                await asyncio.to_thread(self.ctx.broker.chown_upload, opened["fd"])
+            except OSError as e:
+                return TransferDone("local_error", progress[0], error=e)
         return TransferDone("ok", progress[0], name=opened.get("name", ""))
+
+    def _chown_uploads(self) -> bool:
+        """vsftpd's chown_uploads: anonymous uploads are given to chown_username by the monitor."""
+        return bool(self.cfg.chown_uploads) and self.ctx.broker is not None and self.session.is_anonymous()
 
     def _log_transfer(self, action: SendFile | ReceiveFile, done: TransferDone, started: float, name: str) -> None:
         account = self.session.account

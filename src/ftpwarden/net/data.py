@@ -29,8 +29,9 @@ class DataRefused(Exception):
 class DataChannel:
     """The data side of one control connection: at most one listener or target."""
 
-    def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str) -> None:
+    def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str, broker: Any = None) -> None:
         self.cfg = cfg
+        self.broker = broker  # isolated mode: the monitor makes active-mode sockets
         self.local_ip = local_ip
         self.remote_ip = remote_ip
         self.listener: socket.socket | None = None
@@ -83,6 +84,11 @@ class DataChannel:
     # ------------------------------------------------------------ active
 
     async def _connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        if self.broker is not None:
+            try:
+                return await asyncio.wait_for(asyncio.to_thread(self.broker.active_socket, host, port), timeout)
+            except (OSError, asyncio.TimeoutError) as e:
+                raise DataRefused(f"monitor could not connect: {e}") from None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)

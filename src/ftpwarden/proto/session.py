@@ -732,6 +732,9 @@ class Session:
 
     # ------------------------------------------------------------------ helpers
 
+    def is_anonymous(self) -> bool:
+        return self._is_anonymous()
+
     def _is_anonymous(self) -> bool:
         cls = getattr(self.account, "user_class", None)
         return getattr(cls, "value", cls) == "anonymous"
