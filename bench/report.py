@@ -51,6 +51,7 @@ METRICS: dict[str, list[tuple[str, str, str, str | None]]] = {
                    ("client_cores", "client CPU", "cores", None),
                    ("clients_ok", "clients completed", "ok", None)],
     "idle_sessions": [("accepted", "sessions accepted", "ok", None),
+                      ("tree_pss_mib", "tree PSS, all sessions", "MiB", "lower"),
                       ("pss_kib", "PSS per session", "KiB", "lower"),
                       ("uss_kib", "USS per session", "KiB", "lower"),
                       ("procs", "processes per session", "procs", "lower")],
@@ -71,6 +72,7 @@ CEILINGS: list[tuple[str, str]] = [
     ("client_tls_upload", "client TLS upload"),
 ]
 
+CEILING_HEADERS = ["ceiling (same run)", "MiB/s", "client CPU (cores)", "MiB/s per client core"]
 _ARROW = {"higher": "↑", "lower": "↓", None: ""}
 
 
@@ -126,7 +128,9 @@ def ratio(subject: float | None, peer: float | None) -> float | None:
 
 
 def fmt_ratio(r: float | None) -> str:
-    return "n/a" if r is None else f"{r:.2f}×"
+    if r is None:
+        return "n/a"
+    return f"{r:.2f}×" if 0.1 <= abs(r) < 100 else f"{fmt_num(r)}×"
 
 
 def _ok_cell(samples: list[dict], key: str) -> str:
@@ -207,15 +211,16 @@ def ceiling_rows(results: dict[str, Any]) -> list[list[str]]:
             continue
         good = [s for s in samples if "mib_s" in s]
         if not good:
-            rows.append([label, "n/a: " + samples[0].get("error", "?"), ""])
+            rows.append([label, "n/a: " + samples[0].get("error", "?"), "", ""])
             continue
         rate = fmt_cell(summarize(s["mib_s"] for s in good))
         cores = summarize(s["client_cores"] for s in good if "client_cores" in s)
-        rows.append([label, rate, fmt_cell(cores) if cores else ""])
+        per_core = summarize(s["mib_s"] / s["client_cores"] for s in good if s.get("client_cores"))
+        rows.append([label, rate, fmt_cell(cores) if cores else "", fmt_cell(per_core) if per_core else ""])
     return rows
 
 
-def render_text(headers: list[str], rows: list[list[str]]) -> str:
+def render_text(headers: list[str], rows: list[list[str]], numeric_from: int = 3) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
            "  ".join("-" * w for w in widths)]
@@ -223,7 +228,7 @@ def render_text(headers: list[str], rows: list[list[str]]) -> str:
     for r in rows:
         first = r[0] if r[0] != last else ""
         last = r[0]
-        out.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+        out.append("  ".join(c.ljust(w) if i < numeric_from else c.rjust(w)
                              for i, (c, w) in enumerate(zip([first] + r[1:], widths))).rstrip())
     return "\n".join(out)
 
@@ -255,7 +260,7 @@ def _notes(results: dict[str, Any]) -> list[str]:
 def render_all_text(results: dict[str, Any]) -> str:
     headers, rows, footnotes = build_table(results)
     parts = [_header_lines(results), "",
-             render_text(["ceiling (same run)", "MiB/s", "client CPU (cores)"], ceiling_rows(results)), "",
+             render_text(CEILING_HEADERS, ceiling_rows(results), 1), "",
              render_text(headers, rows)]
     if footnotes:
         parts += ["", *footnotes]
@@ -282,7 +287,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     headers, rows, footnotes = build_table(results)
     md = ["# ftpwarden benchmark results", "", "```", _header_lines(results), "```", "",
           "## Ceilings (same run)", "",
-          _md_table(["ceiling", "MiB/s", "client CPU (cores)"], ceiling_rows(results), 1), "",
+          _md_table(CEILING_HEADERS, ceiling_rows(results), 1), "",
           "## Servers", "",
           _md_table(headers, rows, 3), ""]
     if footnotes:

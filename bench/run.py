@@ -29,7 +29,7 @@ import report  # noqa: E402
 from ceiling import measure_ceilings  # noqa: E402
 from client import FtpError  # noqa: E402
 from fixture import REPO, Fixture, Sizes  # noqa: E402
-from servers import ALL_SERVERS, VSFTPD, PortPlan, Server, Unavailable, start_server  # noqa: E402
+from servers import ALL_SERVERS, VSFTPD, PortPlan, Server, Unavailable, server_version, start_server  # noqa: E402
 from workloads import WORKLOADS, Ctx, Sample  # noqa: E402
 
 QUICK = dict(big=64 << 20, small_files=200, list_entries=1000, idle_sessions=50, concurrent=20,
@@ -163,6 +163,7 @@ class Run:
                          f"pid {srv.proc.pid}")
             except Unavailable as e:
                 self.running[key] = str(e)
+                self.results["server_info"].setdefault(name, {})["version"] = server_version(name)
                 self.log(f"{name}{' (TLS)' if tls else ''}: n/a ({e})")
             self.results["server_info"].setdefault(name, {})["tls" if tls else "plain"] = (
                 "ok" if isinstance(self.running[key], Server) else self.running[key])
@@ -203,13 +204,20 @@ class Run:
                 if not isinstance(srv, Server):
                     entry["status"], entry["reason"] = "n/a", srv
                     continue
+                fresh = None
                 try:
+                    if w.fresh:  # a second instance, started for this sample only
+                        fresh = srv = start_server(name, self.fx, self.ports, tls=w.tls, tag=f"-{w.name}{rep}")
                     sample: Sample = w.fn(srv, ctx)
-                except (OSError, FtpError, TimeoutError, ValueError, RuntimeError) as e:
-                    why = f"{type(e).__name__}: {e}" if not isinstance(e, FtpError) else str(e)
+                except (OSError, FtpError, TimeoutError, ValueError, RuntimeError, Unavailable) as e:
+                    why = f"{type(e).__name__}: {e}" if not isinstance(e, (FtpError, Unavailable)) else str(e)
                     entry["errors"].append(why)
                     self.log(f"{w.name} {srv.label} #{rep + 1}: failed: {why}")
                     continue
+                finally:
+                    if fresh is not None:
+                        fresh.stop()
+                        self.ports.release(fresh.pasv)
                 entry["samples"].append(vars(sample))
                 first = next(iter(sample.metrics.items()), ("-", float("nan")))
                 self.log(f"{w.name} {srv.label} #{rep + 1}: {first[0]}={report.fmt_num(first[1])}")

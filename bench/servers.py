@@ -28,7 +28,7 @@ from pathlib import Path
 from client import Control, FtpError, tls_client_context, wait_ready
 from fixture import BENCH, PAM_SERVICE, PASSWORD, SRC, USER, Fixture, _first_line
 
-__all__ = ["ALL_SERVERS", "Server", "Unavailable", "start_server", "PortPlan", "proc_table"]
+__all__ = ["ALL_SERVERS", "Server", "Unavailable", "start_server", "server_version", "PortPlan", "proc_table"]
 
 ALL_SERVERS = ["ftpwarden-pooled", "ftpwarden-isolated", "pyftpdlib", "vsftpd"]
 VSFTPD = "/usr/sbin/vsftpd"
@@ -86,12 +86,12 @@ def _smaps_rollup(pid: int) -> tuple[int, int]:
 
 # -- ports ---------------------------------------------------------------------------
 class PortPlan:
-    """Control ports from 20000 up (checked free); 1000 passive ports per instance
+    """Control ports from 20000 up (checked free); 500 passive ports per instance
     from 21000 up: below Linux's ephemeral range (32768+), so clients never collide."""
 
     def __init__(self) -> None:
         self._next_ctrl = 20000
-        self._next_pasv = 21000
+        self._free_pasv = [(lo, lo + 499) for lo in range(21000, 32000, 500)]
 
     def control(self) -> int:
         while self._next_ctrl < 21000:
@@ -106,11 +106,14 @@ class PortPlan:
         raise Unavailable("no free control port in 20000-20999")
 
     def pasv(self) -> tuple[int, int]:
-        lo = self._next_pasv
-        if lo + 999 > 32000:
+        if not self._free_pasv:
             raise Unavailable("out of passive port ranges")
-        self._next_pasv += 1000
-        return lo, lo + 999
+        return self._free_pasv.pop(0)
+
+    def release(self, pasv: tuple[int, int]) -> None:
+        """A stopped server's passive range can be used again."""
+        if pasv not in self._free_pasv:
+            self._free_pasv.append(pasv)
 
 
 # -- a running server ------------------------------------------------------------------
@@ -121,7 +124,7 @@ class Server:
     port: int
     pasv: tuple[int, int]
     proc: subprocess.Popen
-    logs: Path
+    logs: Path  # config and logs: this path + .conf, .stdout, .stderr
     version: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -158,7 +161,7 @@ class Server:
     def first_error(self) -> str:
         for name in ("stderr", "stdout"):
             try:
-                text = (self.logs / f"{self.name}{'-tls' if self.tls else ''}.{name}").read_text(errors="replace")
+                text = Path(f"{self.logs}.{name}").read_text(errors="replace")
             except OSError:
                 continue
             lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -251,7 +254,7 @@ def _vsftpd(fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, conf: Path
     return [VSFTPD, str(conf)], dict(os.environ)
 
 
-def _version(name: str) -> str:
+def server_version(name: str) -> str:
     try:
         if name.startswith("ftpwarden"):
             m = re.search(r'__version__\s*=\s*"([^"]+)"', (SRC / "ftpwarden" / "__init__.py").read_text())
@@ -268,12 +271,21 @@ def _version(name: str) -> str:
     return "?"
 
 
-def start_server(name: str, fx: Fixture, ports: PortPlan, *, tls: bool = False,
+def start_server(name: str, fx: Fixture, ports: PortPlan, *, tls: bool = False, tag: str = "",
                  ready_timeout: float = 20.0) -> Server:
-    """Start `name` and check one login and one download; Unavailable if it cannot."""
+    """Start `name` and check one login and one download; Unavailable if it cannot.
+    `tag` names a second instance's config and log files."""
     port, pasv = ports.control(), ports.pasv()
-    suffix = "-tls" if tls else ""
-    conf = fx.tmp / f"{name}{suffix}.conf"
+    try:
+        return _start(name, fx, port, pasv, tls, f"{name}{'-tls' if tls else ''}{tag}", ready_timeout)
+    except Unavailable:
+        ports.release(pasv)
+        raise
+
+
+def _start(name: str, fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, stem: str,
+           ready_timeout: float) -> Server:
+    conf = fx.tmp / f"{stem}.conf"
     if name.startswith("ftpwarden"):
         argv, env = _ftpwarden(name, fx, port, pasv, tls, conf)
     elif name == "pyftpdlib":
@@ -284,15 +296,15 @@ def start_server(name: str, fx: Fixture, ports: PortPlan, *, tls: bool = False,
         raise Unavailable(f"unknown server {name!r}")
     env["BENCH_PARENT_PID"] = str(os.getpid())
     logs = fx.tmp
-    out = open(logs / f"{name}{suffix}.stdout", "wb")
-    err = open(logs / f"{name}{suffix}.stderr", "wb")
+    out = open(logs / f"{stem}.stdout", "wb")
+    err = open(logs / f"{stem}.stderr", "wb")
     try:
         proc = subprocess.Popen([sys.executable, str(BENCH / "reaper.py")] + argv, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, env=env, cwd=str(fx.tmp), start_new_session=True)
     finally:
         out.close()
         err.close()
-    server = Server(name, tls, port, pasv, proc, logs, _version(name))
+    server = Server(name, tls, port, pasv, proc, logs / stem, server_version(name))
     try:
         _check(server, fx, ready_timeout)
     except Unavailable:

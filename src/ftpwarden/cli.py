@@ -124,7 +124,7 @@ def _home_of(user: str | None) -> str | None:
         return None
 
 
-def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str]) -> Any:
+def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str], extra: list[Any] = ()) -> Any:
     from .policy.auth.anonymous import AnonymousAuthenticator
     from .policy.auth.base import chain
     from .policy.auth.userfile import MemoryUserAuthenticator, UserFileAuthenticator, UserRecord
@@ -153,7 +153,7 @@ def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str]) -> 
         if not anon_root or not os.path.isdir(anon_root):
             raise ConfigError(f"anon_root: {anon_root or '(unset)'} is not a directory")
         auths.insert(0, AnonymousAuthenticator(cfg, anon_root))
-    return chain(*auths)
+    return chain(*auths, *extra)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -175,13 +175,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     if not quick and not cfg.listen and not cfg.listen_ipv6:
         raise ConfigError(f"{args.config}: listen=NO and listen_ipv6=NO (inetd mode) is not implemented yet")
-    if os.geteuid() == 0 and not cfg.pooled:
-        if quick:
-            print("warning: running pooled mode as root: sessions run as root until isolated mode "
-                  "lands; prefer a normal user", file=sys.stderr)
-        else:
-            raise ConfigError(f"{args.config}: isolated mode (started as root) is not implemented yet; "
-                              "set pooled=YES to run pooled mode as root, or start as a normal user")
+    if os.geteuid() == 0 and not cfg.pooled and not quick:
+        return _serve_isolated(args, cfg)
+    if os.geteuid() == 0 and quick:
+        print("warning: quick mode as root runs pooled mode as root; prefer a normal user, "
+              "or a config file for isolated mode", file=sys.stderr)
     auth = _authenticator(cfg, root, args.user)
     banner = None
     if cfg.banner_file:
@@ -208,3 +206,72 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  connect: curl ftp://{url_host}:{bound_port}/   or   lftp -p {bound_port} {url_host.strip('[]')}")
     sys.stdout.flush()
     return serve_pooled(ctx, listeners)
+
+
+def _isolated_login(cfg: Any) -> Any:
+    """Isolated mode's password check, run by each session's monitor (root)."""
+    from .policy.auth.base import LoginRefused, LoginRequest
+    from .policy.auth.local import LocalAuthenticator
+    from .policy.identity import isolated_identity
+
+    auths = _authenticator(cfg, None, [], extra=[LocalAuthenticator(cfg)] if cfg.local_enable else [])
+
+    def authenticate(user: str, password: str, remote_ip: str) -> Any:
+        try:
+            return isolated_identity(cfg, auths.authenticate(LoginRequest(user, password, remote_ip)))
+        except LoginRefused:
+            return None
+    return authenticate
+
+
+def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
+    """Started as root: one monitor and unprivileged workers per session (priv/)."""
+    from .net.server import bind_listeners
+    from .policy.config import ConfigError, load_config
+    from .priv import worker  # noqa: F401 - imported before fork so sessions start fast
+    from .priv.listener import Listener, run_one_session
+
+    secure = cfg.secure_chroot_dir
+    if not secure or not os.path.isdir(secure):
+        raise ConfigError(f"secure_chroot_dir: {secure} must be an existing empty directory")
+    st = os.stat(secure)
+    if st.st_uid != 0 or st.st_mode & 0o022 or os.listdir(secure):
+        raise ConfigError(f"secure_chroot_dir: {secure} must be empty, owned by root and not writable by others")
+    _home_of(cfg.nopriv_user) is not None or _no_user("nopriv_user", cfg.nopriv_user)
+
+    def load() -> tuple[Any, Any]:
+        fresh, _warnings = load_config(args.config, args.overrides)
+        return fresh, _isolated_login(fresh)
+
+    if not cfg.listen and not cfg.listen_ipv6:  # inetd / systemd Accept=yes: the client is on stdin
+        conn = socket.socket(fileno=os.dup(0))
+        return run_one_session(cfg, conn, _isolated_login(cfg))
+    port = args.port if args.port is not None else cfg.listen_port
+    try:
+        (socks,) = bind_listeners(_addresses(cfg, args.bind, False), port, 1)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on port {port}: {e.strerror}") from None
+    listener = Listener(list(socks), load)
+    shown = ", ".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p, *_ in (s.getsockname() for s in socks))
+    print(f"ftpwarden {__version__}: serving {args.config} on {shown} (isolated mode)")
+    sys.stdout.flush()
+    if cfg.background:
+        _daemonize()
+    return listener.serve()
+
+
+def _no_user(option: str, name: str) -> None:
+    from .policy.config import ConfigError
+    raise ConfigError(f"{option}: no such system user {name!r}")
+
+
+def _daemonize() -> None:
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(devnull, fd)
+    os.close(devnull)

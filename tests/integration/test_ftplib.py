@@ -255,3 +255,17 @@ def test_many_parallel_sessions(quick_server):
     for t in threads:
         t.join(TIMEOUT)
     assert not errors
+
+
+def test_names_with_spaces_and_utf8(quick_server):
+    (quick_server.root / "with space.txt").write_text("s")
+    (quick_server.root / "grüße €.txt").write_text("u")
+    with connect(quick_server) as ftp:
+        ftp.encoding = "utf-8"
+        facts = dict(ftp.mlsd())
+        assert "with space.txt" in facts and "grüße €.txt" in facts
+        assert ftp.size("with space.txt") == 1
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR grüße €.txt", buf.write)
+        assert buf.getvalue() == b"u"
+        assert ftp.sendcmd("MLST with space.txt").splitlines()[1].endswith(" /with space.txt")

@@ -57,6 +57,10 @@ class ServerContext:
         self._names: dict[tuple[int, bool], str] = {}
         self._next_id = itertools.count(1)
 
+    def preload_names(self, names: dict[tuple[int, bool], str]) -> None:
+        """Names read before a chroot hid /etc/passwd and /etc/group."""
+        self._names.update(names)
+
     def session_id(self) -> str:
         return f"{os.getpid()}.{next(self._next_id)}"
 
@@ -71,7 +75,7 @@ class ServerContext:
                 name = pwd.getpwuid(ident).pw_name if user else grp.getgrgid(ident).gr_name
             except (KeyError, OverflowError):
                 pass
-            if len(self._names) < 4096:
+            if len(self._names) < 65536:
                 self._names[key] = name
         return name
 

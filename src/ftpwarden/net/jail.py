@@ -212,7 +212,8 @@ class Jail:
     def chmod(self, vpath: str, mode: int) -> None:
         fd = self._open_path(vpath, os.O_PATH)
         try:
-            os.chmod(f"/proc/self/fd/{fd}", mode & _MODE_MASK)
+            path, kw = self._by_inode(vpath, fd)
+            os.chmod(path, mode & _MODE_MASK, **kw)
         finally:
             os.close(fd)
 
@@ -221,6 +222,15 @@ class Jail:
         fd = self._open_path(vpath, os.O_PATH)
         try:
             atime_ns = os.fstat(fd).st_atime_ns
-            os.utime(f"/proc/self/fd/{fd}", ns=(atime_ns, round(mtime * 1e9)))
+            path, kw = self._by_inode(vpath, fd)
+            os.utime(path, ns=(atime_ns, round(mtime * 1e9)), **kw)
         finally:
             os.close(fd)
+
+    def _by_inode(self, vpath: str, fd: int) -> tuple[str, dict]:
+        """A name for the inode `fd` holds, for calls that take no O_PATH fd."""
+        if os.path.isdir("/proc/self/fd"):
+            return f"/proc/self/fd/{fd}", {}
+        # Inside a kernel chroot (isolated mode) there is no /proc, and the
+        # chroot itself keeps every symlink inside: the path is safe there.
+        return to_relative(_norm(vpath)), {"dir_fd": self._fd}

@@ -31,6 +31,11 @@ class Account:
     grants: frozenset[Perm]
     umask: int
     anon_password: str = ""   # the e-mail an anonymous user gave (for logs)
+    # Isolated mode: who the post-login process runs as, and how it is confined.
+    uid: int | None = None    # None: the service's own (pooled mode)
+    gid: int | None = None
+    chroot: bool = True       # False: a real user not jailed (vsftpd's chroot_local_user=NO)
+    start_dir: str = "/"      # first cwd, inside `root` (a non-chrooted user starts at home)
 
 
 # What write_enable=YES gives a real or guest user, before chmod_enable/mdtm_write.

@@ -8,6 +8,7 @@ more events.  Every verb passes `_gate` (login, argument, path, permission) once
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import stat as stat_mod
 from typing import Any, Callable, Iterable
@@ -196,7 +197,7 @@ class Session:
         self.account = account
         self.pending_user = None
         self.umask = account.umask
-        self.cwd = "/"
+        self.cwd = getattr(account, "start_dir", "/") or "/"
         return [Reply(Code.LOGGED_IN, "Login successful.")]
 
     def _done_changedir(self, action: ChangeDir, outcome: Any) -> list[Event]:
@@ -351,9 +352,9 @@ class Session:
         names = self.name_of
         owner = "ftp" if hide else (names(e.uid, True) if names else str(e.uid))
         group = "ftp" if hide else (names(e.gid, False) if names else str(e.gid))
-        line = listing.mlsx_facts(e, perm=perm, owner=owner, group=group, facts=self.mlst_facts)
-        head, _, _ = line.rpartition(" ")
-        return f"{head} {name}"
+        if name != e.name:
+            e = dataclasses.replace(e, name=name)
+        return listing.mlsx_facts(e, perm=perm, owner=owner, group=group, facts=self.mlst_facts)
 
     # ------------------------------------------------------------------ access control
 

@@ -1,0 +1,155 @@
+"""Isolated mode's listener: root, accepts on 21, counts, forks one monitor per connection.
+
+It never reads from a client: over-limit connections get a fixed 421 line and
+are closed.  SIGHUP re-reads the config for new sessions; SIGTERM stops the
+listener and the sessions; children are reaped as they end (no zombies).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any, Callable
+
+from .monitor import Monitor
+
+__all__ = ["Listener", "run_one_session"]
+
+TOO_MANY = b"421 There are too many connected users, please try later.\r\n"
+TOO_MANY_FROM_YOU = b"421 There are too many connections from your internet address.\r\n"
+
+
+def run_one_session(cfg: Any, conn: socket.socket, authenticate: Callable[..., Any]) -> int:
+    """One session in this process (a forked child, or inetd mode)."""
+    from . import worker  # already imported by the caller in standalone mode (fork shares it)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    return Monitor(cfg, conn, authenticate=authenticate, prelogin=worker.prelogin,
+                   postlogin=worker.postlogin).run()
+
+
+class Listener:
+    def __init__(self, sockets: list[socket.socket], load: Callable[[], tuple[Any, Callable[..., Any]]]) -> None:
+        """`load()` -> (config, authenticate): called at start and on SIGHUP."""
+        self.sockets = sockets
+        self.load = load
+        self.cfg, self.authenticate = load()
+        self.children: dict[int, str] = {}  # pid -> client ip
+        self.per_ip: dict[str, int] = {}
+        self.stopping = False
+        self.reload = False
+
+    def serve(self, ready: Callable[[], None] | None = None) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        for s in self.sockets:
+            s.setblocking(False)
+        gc.freeze()  # keep the shared heap out of the collector: fewer copied pages per fork
+        if ready:
+            ready()
+        while not self.stopping:
+            if self.reload:
+                self._reload()
+            self._reap()
+            try:
+                readable, _, _ = select.select(self.sockets, [], [], 0.5)
+            except InterruptedError:
+                continue
+            for s in readable:
+                self._accept(s)
+        return self._shutdown()
+
+    def _on_stop(self, _signum: int, _frame: Any) -> None:
+        self.stopping = True
+
+    def _on_hup(self, _signum: int, _frame: Any) -> None:
+        self.reload = True
+
+    def _reload(self) -> None:
+        self.reload = False
+        try:
+            self.cfg, self.authenticate = self.load()
+            print("ftpwarden: configuration re-read; new sessions use it", file=sys.stderr)
+        except Exception as e:  # a broken file keeps the old config running
+            print(f"ftpwarden: SIGHUP: keeping the old configuration: {e}", file=sys.stderr)
+
+    def _accept(self, lsock: socket.socket) -> None:
+        try:
+            conn, peer = lsock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        ip = peer[0]
+        max_clients, max_per_ip = int(self.cfg.max_clients or 0), int(self.cfg.max_per_ip or 0)
+        refusal = None
+        if max_clients and len(self.children) >= max_clients:
+            refusal = TOO_MANY
+        elif max_per_ip and self.per_ip.get(ip, 0) >= max_per_ip:
+            refusal = TOO_MANY_FROM_YOU
+        if refusal:
+            try:
+                conn.setblocking(False)
+                conn.send(refusal)
+            except OSError:
+                pass
+            conn.close()
+            return
+        conn.setblocking(True)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for s in self.sockets:
+                    s.close()
+                code = run_one_session(self.cfg, conn, self.authenticate)
+            except BaseException:  # noqa: BLE001 - never return into the accept loop
+                import traceback
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        conn.close()
+        self.children[pid] = ip
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                self.per_ip.clear()
+                return
+            if pid == 0:
+                return
+            ip = self.children.pop(pid, None)
+            if ip is not None:
+                left = self.per_ip.get(ip, 1) - 1
+                if left > 0:
+                    self.per_ip[ip] = left
+                else:
+                    self.per_ip.pop(ip, None)
+
+    def _shutdown(self) -> int:
+        for s in self.sockets:
+            s.close()
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._reap()
+        return 0

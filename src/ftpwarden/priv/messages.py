@@ -1,0 +1,153 @@
+"""The monitor channel's messages: a closed set of frozen dataclasses and one codec.
+
+Wire format of one message (one SOCK_SEQPACKET datagram): a kind byte, then
+each field in declaration order — `int` as 8 bytes signed big-endian, `str`
+and `bytes` as a 4-byte length and the bytes (str is UTF-8 with surrogate
+escapes).  No pickle: decoding builds only the classes listed in `KINDS`, and
+any length, kind or trailing-byte mismatch is a `ChannelError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+__all__ = [
+    "Message", "ChannelError", "MAX_MESSAGE", "encode", "decode",
+    "Login", "LoginOk", "LoginFailed", "Handover", "ActiveDataSocket", "DataSocket",
+    "ChownUpload", "Done", "Refused",
+]
+
+MAX_MESSAGE = 64 * 1024  # a login or a handover of pipelined commands fits easily
+
+
+class ChannelError(Exception):
+    """A malformed or unexpected message: the session ends."""
+
+
+class Message:
+    kind: ClassVar[int]
+
+
+# --- worker -> monitor -------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Login(Message):
+    """Pre-login: check these credentials."""
+
+    kind: ClassVar[int] = 1
+    user: str
+    password: str = dataclasses.field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Handover(Message):
+    """Pre-login, after LoginOk: the bytes the client sent after PASS; then the worker exits."""
+
+    kind: ClassVar[int] = 2
+    pending: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveDataSocket(Message):
+    """Post-login: a socket connected to the client's `port` (from port 20 if configured)."""
+
+    kind: ClassVar[int] = 3
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChownUpload(Message):
+    """Post-login, anonymous uploads with chown_uploads: chown the passed fd."""
+
+    kind: ClassVar[int] = 4
+
+
+# --- monitor -> worker -------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class LoginOk(Message):
+    kind: ClassVar[int] = 10
+    name: str
+    user_class: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoginFailed(Message):
+    kind: ClassVar[int] = 11
+
+
+@dataclass(frozen=True, slots=True)
+class DataSocket(Message):
+    """The answer to ActiveDataSocket; the socket travels as SCM_RIGHTS."""
+
+    kind: ClassVar[int] = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Message):
+    kind: ClassVar[int] = 13
+
+
+@dataclass(frozen=True, slots=True)
+class Refused(Message):
+    """A request the monitor would not or could not do (connect failed)."""
+
+    kind: ClassVar[int] = 14
+    reason: str
+
+
+KINDS: dict[int, type[Message]] = {
+    cls.kind: cls for cls in (Login, Handover, ActiveDataSocket, ChownUpload, LoginOk, LoginFailed,
+                              DataSocket, Done, Refused)
+}
+_INT = struct.Struct(">q")
+_LEN = struct.Struct(">I")
+
+
+def encode(msg: Message) -> bytes:
+    out = [bytes([msg.kind])]
+    for f in dataclasses.fields(msg):  # type: ignore[arg-type]
+        value = getattr(msg, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, str, bytes)):
+            raise TypeError(f"{type(msg).__name__}.{f.name}: unsupported {type(value).__name__}")
+        if isinstance(value, int):
+            out.append(_INT.pack(value))
+            continue
+        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+        out += [_LEN.pack(len(raw)), raw]
+    data = b"".join(out)
+    if len(data) > MAX_MESSAGE:
+        raise ChannelError("message too large")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    if not data or len(data) > MAX_MESSAGE:
+        raise ChannelError("empty or oversized message")
+    cls = KINDS.get(data[0])
+    if cls is None:
+        raise ChannelError(f"unknown message kind {data[0]}")
+    pos, values = 1, []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.type == "int":
+            if pos + 8 > len(data):
+                raise ChannelError("truncated int")
+            values.append(_INT.unpack_from(data, pos)[0])
+            pos += 8
+            continue
+        if pos + 4 > len(data):
+            raise ChannelError("truncated length")
+        (n,) = _LEN.unpack_from(data, pos)
+        pos += 4
+        if pos + n > len(data):
+            raise ChannelError("truncated field")
+        raw = data[pos:pos + n]
+        pos += n
+        values.append(raw.decode("utf-8", "surrogateescape") if f.type == "str" else raw)
+    if pos != len(data):
+        raise ChannelError("trailing bytes")
+    return cls(*values)

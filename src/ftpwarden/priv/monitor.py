@@ -1,0 +1,217 @@
+"""The per-session privileged monitor: root, blocking, small, never reads the network.
+
+It forks the pre-login worker, answers exactly one kind of request before
+login (Login) and a closed set after it (ActiveDataSocket, ChownUpload), and
+ends the session on anything else.  Imports neither asyncio nor `net`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import stat
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+from ..proto import addr
+from .channel import Channel, ChannelClosed, channel_pair
+from .messages import (
+    ActiveDataSocket, ChannelError, ChownUpload, DataSocket, Done, Handover, Login, LoginFailed,
+    LoginOk, Refused,
+)
+
+__all__ = ["Monitor"]
+
+# What the worker functions look like (priv/worker.py; injected so this
+# module never imports the asyncio side).
+PreLogin = Callable[[Any, socket.socket, Channel], None]
+PostLogin = Callable[[Any, socket.socket, Channel, Any, bytes], None]
+
+
+class Monitor:
+    """One session.  `authenticate(user, password, remote_ip) -> account | None`."""
+
+    def __init__(self, cfg: Any, conn: socket.socket, *, authenticate: Callable[[str, str, str], Any],
+                 prelogin: PreLogin, postlogin: PostLogin) -> None:
+        self.cfg = cfg
+        self.conn = conn
+        self.authenticate = authenticate
+        self.prelogin = prelogin
+        self.postlogin = postlogin
+        self.local_ip = conn.getsockname()[0]
+        self.remote_ip = conn.getpeername()[0]
+        self.worker = 0
+
+    # ------------------------------------------------------------------ phases
+
+    def run(self) -> int:
+        try:
+            login = self._pre_login()
+            if login is None:
+                return 0
+            account, pending = login
+            self._post_login(account, pending)
+            return 0
+        except ChannelError:
+            return 1  # the worker broke the protocol, crashed or left: end the session
+        finally:
+            self._end_worker()
+
+    def _fork_worker(self, body: Callable[[Channel], None]) -> Channel:
+        mine, theirs = channel_pair()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                mine.close()
+                body(theirs)
+                code = 0
+            except BaseException:  # noqa: BLE001 - a worker never returns into the monitor
+                import traceback
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.worker = pid
+        return mine
+
+    def _pre_login(self) -> tuple[Any, bytes] | None:
+        chan = self._fork_worker(lambda ch: self.prelogin(self.cfg, self.conn, ch))
+        fails = 0
+        max_fails = max(1, int(self.cfg.max_login_fails or 3))
+        try:
+            while True:
+                try:
+                    msg, _ = chan.recv(Login)
+                except ChannelClosed:
+                    return None  # QUIT, timeout or disconnect before login
+                assert isinstance(msg, Login)
+                started = time.monotonic()
+                account = self._check(msg)
+                if account is None:
+                    fails += 1
+                    # the same delay for every failure, measured from the request
+                    time.sleep(max(0.0, started + float(self.cfg.delay_failed_login or 0) - time.monotonic()))
+                    chan.send(LoginFailed())
+                    if fails >= max_fails:
+                        return None
+                    continue
+                chan.send(LoginOk(account.name, account.user_class.value))
+                msg, _ = chan.recv(Handover)
+                assert isinstance(msg, Handover)
+                self._end_worker(wait=5.0)
+                return account, msg.pending
+        finally:
+            chan.close()
+
+    def _check(self, msg: Login) -> Any:
+        if not _plausible_name(msg.user) or len(msg.password.encode("utf-8", "surrogateescape")) > 128:
+            return None
+        try:
+            return self.authenticate(msg.user, msg.password, self.remote_ip)
+        except Exception:  # an authenticator bug refuses the login, never grants it
+            return None
+
+    def _post_login(self, account: Any, pending: bytes) -> None:
+        chan = self._fork_worker(lambda ch: self.postlogin(self.cfg, self.conn, ch, account, pending))
+        self.conn.close()  # the worker owns the connection now; we never touch client bytes
+        try:
+            while True:
+                try:
+                    msg, fds = chan.recv(ActiveDataSocket, ChownUpload, max_fds=1)
+                except ChannelClosed:
+                    return
+                if isinstance(msg, ActiveDataSocket):
+                    if fds:
+                        raise ChannelError("ActiveDataSocket carries no descriptor")
+                    self._active_socket(chan, msg)
+                else:
+                    if len(fds) != 1:
+                        raise ChannelError("ChownUpload needs exactly one descriptor")
+                    try:
+                        self._chown_upload(chan, fds[0], account)
+                    finally:
+                        os.close(fds[0])
+        finally:
+            chan.close()
+
+    # ------------------------------------------------------------------ requests
+
+    def _active_socket(self, chan: Channel, msg: ActiveDataSocket) -> None:
+        if not bool(self.cfg.port_promiscuous):
+            if msg.port < 1024 or not addr.same_host(msg.host, self.remote_ip):
+                raise ChannelError("active data socket to a port or host the client does not own")
+        if not 0 < msg.port < 65536:
+            raise ChannelError("bad port")
+        family = socket.AF_INET6 if ":" in msg.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            local = self.local_ip if family == socket.AF_INET6 else (addr.ipv4_of(self.local_ip) or "")
+            port = int(self.cfg.ftp_data_port or 20) if self.cfg.connect_from_port_20 else 0
+            sock.bind((local, port))
+            sock.settimeout(float(self.cfg.connect_timeout or 60))
+            sock.connect((msg.host, msg.port))
+        except OSError as e:
+            sock.close()
+            chan.send(Refused(os.strerror(e.errno) if e.errno else str(e)))
+            return
+        try:
+            chan.send(DataSocket(), (sock.fileno(),))
+        finally:
+            sock.close()
+
+    def _chown_upload(self, chan: Channel, fd: int, account: Any) -> None:
+        """Only a regular file owned by the anonymous user, given to chown_username."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or account.uid is None or st.st_uid != account.uid:
+            raise ChannelError("chown of something that is not the session's own upload")
+        import pwd
+        try:
+            target = pwd.getpwnam(self.cfg.chown_username or "root")
+        except KeyError:
+            chan.send(Refused("no such chown_username"))
+            return
+        os.fchown(fd, target.pw_uid, -1)  # the kernel clears setuid/setgid bits
+        mode = int(self.cfg.chown_upload_mode or 0o600) & 0o777
+        os.fchmod(fd, mode)
+        chan.send(Done())
+
+    # ------------------------------------------------------------------ helpers
+
+    def _end_worker(self, wait: float = 0.0) -> None:
+        """Reap the current worker; after `wait` seconds (or at once) kill it."""
+        pid, self.worker = self.worker, 0
+        if not pid:
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if done:
+                return
+            if time.monotonic() >= deadline:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+                return
+            time.sleep(0.005)
+
+
+def _plausible_name(user: str) -> bool:
+    """vsftpd's check: 1-128 bytes, printable, no space, a sane first character."""
+    if not 0 < len(user.encode("utf-8", "surrogateescape")) <= 128:
+        return False
+    if not (user[0].isalnum() or user[0] in "_."):
+        return False
+    return user.isprintable() and " " not in user and "/" not in user

@@ -1,0 +1,126 @@
+"""The unprivileged halves of an isolated session: drop privileges, then run net.control.
+
+pre-login:  nopriv_user, chrooted to secure_chroot_dir (empty), parses USER/PASS;
+            a good login is handed over to the monitor and this process exits.
+post-login: the account's uid/gid, chrooted to its root where the options say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures.thread  # noqa: F401 - asyncio.to_thread needs it; nothing can be imported after chroot
+import grp
+import os
+import pwd
+import socket
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from ..net.control import ControlConnection, ServerContext
+from ..policy.auth.base import LoginRefused, LoginRequest
+from .channel import Channel
+from .creds import drop_privileges, set_parent_death_signal
+from .messages import ActiveDataSocket, ChownUpload, DataSocket, Done, Handover, Login, LoginFailed, LoginOk, Refused
+
+__all__ = ["prelogin", "postlogin", "WORKER_MEMORY_LIMIT"]
+
+WORKER_MEMORY_LIMIT = 1 << 30  # address space of one session process (threads reserve stacks)
+
+
+class _LoginAccount:
+    """What the pre-login worker learns of a good login (the monitor keeps the rest)."""
+
+    def __init__(self, name: str, user_class: str) -> None:
+        self.name = name
+        self.user_class = type("_Class", (), {"value": user_class})()
+        self.root = "/"
+
+
+class MonitorAuthenticator:
+    """Pre-login: every password check is the monitor's."""
+
+    def __init__(self, chan: Channel) -> None:
+        self.chan = chan
+
+    def authenticate(self, req: LoginRequest) -> Any:
+        self.chan.send(Login(req.user, req.password))
+        msg, _ = self.chan.recv(LoginOk, LoginFailed)
+        if isinstance(msg, LoginFailed):
+            raise LoginRefused("refused by the monitor")
+        assert isinstance(msg, LoginOk)
+        return _LoginAccount(msg.name, msg.user_class)
+
+
+class MonitorBroker:
+    """Post-login: the privileged things, asked of the monitor one at a time."""
+
+    def __init__(self, chan: Channel) -> None:
+        self.chan = chan
+        self.lock = threading.Lock()  # asyncio.to_thread may call from several threads
+
+    def active_socket(self, host: str, port: int) -> socket.socket:
+        with self.lock:
+            self.chan.send(ActiveDataSocket(host, port))
+            msg, fds = self.chan.recv(DataSocket, Refused, max_fds=1)
+        if isinstance(msg, Refused):
+            raise ConnectionRefusedError(msg.reason)
+        return socket.socket(fileno=fds[0])
+
+    def chown_upload(self, fd: int) -> None:
+        with self.lock:
+            self.chan.send(ChownUpload(), (fd,))
+            msg, _ = self.chan.recv(Done, Refused)
+        if isinstance(msg, Refused):
+            raise PermissionError(msg.reason)
+
+
+def _names_snapshot(cfg: Any) -> dict[tuple[int, bool], str]:
+    """uid/gid -> name, read before the chroot hides /etc/passwd."""
+    if not cfg.text_userdb_names:
+        return {}
+    names = {(p.pw_uid, True): p.pw_name for p in pwd.getpwall()}
+    names.update({(g.gr_gid, False): g.gr_name for g in grp.getgrall()})
+    return names
+
+
+def _run(ctx: ServerContext, conn: socket.socket, *, account: Any = None, pending: bytes = b"") -> None:
+    async def main() -> None:
+        limit = int(ctx.cfg.control_line_max or 4096) + 2
+        reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
+        await ControlConnection(ctx, reader, writer, account=account, pending=pending).run()
+
+    asyncio.run(main())
+
+
+def _prepare() -> None:
+    set_parent_death_signal()
+    time.tzset()
+    time.localtime()  # load the zone data now: /etc/localtime is gone after chroot
+
+
+def prelogin(cfg: Any, conn: socket.socket, chan: Channel) -> None:
+    _prepare()
+    nobody = pwd.getpwnam(cfg.nopriv_user or "nobody")
+    drop_privileges(nobody.pw_uid, nobody.pw_gid, root=cfg.secure_chroot_dir,
+                    memory_limit=WORKER_MEMORY_LIMIT)
+
+    async def handover(control: ControlConnection, _account: Any) -> None:
+        await asyncio.to_thread(chan.send, Handover(control.pending_bytes()))
+
+    ctx = ServerContext(cfg, MonitorAuthenticator(chan), handover=handover)
+    _run(ctx, conn)
+
+
+def postlogin(cfg: Any, conn: socket.socket, chan: Channel, account: Any, pending: bytes) -> None:
+    _prepare()
+    names = _names_snapshot(cfg)
+    groups: list[int] = []
+    if account.user_class.value == "real":
+        groups = os.getgrouplist(pwd.getpwuid(account.uid).pw_name, account.gid)
+    drop_privileges(account.uid, account.gid, groups=groups,
+                    root=account.root if account.chroot else None, memory_limit=WORKER_MEMORY_LIMIT)
+    ctx = ServerContext(cfg, None, broker=MonitorBroker(chan))
+    ctx.preload_names(names)
+    _run(ctx, conn, account=replace(account, root="/") if account.chroot else account, pending=pending)

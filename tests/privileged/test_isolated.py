@@ -1,0 +1,278 @@
+"""Isolated mode, started as root: who runs what, where it is jailed, and what survives what.
+
+Everything is read from /proc of the real processes; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ..integration.conftest import REPO, Server, start_server, stop_server
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
+TIMEOUT = 20
+
+
+# ---------------------------------------------------------------- /proc helpers
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def descendants(pid: int) -> list[int]:
+    out = []
+    for c in children(pid):
+        out.append(c)
+        out.extend(descendants(c))
+    return out
+
+
+def ids(pid: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    uid = next(l for l in status if l.startswith("Uid:")).split()[1:]
+    gid = next(l for l in status if l.startswith("Gid:")).split()[1:]
+    return tuple(map(int, uid[:3])), tuple(map(int, gid[:3]))
+
+
+def root_of(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/root")
+
+
+def socket_inode(sock: socket.socket) -> int:
+    """The server side of our connection: find the socket whose peer is our local port."""
+    lport = sock.getsockname()[1]
+    rport = sock.getpeername()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        local_port = int(f[1].split(":")[1], 16)
+        remote_port = int(f[2].split(":")[1], 16)
+        if local_port == rport and remote_port == lport:
+            return int(f[9])
+    raise AssertionError("server socket not found")
+
+
+def holders(inode: int, candidates: list[int]) -> list[int]:
+    out = []
+    for pid in candidates:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    out.append(pid)
+                    break
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def wait_for(pred, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    return pred()
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def accounts():
+    r = subprocess.run([str(REPO / "scripts" / "test-accounts")], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    return {"alice": pwd.getpwnam("ftpw_alice"), "bob": pwd.getpwnam("ftpw_bob"), "ftp": pwd.getpwnam("ftp"),
+            "nobody": pwd.getpwnam("nobody")}
+
+
+@pytest.fixture
+def isolated(tmp_path_factory, accounts):
+    base = tmp_path_factory.mktemp("iso")
+    os.chmod(base, 0o755)
+    empty = base / "empty"
+    empty.mkdir(mode=0o755)
+    anon = base / "anon"
+    (anon / "pub").mkdir(parents=True)
+    (anon / "pub" / "readme.txt").write_text("public file\n")
+    for p in (anon, anon / "pub", anon / "pub" / "readme.txt"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    incoming = anon / "incoming"
+    incoming.mkdir()
+    os.chown(incoming, accounts["ftp"].pw_uid, accounts["ftp"].pw_gid)
+    home = Path(accounts["alice"].pw_dir)
+    (home / "mine.txt").write_text("alice's file\n")
+    os.chown(home / "mine.txt", accounts["alice"].pw_uid, accounts["alice"].pw_gid)
+    conf = base / "vsftpd.conf"
+    conf.write_text("\n".join([
+        "listen=YES", "listen_address=127.0.0.1", "listen_port=0",
+        "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
+        "anon_upload_enable=YES", "write_enable=YES",
+        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden",
+        f"secure_chroot_dir={empty}", "connect_from_port_20=YES",
+        "delay_failed_login=0", "max_per_ip=200", "max_clients=300",
+        "pasv_min_port=41000", "pasv_max_port=41999", "",
+    ]))
+    srv = start_server(["--config", str(conf)], anon, base)
+    srv.extra["conf"] = conf
+    yield srv
+    stop_server(srv)
+
+
+def login(srv: Server, user: str = "anonymous", password: str = "") -> ftplib.FTP:
+    ftp = ftplib.FTP(timeout=TIMEOUT)
+    ftp.connect(srv.host, srv.port)
+    if user:
+        ftp.login(user, password)
+    return ftp
+
+
+def session_processes(srv: Server) -> list[int]:
+    return descendants(srv.proc.pid)
+
+
+# ---------------------------------------------------------------- tests
+
+def test_prelogin_worker_is_nopriv_in_the_empty_jail(isolated, accounts):
+    ftp = login(isolated, user="")
+    try:
+        inode = socket_inode(ftp.sock)
+        procs = wait_for(lambda: [p for p in session_processes(isolated) if ids(p)[0][0] != 0])
+        nobody = accounts["nobody"]
+        (worker,) = procs
+        assert ids(worker) == ((nobody.pw_uid,) * 3, (nobody.pw_gid,) * 3)
+        assert root_of(worker) == str(isolated.root.parent / "empty")
+        # the only other holder of the client socket is the monitor, which never reads it
+        others = [p for p in holders(inode, session_processes(isolated)) if p != worker]
+        assert all(p in children(isolated.proc.pid) for p in others)
+    finally:
+        ftp.close()
+
+
+def test_real_user_runs_as_itself_jailed_at_home(isolated, accounts):
+    alice = accounts["alice"]
+    with login(isolated, "ftpw_alice", "alice-pw-1") as ftp:
+        inode = socket_inode(ftp.sock)
+        assert ftp.pwd() == "/"
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR mine.txt", buf.write)
+        assert buf.getvalue() == b"alice's file\n"
+        ftp.storbinary("STOR up.txt", io.BytesIO(b"uploaded"))
+        workers = wait_for(lambda: [p for p in session_processes(isolated) if ids(p)[0][0] == alice.pw_uid])
+        (worker,) = workers
+        assert ids(worker) == ((alice.pw_uid,) * 3, (alice.pw_gid,) * 3)
+        assert root_of(worker) == alice.pw_dir
+        readers = holders(inode, session_processes(isolated))
+        assert readers == [worker]  # no process holding the client socket runs as root
+    st = os.stat(Path(alice.pw_dir) / "up.txt")
+    assert (st.st_uid, st.st_gid) == (alice.pw_uid, alice.pw_gid)
+
+
+def test_anonymous_runs_as_ftp_in_anon_root(isolated, accounts):
+    ftp_user = accounts["ftp"]
+    with login(isolated) as ftp:
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR pub/readme.txt", buf.write)
+        assert buf.getvalue() == b"public file\n"
+        ftp.storbinary("STOR incoming/drop.bin", io.BytesIO(b"drop"))
+        (worker,) = wait_for(lambda: [p for p in session_processes(isolated) if ids(p)[0][0] == ftp_user.pw_uid])
+        assert root_of(worker) == str(isolated.root)
+    assert (isolated.root / "incoming" / "drop.bin").read_bytes() == b"drop"
+
+
+def test_bad_password_and_unknown_user_look_alike(isolated):
+    replies = []
+    for user, pw in (("ftpw_alice", "wrong"), ("no_such_user_x", "wrong")):
+        ftp = login(isolated, user="")
+        with pytest.raises(ftplib.error_perm) as e:
+            ftp.login(user, pw)
+        replies.append(str(e.value))
+        ftp.close()
+    assert replies[0] == replies[1] and replies[0].startswith("530")
+
+
+def test_chroot_escapes_fail(isolated, accounts):
+    home = Path(accounts["alice"].pw_dir)
+    link = home / "etc-link"
+    if link.is_symlink():
+        link.unlink()
+    os.symlink("/etc", link)
+    with login(isolated, "ftpw_alice", "alice-pw-1") as ftp:
+        for path in ("../../etc/shadow", "/etc/shadow", "etc-link/shadow", "../../../../etc/passwd"):
+            with pytest.raises(ftplib.error_perm, match="^550"):
+                ftp.retrbinary(f"RETR {path}", lambda b: None)
+        ftp.cwd("/../../..")
+        assert ftp.pwd() == "/"
+        assert "mine.txt" in ftp.nlst()
+
+
+def test_active_mode_data_comes_from_port_20(isolated):
+    with login(isolated) as ftp:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(TIMEOUT)
+        port = listener.getsockname()[1]
+        ftp.sendcmd(f"PORT 127,0,0,1,{port >> 8},{port & 255}")
+        ftp.putcmd("RETR pub/readme.txt")
+        conn, peer = listener.accept()
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        conn.close()
+        listener.close()
+        assert ftp.getresp().startswith("150")
+        assert ftp.voidresp().startswith("226")
+        assert peer[1] == 20
+        assert data == b"public file\n"
+
+
+def test_killing_one_worker_leaves_the_rest(isolated, accounts):
+    a = login(isolated)
+    b = login(isolated, "ftpw_alice", "alice-pw-1")
+    try:
+        alice_uid = accounts["alice"].pw_uid
+        (victim,) = wait_for(lambda: [p for p in session_processes(isolated) if ids(p)[0][0] == alice_uid])
+        os.kill(victim, signal.SIGKILL)
+        assert a.sendcmd("NOOP").startswith("200")
+        with pytest.raises((EOFError, ConnectionError, ftplib.error_temp, OSError)):
+            b.sendcmd("NOOP")
+        with login(isolated) as c:
+            assert c.sendcmd("NOOP").startswith("200")
+        assert isolated.proc.poll() is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_hundred_sessions_leave_nothing_behind(isolated):
+    listener_fds = len(os.listdir(f"/proc/{isolated.proc.pid}/fd"))
+    for i in range(100):
+        with login(isolated) as ftp:
+            ftp.sendcmd("NOOP")
+    assert wait_for(lambda: not session_processes(isolated), timeout=15), session_processes(isolated)
+    assert len(os.listdir(f"/proc/{isolated.proc.pid}/fd")) == listener_fds
+    zombies = [p for p in children(isolated.proc.pid)
+               if Path(f"/proc/{p}/stat").read_text().split()[2] == "Z"]
+    assert not zombies
+
+
+def test_pipelined_commands_after_pass_are_not_lost(isolated):
+    with socket.create_connection((isolated.host, isolated.port), timeout=TIMEOUT) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        s.sendall(b"USER ftpw_alice\r\nPASS alice-pw-1\r\nPWD\r\nSYST\r\nQUIT\r\n")
+        lines = [f.readline() for _ in range(5)]
+    assert [l[:3] for l in lines] == [b"331", b"230", b"257", b"215", b"221"], lines
