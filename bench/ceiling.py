@@ -18,7 +18,6 @@ Helper processes (run by the benchmark, one connection each, then they exit):
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import subprocess

@@ -75,9 +75,13 @@ class Control:
                  tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.timeout, self.tls = host, port, timeout, tls
         self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
-        self.banner = self.expect(None, 2)
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.banner = self.expect(None, 2)
+        except BaseException:
+            self.sock.close()
+            raise
 
     # -- replies -----------------------------------------------------------------
     def _line(self) -> bytes:

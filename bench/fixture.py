@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["USER", "PASSWORD", "Sizes", "Fixture", "SRC", "REPO", "BENCH"]
+__all__ = ["USER", "PASSWORD", "Sizes", "Fixture", "SRC", "REPO", "BENCH", "SECURE_CHROOT_DIR", "sha256_file", "first_line"]
 
 USER, PASSWORD = "benchuser", "benchpass"
 BENCH = Path(__file__).resolve().parent
@@ -34,6 +34,7 @@ SRC = REPO / "src"
 PAM_SERVICE = "ftpwarden-bench"
 PAM_FILE = Path("/etc/pam.d") / PAM_SERVICE
 PAM_TEXT = "auth required pam_unix.so\naccount required pam_unix.so\n"
+SECURE_CHROOT_DIR = Path("/var/run/vsftpd/empty")  # Debian's; both vsftpd and isolated ftpwarden use it
 SMALL_SIZE = 8 * 1024
 CONC_SIZE = 10 * 1024 * 1024
 
@@ -77,6 +78,7 @@ class Fixture:
     def build(self, log=print) -> None:
         self.data.mkdir()
         (self.data / "up").mkdir()
+        os.chmod(self.data / "up", 0o1777)  # whatever uid a server's session runs as may upload
         log(f"  data: {self.data} (big file {self.sizes.big / 2**20:.0f} MiB)")
         self.big_sha256 = _random_file(self.data / "big.bin", self.sizes.big)
         _random_file(self.data / "c10m.bin", CONC_SIZE)
@@ -91,6 +93,8 @@ class Fixture:
             (lst / f"entry-{i:05d}.dat").touch()
         self._make_cert()
         self._make_userdb()
+        if os.geteuid() == 0:
+            SECURE_CHROOT_DIR.mkdir(parents=True, exist_ok=True)
         if self.want_system_user:
             self._make_system_user()
 
@@ -102,7 +106,7 @@ class Fixture:
         if r.returncode == 0:
             self.cert, self.key = cert, key
         else:
-            self.cert_error = f"openssl req failed: {_first_line(r.stderr)}"
+            self.cert_error = f"openssl req failed: {first_line(r.stderr)}"
 
     def _make_userdb(self) -> None:
         db = self.tmp / "users.db"
@@ -117,7 +121,7 @@ class Fixture:
         if r.returncode == 0 and db.exists():
             self.userdb = db
         else:
-            self.userdb_error = f"ftpwarden user add failed: {_first_line(r.stderr or r.stdout)}"
+            self.userdb_error = f"ftpwarden user add failed: {first_line(r.stderr or r.stdout)}"
 
     def userdb_hash(self) -> str | None:
         if self.userdb is None:
@@ -142,7 +146,6 @@ class Fixture:
                 self._created_pam = True
             elif PAM_FILE.read_text() != PAM_TEXT:
                 raise RuntimeError(f"{PAM_FILE} exists with other content; not touching it")
-            Path("/var/run/vsftpd/empty").mkdir(parents=True, exist_ok=True)
             uid, gid = pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid
             for dirpath, dirnames, filenames in os.walk(self.data):
                 os.chown(dirpath, uid, gid)
@@ -151,7 +154,7 @@ class Fixture:
             self.system_user = True
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             err = getattr(e, "stderr", None)
-            self.system_user_error = f"system user setup failed: {_first_line(err) if err else e}"
+            self.system_user_error = f"system user setup failed: {first_line(err) if err else e}"
 
     def shadow_hash(self) -> str | None:
         try:
@@ -204,7 +207,7 @@ def sha256_file(path: Path | str) -> str:
             h.update(view[:n])
 
 
-def _first_line(text: str | bytes | None) -> str:
+def first_line(text: str | bytes | None) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     for line in (text or "").splitlines():

@@ -200,6 +200,12 @@ def build_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]], li
             rcells = [fmt_ratio(ratio(medians.get(s), medians.get(p))) if better else ""
                       for s, p in pairs]
             rows.append([wname, f"{label} {_ARROW[better]}".strip(), unit] + cells + rcells)
+    # A ratio column with no number at all (its subject never ran) only adds width.
+    first = 3 + len(servers)
+    keep = [i for i in range(len(headers))
+            if i < first or any(r[i] not in ("", "n/a") for r in rows) or not rows]
+    headers = [headers[i] for i in keep]
+    rows = [[r[i] for i in keep] for r in rows]
     return headers, rows, [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client import Control, FtpError, tls_client_context, wait_ready
-from fixture import BENCH, PAM_SERVICE, PASSWORD, SRC, USER, Fixture, _first_line
+from fixture import BENCH, PAM_SERVICE, PASSWORD, SECURE_CHROOT_DIR, SRC, USER, Fixture, first_line
 
 __all__ = ["ALL_SERVERS", "Server", "Unavailable", "start_server", "server_version", "PortPlan", "proc_table"]
 
@@ -86,12 +86,14 @@ def _smaps_rollup(pid: int) -> tuple[int, int]:
 
 # -- ports ---------------------------------------------------------------------------
 class PortPlan:
-    """Control ports from 20000 up (checked free); 500 passive ports per instance
-    from 21000 up: below Linux's ephemeral range (32768+), so clients never collide."""
+    """Control ports from 20000 up (checked free); 1000 passive ports per instance
+    from 21000 up: below Linux's ephemeral range (32768+), so clients never collide.
+    11 ranges, given back when an instance stops; at most 9 instances run at once.
+    (500 were too few for 200 busy clients: vsftpd tries 10 random ports, then 500 OOPS.)"""
 
     def __init__(self) -> None:
         self._next_ctrl = 20000
-        self._free_pasv = [(lo, lo + 499) for lo in range(21000, 32000, 500)]
+        self._free_pasv = [(lo, lo + 999) for lo in range(21000, 32000, 1000)]
 
     def control(self) -> int:
         while self._next_ctrl < 21000:
@@ -167,9 +169,9 @@ class Server:
             lines = [ln for ln in text.splitlines() if ln.strip()]
             errors = [ln for ln in lines if not ln.lower().startswith("warning")]
             if errors and errors[0].startswith("Traceback"):
-                return _first_line(lines[-1])  # the exception, not the traceback's header
+                return first_line(lines[-1])  # the exception, not the traceback's header
             if lines:
-                return _first_line((errors or lines)[0])
+                return first_line((errors or lines)[0])
         return f"exited with status {self.proc.poll()}"
 
     def stop(self) -> None:
@@ -211,6 +213,8 @@ def _ftpwarden(name: str, fx: Fixture, port: int, pasv: tuple[int, int], tls: bo
     }
     if name == "ftpwarden-pooled":
         opts["pooled"] = "YES"
+    else:
+        opts["secure_chroot_dir"] = SECURE_CHROOT_DIR
     if tls:
         if fx.cert is None:
             raise Unavailable(fx.cert_error or "no certificate")
@@ -243,7 +247,7 @@ def _vsftpd(fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, conf: Path
         "pam_service_name": PAM_SERVICE, "local_root": fx.data, "chroot_local_user": "NO",
         "pasv_min_port": pasv[0], "pasv_max_port": pasv[1],
         "max_clients": 5000, "max_per_ip": 5000,
-        "secure_chroot_dir": "/var/run/vsftpd/empty", "xferlog_enable": "NO",
+        "secure_chroot_dir": SECURE_CHROOT_DIR, "xferlog_enable": "NO",
     }
     if tls:
         if fx.cert is None:

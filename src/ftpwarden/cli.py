@@ -157,6 +157,7 @@ def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str], ext
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .logs.configured import LogFileError, build_event_log
     from .net.control import ServerContext
     from .net.server import bind_listeners, serve_pooled
     from .policy.config import ConfigError, load_config
@@ -195,7 +196,14 @@ def _serve(args: argparse.Namespace) -> int:
         listeners = bind_listeners(_addresses(cfg, args.bind, quick), port, workers)
     except OSError as e:
         raise ConfigError(f"cannot listen on port {port}: {e.strerror}") from None
-    ctx = ServerContext(cfg, auth, banner=banner)
+    try:
+        events = build_event_log(cfg)  # log files are opened here, before any session
+    except LogFileError as e:
+        raise ConfigError(str(e)) from None
+    ctx = ServerContext(cfg, auth, banner=banner, events=events)
+    if cfg.max_clients or cfg.max_per_ip:
+        from .net.limits import SessionLimits
+        ctx.limits = SessionLimits(int(cfg.max_clients or 0), int(cfg.max_per_ip or 0))
     socks = listeners[0]
     shown = [s.getsockname() for s in socks]
     where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p, *_ in shown)
@@ -253,11 +261,16 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
         raise ConfigError(f"cannot listen on port {port}: {e.strerror}") from None
     listener = Listener(list(socks), load)
     shown = ", ".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p, *_ in (s.getsockname() for s in socks))
-    print(f"ftpwarden {__version__}: serving {args.config} on {shown} (isolated mode)")
-    sys.stdout.flush()
+
+    def ready() -> None:
+        print(f"ftpwarden {__version__}: serving {args.config} on {shown} (isolated mode)")
+        sys.stdout.flush()
+
     if cfg.background:
+        ready()
         _daemonize()
-    return listener.serve()
+        return listener.serve()
+    return listener.serve(ready)
 
 
 def _no_user(option: str, name: str) -> None:

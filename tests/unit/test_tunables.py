@@ -199,7 +199,7 @@ def test_every_tsv_row_is_in_the_table(row):
 def test_table_order_and_count():
     vsftpd = [n for n, t in TUNABLES.items() if t.origin == "vsftpd"]
     assert vsftpd == [row.split(" ")[0] for row in _ROWS]
-    assert len(TUNABLES) == len(_ROWS) + 9
+    assert len(TUNABLES) == len(_ROWS) + 10
 
 
 def test_names_unique_and_keys_match():
@@ -214,6 +214,7 @@ def test_names_unique_and_keys_match():
     ("pooled", Kind.BOOL, False),
     ("atomic_uploads", Kind.BOOL, False),
     ("json_log_file", Kind.STR, None),
+    ("syslog_socket", Kind.STR, "/dev/log"),
     ("hash_enable", Kind.BOOL, True),
     ("utf8_enable", Kind.BOOL, True),
     ("mlsd_enable", Kind.BOOL, True),
@@ -225,6 +226,9 @@ def test_ftpwarden_options(name, kind, default):
 
 
 _IMPLEMENTED_VSFTPD = set("""
+    local_enable userlist_enable userlist_deny userlist_file check_shell chroot_local_user
+    chroot_list_enable chroot_list_file passwd_chroot_enable local_root user_sub_token
+    guest_enable guest_username user_config_dir
     anonymous_enable anon_root anon_upload_enable anon_mkdir_write_enable
     anon_other_write_enable no_anon_password anon_world_readable_only anon_umask
     write_enable download_enable dirlist_enable cmds_allowed cmds_denied deny_file
@@ -236,14 +240,16 @@ _IMPLEMENTED_VSFTPD = set("""
     chmod_enable mdtm_write force_dot_files ftp_username nopriv_user
     secure_chroot_dir pam_service_name virtual_use_local_privs tilde_user_enable
     text_userdb_names delay_failed_login max_login_fails
+    xferlog_enable xferlog_file xferlog_std_format vsftpd_log_file dual_log_enable
+    log_ftp_protocol syslog_enable
 """.split())
 
 
 def test_implemented_flags():
     got = {n for n, t in TUNABLES.items() if t.implemented and t.origin == "vsftpd"}
     assert got == _IMPLEMENTED_VSFTPD
-    assert not TUNABLES["xferlog_enable"].implemented
-    assert not TUNABLES["dual_log_enable"].implemented
+    assert TUNABLES["xferlog_enable"].implemented
+    assert not TUNABLES["no_log_lock"].implemented
 
 
 def test_octal_flags():
@@ -273,11 +279,11 @@ def test_format_tunables_lists_everything_once_with_groups():
 
 
 def test_format_tunables_selected_rows():
-    lines = format_tunables(["anon_umask", "xferlog_enable", "anon_root"]).splitlines()
+    lines = format_tunables(["anon_umask", "no_log_lock", "anon_root"]).splitlines()
     rows = {line.split()[0]: line.split() for line in lines if line and line[0].islower()}
-    assert set(rows) == {"anon_umask", "xferlog_enable", "anon_root"}
+    assert set(rows) == {"anon_umask", "no_log_lock", "anon_root"}
     assert rows["anon_umask"][1:4] == ["numeric", "077", "yes"]
-    assert rows["xferlog_enable"][1:4] == ["bool", "NO", "no"]
+    assert rows["no_log_lock"][1:4] == ["bool", "NO", "no"]
     assert rows["anon_root"][1:4] == ["string", "(none)", "yes"]
 
 

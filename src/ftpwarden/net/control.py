@@ -31,6 +31,7 @@ from ..proto.replies import Reply
 from ..proto.session import Session
 from . import data
 from .jail import Jail
+from .limits import SessionLimits
 
 __all__ = ["ServerContext", "ControlConnection"]
 
@@ -54,6 +55,7 @@ class ServerContext:
         # post-login process.  Pooled mode: both None (done in-process).
         self.broker = broker
         self.handover = handover
+        self.limits: SessionLimits | None = None  # pooled mode: shared by the worker processes
         self._names: dict[tuple[int, bool], str] = {}
         self._next_id = itertools.count(1)
 

@@ -53,22 +53,32 @@ def bind_listeners(addresses: list[tuple[str, bool | None]], port: int, workers:
 
 async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None) -> None:
     limit = int(getattr(ctx.cfg, "control_line_max", 4096) or 4096) + 2
+    limits = ctx.limits
     sessions: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        ip = writer.get_extra_info("peername")[0]
+        refusal = limits.enter(ip) if limits else None
+        if refusal:
+            writer.write(f"421 {refusal}\r\n".encode())
+            writer.close()
+            return
         sessions.add(task)
         try:
             await ControlConnection(ctx, reader, writer).run()
         finally:
             sessions.discard(task)
+            if limits:
+                limits.leave(ip)
 
     servers = [await asyncio.start_server(handle, sock=s, limit=limit) for s in sockets]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, ctx.events.reopen)  # logrotate moved the logs
     if ready:
         ready()
     await stop.wait()
@@ -92,6 +102,7 @@ def _spawn(ctx: ServerContext, listeners: list[Listener], i: int) -> int:
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until _serve installs its own handler
         for j, other in enumerate(listeners):
             if j != i:
                 for s in other:
@@ -125,8 +136,16 @@ def serve_pooled(ctx: ServerContext, listeners: list[Listener], ready: Callable[
             except ProcessLookupError:
                 pass
 
+    def hup(signum: int, _frame: Any) -> None:
+        for pid in workers:  # each worker reopens its own log files
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hup)
     if ready:
         ready()
     status = 0

@@ -38,6 +38,9 @@ class Tunable:
 # Honoured today; the rest are accepted (vsftpd.conf files must load) but
 # have no effect yet.  Flip a name here when its feature lands.
 _IMPLEMENTED = frozenset("""
+    local_enable userlist_enable userlist_deny userlist_file check_shell chroot_local_user
+    chroot_list_enable chroot_list_file passwd_chroot_enable local_root user_sub_token
+    guest_enable guest_username user_config_dir
     anonymous_enable anon_root anon_upload_enable anon_mkdir_write_enable
     anon_other_write_enable no_anon_password anon_world_readable_only anon_umask
     write_enable download_enable dirlist_enable cmds_allowed cmds_denied
@@ -50,6 +53,8 @@ _IMPLEMENTED = frozenset("""
     mdtm_write force_dot_files ftp_username nopriv_user
     secure_chroot_dir pam_service_name virtual_use_local_privs
     tilde_user_enable text_userdb_names delay_failed_login max_login_fails
+    xferlog_enable xferlog_file xferlog_std_format vsftpd_log_file dual_log_enable
+    log_ftp_protocol syslog_enable
 """.split())
 
 _OCTAL = frozenset({"anon_umask", "local_umask", "file_open_mode", "chown_upload_mode"})
@@ -363,6 +368,8 @@ _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
         ("atomic_uploads", _B, False,
          "Write uploads to a hidden temporary name and rename it into place on success."),
         ("json_log_file", _S, None, "JSON-lines event log: a path, or \"-\" for stdout."),
+        ("syslog_socket", _S, "/dev/log",
+         "Local syslog socket (AF_UNIX datagram) that syslog_enable writes to; connected at start-up."),
         ("hash_enable", _B, True, "Offer the HASH command (draft-bryan-ftpext-hash)."),
         ("utf8_enable", _B, True, "Advertise UTF8 and treat paths as UTF-8 (RFC 2640)."),
         ("mlsd_enable", _B, True, "Offer the MLST and MLSD commands (RFC 3659)."),

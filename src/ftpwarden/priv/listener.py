@@ -27,10 +27,18 @@ TOO_MANY_FROM_YOU = b"421 There are too many connections from your internet addr
 def run_one_session(cfg: Any, conn: socket.socket, authenticate: Callable[..., Any]) -> int:
     """One session in this process (a forked child, or inetd mode)."""
     from . import worker  # already imported by the caller in standalone mode (fork shares it)
+    signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     return Monitor(cfg, conn, authenticate=authenticate, prelogin=worker.prelogin,
                    postlogin=worker.postlogin).run()
+
+
+def _drain(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 512))
+    except BlockingIOError:
+        return False
 
 
 class Listener:
@@ -43,11 +51,15 @@ class Listener:
         self.per_ip: dict[str, int] = {}
         self.stopping = False
         self.reload = False
+        self._wake: tuple[int, ...] = ()
 
     def serve(self, ready: Callable[[], None] | None = None) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        wake_r, wake_w = self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)  # an ended session wakes select: its slot frees at once
         for s in self.sockets:
             s.setblocking(False)
         gc.freeze()  # keep the shared heap out of the collector: fewer copied pages per fork
@@ -58,11 +70,18 @@ class Listener:
                 self._reload()
             self._reap()
             try:
-                readable, _, _ = select.select(self.sockets, [], [], 0.5)
+                readable, _, _ = select.select([*self.sockets, wake_r], [], [], 1.0)
             except InterruptedError:
                 continue
+            if wake_r in readable:
+                readable.remove(wake_r)
+                while _drain(wake_r):
+                    pass
             for s in readable:
                 self._accept(s)
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
         return self._shutdown()
 
     def _on_stop(self, _signum: int, _frame: Any) -> None:
@@ -106,6 +125,9 @@ class Listener:
             try:
                 for s in self.sockets:
                     s.close()
+                signal.set_wakeup_fd(-1)
+                for fd in self._wake:
+                    os.close(fd)
                 code = run_one_session(self.cfg, conn, self.authenticate)
             except BaseException:  # noqa: BLE001 - never return into the accept loop
                 import traceback

@@ -1,0 +1,200 @@
+"""The EventLog the configuration asks for: which event goes to which sink.
+
+vsftpd's rules (logging.c), kept so that a vsftpd.conf logs as it did:
+
+- nothing is written to files unless xferlog_enable or dual_log_enable;
+- xferlog_std_format=NO (the default): vsftpd's own format to vsftpd_log_file;
+  YES: wu-ftpd xferlog lines (transfers only) to xferlog_file; dual_log_enable: both;
+- syslog_enable: the vsftpd-format lines go to syslog instead of vsftpd_log_file;
+- log_ftp_protocol adds every command and reply to the vsftpd-format lines.
+
+json_log_file (ours) receives every event as one JSON object, whatever the rest.
+Log times are local, as in vsftpd (use_localtime is about listings and MDTM).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from .events import EventLog, TransferRecord
+from .protolog import command_text, reply_texts, transfer_tail, vsftpd_line, vsftpd_message
+from .sinks import LOG_INFO, LOG_WARNING, FileSink, JsonLinesSink, SyslogSink
+from .xferlog import xferlog_line
+
+__all__ = ["ConfiguredEventLog", "LogFileError", "build_event_log"]
+
+log = logging.getLogger("ftpwarden.logs")
+
+# fs_change verbs -> vsftpd's names for them
+_FS_KIND = {"MKD": "MKDIR", "RMD": "RMDIR", "DELE": "DELETE", "RNTO": "RENAME", "SITE CHMOD": "CHMOD"}
+
+
+class LogFileError(Exception):
+    """A log file could not be opened at start-up."""
+
+    def __init__(self, option: str, path: str, reason: str) -> None:
+        super().__init__(f"{option}: cannot open {path}: {reason}")
+
+
+def _never_raises(method: Callable[..., None]) -> Callable[..., None]:
+    """A failing log call is our bug, but must not end the session that made it."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception:
+            log.exception("logging %s failed", method.__name__)
+
+    return wrapper
+
+
+def _iso(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+class ConfiguredEventLog(EventLog):
+    """Formats each event once per sink that wants it."""
+
+    def __init__(self, *, xferlog: FileSink | None = None, vsftpd_log: FileSink | None = None,
+                 syslog: SyslogSink | None = None, json: JsonLinesSink | None = None,
+                 protocol: bool = False, localtime: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.xferlog = xferlog
+        self.vsftpd_log = vsftpd_log
+        self.syslog = syslog
+        self.json = json
+        self.protocol = protocol and (vsftpd_log is not None or syslog is not None)
+        self.localtime = localtime
+        self.clock = clock
+
+    # ------------------------------------------------------------ writers
+
+    def _vsftpd(self, now: float, user: str, kind: str, remote_ip: str, detail: str = "",
+                tail: str = "", severe: bool = False) -> None:
+        if self.vsftpd_log is not None:
+            self.vsftpd_log.write(vsftpd_line(now, os.getpid(), user, kind, remote_ip, detail,
+                                              tail=tail, localtime=self.localtime))
+        if self.syslog is not None:
+            self.syslog.send(vsftpd_message(user, kind, remote_ip, detail, tail=tail),
+                             severity=LOG_WARNING if severe else LOG_INFO, now=now)
+
+    def _json(self, now: float, event: str, session: str, remote_ip: str, user: str, **fields: Any) -> None:
+        if self.json is not None:
+            self.json.emit({"time": _iso(now), "event": event, "session": session,
+                            "client": remote_ip, "user": user, **fields})
+
+    # ------------------------------------------------------------ events
+
+    @_never_raises
+    def connect(self, session: str, remote_ip: str) -> None:
+        now = self.clock()
+        self._vsftpd(now, "", "CONNECT", remote_ip)
+        self._json(now, "connect", session, remote_ip, "")
+
+    @_never_raises
+    def login(self, session: str, remote_ip: str, user: str, user_class: str | None,
+              ok: bool, reason: str = "") -> None:
+        now = self.clock()
+        # A failed login is a warning in syslog (vsftpd), and what fail2ban counts.
+        self._vsftpd(now, user, "OK LOGIN" if ok else "FAIL LOGIN", remote_ip, severe=not ok)
+        extra = {} if ok else {"reason": reason}
+        self._json(now, "login", session, remote_ip, user, ok=ok, user_class=user_class, **extra)
+
+    @_never_raises
+    def command(self, session: str, remote_ip: str, user: str, line: bytes) -> None:
+        if not self.protocol and self.json is None:
+            return
+        now = self.clock()
+        text = command_text(line)  # PASS masked, here and only here
+        if self.protocol:
+            self._vsftpd(now, user, "FTP command", remote_ip, text)
+        self._json(now, "command", session, remote_ip, user, command=text)
+
+    @_never_raises
+    def reply(self, session: str, remote_ip: str, user: str, data: bytes) -> None:
+        if not self.protocol:
+            return
+        now = self.clock()
+        for text in reply_texts(data):
+            self._vsftpd(now, user, "FTP response", remote_ip, text)
+
+    @_never_raises
+    def transfer(self, record: TransferRecord) -> None:
+        now = self.clock()
+        if self.xferlog is not None:
+            self.xferlog.write(xferlog_line(record, now, localtime=self.localtime))
+        kind = ("OK " if record.complete else "FAIL ") + ("UPLOAD" if record.direction == "i" else "DOWNLOAD")
+        self._vsftpd(now, record.user, kind, record.remote_ip, record.path,
+                     tail=transfer_tail(record.size, record.seconds))
+        self._json(now, "transfer_end", record.session, record.remote_ip, record.user,
+                   user_class=record.user_class,
+                   direction="upload" if record.direction == "i" else "download",
+                   path=record.path, bytes=record.size, complete=record.complete,
+                   ascii=record.ascii, started=_iso(record.started_at),
+                   duration_ms=round(record.seconds * 1000),
+                   rate=round(record.size / record.seconds) if record.seconds > 0 else None)
+
+    @_never_raises
+    def fs_change(self, session: str, remote_ip: str, user: str, op: str, path: str,
+                  target: str, ok: bool) -> None:
+        now = self.clock()
+        kind = _FS_KIND.get(op, op.upper())
+        detail = f"{path} {target}" if target else path  # RENAME: "from to", as vsftpd
+        self._vsftpd(now, user, ("OK " if ok else "FAIL ") + kind, remote_ip, detail)
+        extra = {"target": target} if target else {}
+        self._json(now, "fs_change", session, remote_ip, user, op=op, path=path, ok=ok, **extra)
+
+    @_never_raises
+    def disconnect(self, session: str, remote_ip: str, user: str, reason: str) -> None:
+        self._json(self.clock(), "disconnect", session, remote_ip, user, reason=reason)
+
+    def _sinks(self) -> list[Any]:
+        return [s for s in (self.xferlog, self.vsftpd_log, self.syslog, self.json) if s is not None]
+
+    @_never_raises
+    def reopen(self) -> None:
+        for sink in self._sinks():
+            sink.reopen()
+
+    def close(self) -> None:
+        for sink in self._sinks():
+            sink.close()
+
+
+def _file(option: str, path: str | None, make: Callable[[str], Any] = FileSink) -> Any:
+    if not path:
+        raise LogFileError(option, "(unset)", "no path given")
+    try:
+        return make(path)
+    except OSError as e:
+        raise LogFileError(option, path, e.strerror or str(e)) from None
+
+
+def build_event_log(cfg: Any) -> EventLog:
+    """The sinks `cfg` asks for, opened now; the no-op EventLog when none.
+
+    Raises LogFileError when a log file cannot be opened.
+    """
+    files_on = cfg.xferlog_enable or cfg.dual_log_enable
+    want_xferlog = files_on and (cfg.dual_log_enable or cfg.xferlog_std_format)
+    want_vsftpd = files_on and (cfg.dual_log_enable or not cfg.xferlog_std_format) and not cfg.syslog_enable
+    if not (want_xferlog or want_vsftpd or cfg.syslog_enable or cfg.json_log_file):
+        return EventLog()
+    syslog = None
+    if cfg.syslog_enable:
+        syslog = SyslogSink(cfg.syslog_socket or "/dev/log")
+        if not syslog.connected:
+            log.warning("syslog_enable: nothing listens on %s yet; messages are dropped until it does",
+                        syslog.path)
+    return ConfiguredEventLog(
+        xferlog=_file("xferlog_file", cfg.xferlog_file) if want_xferlog else None,
+        vsftpd_log=_file("vsftpd_log_file", cfg.vsftpd_log_file) if want_vsftpd else None,
+        syslog=syslog,
+        json=_file("json_log_file", cfg.json_log_file, JsonLinesSink) if cfg.json_log_file else None,
+        protocol=bool(cfg.log_ftp_protocol),
+    )

@@ -1,0 +1,133 @@
+"""Where log lines go: append-only files (or stdout), the local syslog socket, JSON lines.
+
+Everything is opened at start-up, before any session exists, and a write is
+one system call on a ready descriptor: logging never waits on the network or
+a lock, and never raises into a session.  A line that cannot be written (disk
+full, syslog busy) is dropped, as vsftpd does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+__all__ = ["FileSink", "SyslogSink", "JsonLinesSink", "syslog_datagram",
+           "LOG_FTP", "LOG_WARNING", "LOG_INFO"]
+
+log = logging.getLogger("ftpwarden.logs")
+
+LOG_FTP = 11       # syslog facility "ftp" (vsftpd logs under LOG_FTP)
+LOG_WARNING = 4
+LOG_INFO = 6
+_SYSLOG_MAX = 8192  # bytes per datagram; longer messages are cut
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _open_append(path: str) -> int:
+    # O_NONBLOCK: a FIFO without reader fails here instead of hanging start-up.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    return os.open(path, flags, 0o600)
+
+
+class FileSink:
+    """Lines appended to `path` ("-": stdout).  `reopen()` after logrotate moved the file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = 1 if path == "-" else _open_append(path)  # OSError stops start-up
+
+    def write(self, line: str) -> None:
+        try:
+            os.write(self._fd, (line + "\n").encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+    def reopen(self) -> None:
+        if self.path == "-" or self._fd < 0:
+            return
+        try:
+            fd = _open_append(self.path)
+        except OSError as e:
+            log.warning("cannot reopen %s (%s); still writing to the old file", self.path, e.strerror)
+            return
+        os.dup2(fd, self._fd, inheritable=False)  # one atomic swap: no line is lost or misplaced
+        os.close(fd)
+
+    def close(self) -> None:
+        if self._fd > 2:
+            os.close(self._fd)
+        self._fd = -1  # a later write fails (EBADF) instead of hitting a reused number
+
+
+def syslog_datagram(facility: int, severity: int, now: float, ident: str, pid: int, message: str) -> bytes:
+    """RFC 3164: `<PRI>Mmm dd hh:mm:ss ident[pid]: message`, local time, day space-padded."""
+    t = time.localtime(now)
+    stamp = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    data = f"<{facility * 8 + severity}>{stamp} {ident}[{pid}]: {message}".encode("utf-8", "replace")
+    return data[:_SYSLOG_MAX]
+
+
+class SyslogSink:
+    """Datagrams to the local syslog socket.
+
+    The socket is made at start-up so that a process which can no longer see
+    /dev/log (chroot) still logs; a message the daemon cannot take at once is
+    dropped.
+    """
+
+    def __init__(self, path: str = "/dev/log", ident: str = "ftpwarden", facility: int = LOG_FTP) -> None:
+        self.path = path
+        self.ident = ident
+        self.facility = facility
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._sock.setblocking(False)
+        self.connected = self._connect()
+
+    def _connect(self) -> bool:
+        try:
+            self._sock.connect(self.path)
+        except OSError:
+            return False
+        return True
+
+    def send(self, message: str, *, severity: int = LOG_INFO, now: float | None = None) -> None:
+        data = syslog_datagram(self.facility, severity, time.time() if now is None else now,
+                               self.ident, os.getpid(), message)
+        for _attempt in range(2):
+            try:
+                self._sock.send(data)
+                return
+            except BlockingIOError:
+                return  # the daemon is behind: drop rather than stall a session
+            except OSError:
+                # Not connected yet, or the daemon restarted: try once more.
+                self.connected = self._connect()
+                if not self.connected:
+                    return
+
+    def reopen(self) -> None:
+        self.connected = self._connect()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class JsonLinesSink:
+    """One JSON object per line (non-ASCII escaped, so a line is always one line)."""
+
+    def __init__(self, path: str) -> None:
+        self._file = FileSink(path)
+
+    def emit(self, obj: dict[str, Any]) -> None:
+        self._file.write(json.dumps(obj, separators=(",", ":")))
+
+    def reopen(self) -> None:
+        self._file.reopen()
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,56 @@
+"""max_clients and max_per_ip across all pooled-mode worker processes.
+
+The counters live in one shared anonymous mapping made before the workers are
+forked: a total and 4096 per-address buckets (an address hashes to a bucket, so
+a collision can only make the limit stricter, never looser).
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import struct
+import zlib
+
+__all__ = ["SessionLimits"]
+
+_BUCKETS = 4096
+_SLOT = struct.Struct("=q")
+
+
+class SessionLimits:
+    def __init__(self, max_clients: int, max_per_ip: int) -> None:
+        self.max_clients = max_clients
+        self.max_per_ip = max_per_ip
+        self._mem = mmap.mmap(-1, _SLOT.size * (_BUCKETS + 1))  # MAP_SHARED: survives fork
+        self._lock = multiprocessing.Lock()
+
+    def _get(self, i: int) -> int:
+        return _SLOT.unpack_from(self._mem, i * _SLOT.size)[0]
+
+    def _add(self, i: int, n: int) -> None:
+        _SLOT.pack_into(self._mem, i * _SLOT.size, self._get(i) + n)
+
+    @staticmethod
+    def _bucket(ip: str) -> int:
+        return 1 + zlib.crc32(ip.encode()) % _BUCKETS
+
+    def enter(self, ip: str) -> str | None:
+        """Count a new session; return the 421 text when it is over a limit."""
+        b = self._bucket(ip)
+        with self._lock:
+            if self.max_clients and self._get(0) >= self.max_clients:
+                return "There are too many connected users, please try later."
+            if self.max_per_ip and self._get(b) >= self.max_per_ip:
+                return "There are too many connections from your internet address."
+            self._add(0, 1)
+            self._add(b, 1)
+        return None
+
+    def leave(self, ip: str) -> None:
+        with self._lock:
+            self._add(0, -1)
+            self._add(self._bucket(ip), -1)
+
+    def active(self) -> int:
+        return self._get(0)

@@ -1,0 +1,173 @@
+"""PAM through ctypes: is (user, password) good for a PAM service?
+
+The calls and items are vsftpd's (sysdeputil.c): pam_start, PAM_RHOST =
+client IP, PAM_TTY = "ftp", PAM_RUSER = user, pam_authenticate,
+pam_acct_mgmt, pam_end.  No pam_open_session: session_support (vsftpd's
+default NO) is not implemented.  Only isolated mode's monitor calls this: as
+root, pam_unix reads /etc/shadow itself.
+
+Two choices differ from plain PAM use, both for the rules in base.py:
+- PAM's own failure delay is switched off (PAM_FAIL_DELAY, a no-op
+  callback).  The monitor sleeps delay_failed_login after *every* failure;
+  pam_unix's extra ~2 s would make "wrong password" slower than "unknown
+  user" or "refused by policy after PAM", and so tell them apart.
+- The conversation answers only echo-off prompts, with the password, as
+  vsftpd does: a module asking an echoed question does not get the password.
+
+The password never goes into a reason, a log or an exception.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+__all__ = ["pam_check"]
+
+_PAM_SUCCESS = 0
+_PAM_BUF_ERR = 5
+_PAM_CONV_ERR = 19
+_PAM_MAX_NUM_MSG = 32
+# msg_style
+_PAM_PROMPT_ECHO_OFF = 1
+_PAM_ERROR_MSG = 3
+_PAM_TEXT_INFO = 4
+# pam_set_item / pam_get_item types (Linux-PAM's _pam_types.h)
+_PAM_USER = 2
+_PAM_TTY = 3
+_PAM_RHOST = 4
+_PAM_RUSER = 8
+_PAM_FAIL_DELAY = 10
+
+
+class _Message(ctypes.Structure):
+    _fields_ = [("msg_style", ctypes.c_int), ("msg", ctypes.c_char_p)]
+
+
+class _Response(ctypes.Structure):
+    # resp is a raw pointer: it holds strdup()'ed memory that PAM frees.
+    _fields_ = [("resp", ctypes.c_void_p), ("resp_retcode", ctypes.c_int)]
+
+
+# int (*conv)(int num_msg, const struct pam_message **msg,
+#             struct pam_response **resp, void *appdata_ptr)
+_CONV = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.POINTER(_Message)),
+                         ctypes.POINTER(ctypes.POINTER(_Response)), ctypes.c_void_p)
+# void (*delay_fn)(int retval, unsigned usec_delay, void *appdata_ptr)
+_DELAY = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
+
+
+class _Conv(ctypes.Structure):
+    _fields_ = [("conv", _CONV), ("appdata_ptr", ctypes.c_void_p)]
+
+
+@functools.cache
+def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """(libpam, libc), loaded on first use; OSError if libpam is missing."""
+    pam = ctypes.CDLL("libpam.so.0")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    handle = ctypes.c_void_p
+    pam.pam_start.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(_Conv), ctypes.POINTER(handle)]
+    pam.pam_set_item.argtypes = [handle, ctypes.c_int, ctypes.c_void_p]
+    pam.pam_get_item.argtypes = [handle, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)]
+    pam.pam_authenticate.argtypes = [handle, ctypes.c_int]
+    pam.pam_acct_mgmt.argtypes = [handle, ctypes.c_int]
+    pam.pam_end.argtypes = [handle, ctypes.c_int]
+    pam.pam_strerror.argtypes = [handle, ctypes.c_int]
+    pam.pam_strerror.restype = ctypes.c_char_p
+    libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+    libc.calloc.restype = ctypes.c_void_p  # c_char_p would turn the pointer into bytes
+    libc.strdup.argtypes = [ctypes.c_char_p]
+    libc.strdup.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    return pam, libc
+
+
+def _conversation(num_msg, msgs, resp, appdata):
+    """Answer echo-off prompts with the password at `appdata` (a C string)."""
+    try:
+        _, libc = _libs()
+        if not 0 < num_msg <= _PAM_MAX_NUM_MSG or not appdata:
+            return _PAM_CONV_ERR
+        answers = libc.calloc(num_msg, ctypes.sizeof(_Response))
+        if not answers:
+            return _PAM_BUF_ERR
+        out = ctypes.cast(answers, ctypes.POINTER(_Response))
+        for i in range(num_msg):  # Linux-PAM: msgs is an array of pointers
+            style = msgs[i].contents.msg_style
+            if style == _PAM_PROMPT_ECHO_OFF:
+                out[i].resp = libc.strdup(ctypes.c_char_p(appdata))
+                if not out[i].resp:
+                    break
+            elif style not in (_PAM_ERROR_MSG, _PAM_TEXT_INFO):
+                break  # echo-on or unknown prompt: refuse, as vsftpd
+        else:
+            resp[0] = out
+            return _PAM_SUCCESS
+        for j in range(i + 1):
+            if out[j].resp:
+                ctypes.memset(out[j].resp, 0, len(ctypes.string_at(out[j].resp)))
+                libc.free(out[j].resp)
+        libc.free(answers)
+        return _PAM_CONV_ERR
+    except BaseException:  # noqa: BLE001 - an exception here would return 0, PAM_SUCCESS
+        return _PAM_CONV_ERR
+
+
+def _no_delay(retval, usec, appdata):
+    """PAM_FAIL_DELAY callback: the monitor owns the failure delay."""
+
+
+# Module-level: PAM calls these through raw pointers, so they must outlive every handle.
+_CONV_FN = _CONV(_conversation)
+_DELAY_FN = _DELAY(_no_delay)
+
+
+def pam_check(service: str, user: str, password: str, remote_ip: str) -> tuple[bool, str]:
+    """(True, "") if PAM `service` authenticates `user` and accepts the account,
+    else (False, reason).  The reason is PAM's error text, never the password."""
+    try:
+        c_service, c_user, c_ip = (s.encode("utf-8", "surrogateescape") for s in (service, user, remote_ip))
+        c_password = password.encode("utf-8", "surrogateescape")
+    except (AttributeError, UnicodeError):
+        return False, "user name or password not encodable"
+    if any(b"\0" in s for s in (c_service, c_user, c_ip, c_password)):
+        return False, "NUL byte in user name or password"  # C would cut "pw\0rest" to "pw"
+    try:
+        pam, _ = _libs()
+    except OSError:
+        return False, "libpam.so.0 not available"
+    secret = ctypes.create_string_buffer(c_password)
+    conv = _Conv(_CONV_FN, ctypes.cast(secret, ctypes.c_void_p))
+    handle = ctypes.c_void_p()
+    rc = pam.pam_start(c_service, c_user, ctypes.byref(conv), ctypes.byref(handle))
+    if rc != _PAM_SUCCESS:
+        ctypes.memset(secret, 0, len(secret))
+        return False, f"pam_start({service}) failed ({rc})"
+    try:
+        for item, value in ((_PAM_RHOST, c_ip), (_PAM_TTY, b"ftp"), (_PAM_RUSER, c_user),
+                            (_PAM_FAIL_DELAY, ctypes.cast(_DELAY_FN, ctypes.c_void_p).value)):
+            rc = pam.pam_set_item(handle, item, value)
+            if rc != _PAM_SUCCESS:
+                return False, f"pam_set_item: {_strerror(pam, handle, rc)}"
+        rc = pam.pam_authenticate(handle, 0)
+        if rc != _PAM_SUCCESS:
+            return False, f"pam_authenticate: {_strerror(pam, handle, rc)}"
+        # A module may rewrite PAM_USER; never grant `user` on the strength of another name.
+        item = ctypes.c_void_p()
+        rc = pam.pam_get_item(handle, _PAM_USER, ctypes.byref(item))
+        if rc != _PAM_SUCCESS or not item.value or ctypes.string_at(item.value) != c_user:
+            return False, "PAM changed the user name"
+        rc = pam.pam_acct_mgmt(handle, 0)
+        if rc != _PAM_SUCCESS:
+            return False, f"pam_acct_mgmt: {_strerror(pam, handle, rc)}"
+        return True, ""
+    finally:
+        pam.pam_end(handle, rc)
+        ctypes.memset(secret, 0, len(secret))  # best effort: Python's own copies remain
+
+
+def _strerror(pam: ctypes.CDLL, handle: ctypes.c_void_p, rc: int) -> str:
+    text = pam.pam_strerror(handle, rc)
+    return f"{text.decode('utf-8', 'replace') if text else 'error'} ({rc})"
