@@ -116,7 +116,7 @@ class LocalAuthenticator:
         if not ok:
             raise LoginRefused(f"PAM: {why}")
         pw = _getpw(req.user)  # None only for a PAM-only guest name
-        if False:
+        if pw is not None and pw.pw_uid == 0:
             raise LoginRefused("root may not log in")
         if _listed(self._ftpusers, req.user):
             raise LoginRefused(f"listed in {self._ftpusers}")
