@@ -219,8 +219,9 @@ class Run:
                         fresh.stop()
                         self.ports.release(fresh.pasv)
                 entry["samples"].append(vars(sample))
-                first = next(iter(sample.metrics.items()), ("-", float("nan")))
-                self.log(f"{w.name} {srv.label} #{rep + 1}: {first[0]}={report.fmt_num(first[1])}")
+                shown = next((f"{k}={report.fmt_num(v)}" for k, v in sample.metrics.items()),
+                             "no value: " + "; ".join(sorted(set(sample.missing.values()))))
+                self.log(f"{w.name} {srv.label} #{rep + 1}: {shown}")
         for entry in table.values():
             if entry["status"] == "ok" and not entry["samples"]:
                 entry["status"], entry["reason"] = "n/a", (entry["errors"] or ["no sample"])[0]

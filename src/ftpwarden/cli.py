@@ -156,8 +156,28 @@ def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str], ext
     return chain(*auths, *extra)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _banner(cfg: Any) -> str | None:
+    if not cfg.banner_file:
+        return None
+    from .policy.config import ConfigError
+    try:
+        with open(cfg.banner_file, encoding="utf-8", errors="replace") as f:
+            return f.read(8192)
+    except OSError as e:
+        raise ConfigError(f"banner_file: cannot read {cfg.banner_file}: {e.strerror}") from None
+
+
+def _events(cfg: Any) -> Any:
+    """The log sinks, with their files open before any session or jail exists."""
     from .logs.configured import LogFileError, build_event_log
+    from .policy.config import ConfigError
+    try:
+        return build_event_log(cfg)
+    except LogFileError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
     from .net.control import ServerContext
     from .net.server import bind_listeners, serve_pooled
     from .policy.config import ConfigError, load_config
@@ -174,21 +194,15 @@ def _serve(args: argparse.Namespace) -> int:
         root = None
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if not quick and not cfg.listen and not cfg.listen_ipv6:
-        raise ConfigError(f"{args.config}: listen=NO and listen_ipv6=NO (inetd mode) is not implemented yet")
     if os.geteuid() == 0 and not cfg.pooled and not quick:
         return _serve_isolated(args, cfg)
+    if not quick and not cfg.listen and not cfg.listen_ipv6:
+        raise ConfigError(f"{args.config}: listen=NO (inetd mode) needs isolated mode: start as root without pooled=YES")
     if os.geteuid() == 0 and quick:
         print("warning: quick mode as root runs pooled mode as root; prefer a normal user, "
               "or a config file for isolated mode", file=sys.stderr)
     auth = _authenticator(cfg, root, args.user)
-    banner = None
-    if cfg.banner_file:
-        try:
-            with open(cfg.banner_file, encoding="utf-8", errors="replace") as f:
-                banner = f.read(8192)
-        except OSError as e:
-            raise ConfigError(f"banner_file: cannot read {cfg.banner_file}: {e.strerror}") from None
+    banner = _banner(cfg)
     port = args.port if args.port is not None else cfg.listen_port
     workers = args.workers if args.workers is not None else cfg.worker_processes
     workers = workers or os.cpu_count() or 1
@@ -196,11 +210,7 @@ def _serve(args: argparse.Namespace) -> int:
         listeners = bind_listeners(_addresses(cfg, args.bind, quick), port, workers)
     except OSError as e:
         raise ConfigError(f"cannot listen on port {port}: {e.strerror}") from None
-    try:
-        events = build_event_log(cfg)  # log files are opened here, before any session
-    except LogFileError as e:
-        raise ConfigError(str(e)) from None
-    ctx = ServerContext(cfg, auth, banner=banner, events=events)
+    ctx = ServerContext(cfg, auth, banner=banner, events=_events(cfg))
     if cfg.max_clients or cfg.max_per_ip:
         from .net.limits import SessionLimits
         ctx.limits = SessionLimits(int(cfg.max_clients or 0), int(cfg.max_per_ip or 0))
@@ -247,13 +257,13 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
         raise ConfigError(f"secure_chroot_dir: {secure} must be empty, owned by root and not writable by others")
     _home_of(cfg.nopriv_user) is not None or _no_user("nopriv_user", cfg.nopriv_user)
 
-    def load() -> tuple[Any, Any]:
+    def load() -> Any:
         fresh, _warnings = load_config(args.config, args.overrides)
-        return fresh, _isolated_login(fresh)
+        return worker.Site(fresh, _isolated_login(fresh), banner=_banner(fresh), events=_events(fresh))
 
     if not cfg.listen and not cfg.listen_ipv6:  # inetd / systemd Accept=yes: the client is on stdin
         conn = socket.socket(fileno=os.dup(0))
-        return run_one_session(cfg, conn, _isolated_login(cfg))
+        return run_one_session(load(), conn)
     port = args.port if args.port is not None else cfg.listen_port
     try:
         (socks,) = bind_listeners(_addresses(cfg, args.bind, False), port, 1)

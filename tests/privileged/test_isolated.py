@@ -276,3 +276,170 @@ def test_pipelined_commands_after_pass_are_not_lost(isolated):
         s.sendall(b"USER ftpw_alice\r\nPASS alice-pw-1\r\nPWD\r\nSYST\r\nQUIT\r\n")
         lines = [f.readline() for _ in range(5)]
     assert [l[:3] for l in lines] == [b"331", b"230", b"257", b"215", b"221"], lines
+
+
+def test_userlist_refuses_at_user_before_a_password(tmp_path_factory, accounts):
+    base = tmp_path_factory.mktemp("ul")
+    os.chmod(base, 0o755)
+    empty = base / "empty"
+    empty.mkdir(mode=0o755)
+    ulist = base / "user_list"
+    ulist.write_text("ftpw_bob\n")
+    conf = base / "c.conf"
+    conf.write_text("\n".join([
+        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
+        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden",
+        f"secure_chroot_dir={empty}", "delay_failed_login=0", "userlist_enable=YES",
+        f"userlist_file={ulist}", "userlist_deny=YES", ""]))
+    srv = start_server(["--config", str(conf)], base, base)
+    try:
+        ftp = login(srv, user="")
+        assert ftp.sendcmd("USER ftpw_alice").startswith("331")
+        ftp.close()
+        ftp = login(srv, user="")
+        with pytest.raises(ftplib.error_perm, match="^530"):
+            ftp.sendcmd("USER ftpw_bob")  # refused before any password is asked
+        ftp.close()
+    finally:
+        stop_server(srv)
+
+
+def _config(base: Path, *lines: str) -> Path:
+    os.chmod(base, 0o755)
+    empty = base / "empty"
+    empty.mkdir(mode=0o755, exist_ok=True)
+    conf = base / "c.conf"
+    conf.write_text("\n".join(["listen=YES", "listen_address=127.0.0.1", "listen_port=0",
+                               f"secure_chroot_dir={empty}", "delay_failed_login=0", *lines, ""]))
+    return conf
+
+
+def test_virtual_user_runs_as_the_guest_account(tmp_path_factory, accounts):
+    base = tmp_path_factory.mktemp("guest")
+    root = base / "v"
+    root.mkdir()
+    os.chown(root, accounts["ftp"].pw_uid, accounts["ftp"].pw_gid)
+    db = base / "users.db"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    r = subprocess.run([os.sys.executable, "-m", "ftpwarden", "user", "add", "--db", str(db), "vera",
+                        "--root", str(root), "--write"], input=b"vera-pw\n", capture_output=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    conf = _config(base, "anonymous_enable=NO", f"user_db_file={db}", "guest_username=ftp", "write_enable=YES")
+    srv = start_server(["--config", str(conf)], base, base)
+    try:
+        with login(srv, "vera", "vera-pw") as ftp:
+            ftp.storbinary("STOR v.txt", io.BytesIO(b"virtual"))
+            ftp_uid = accounts["ftp"].pw_uid
+            (worker,) = wait_for(lambda: [p for p in session_processes(srv) if ids(p)[0][0] == ftp_uid])
+            assert ids(worker)[0] == (ftp_uid,) * 3
+            assert root_of(worker) == str(root)
+        assert (root / "v.txt").stat().st_uid == ftp_uid
+    finally:
+        stop_server(srv)
+
+
+def test_chown_uploads_through_the_monitor(tmp_path_factory, accounts):
+    base = tmp_path_factory.mktemp("chown")
+    anon = base / "anon"
+    (anon / "in").mkdir(parents=True)
+    os.chown(anon / "in", accounts["ftp"].pw_uid, accounts["ftp"].pw_gid)
+    conf = _config(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
+                   "write_enable=YES", "anon_upload_enable=YES", "chown_uploads=YES",
+                   "chown_username=ftpw_bob", "chown_upload_mode=0640")
+    srv = start_server(["--config", str(conf)], anon, base)
+    try:
+        with login(srv) as ftp:
+            ftp.storbinary("STOR in/given.bin", io.BytesIO(b"x" * 1000))
+        st = os.stat(anon / "in" / "given.bin")
+        assert st.st_uid == accounts["bob"].pw_uid
+        assert st.st_mode & 0o777 == 0o640
+    finally:
+        stop_server(srv)
+
+
+def test_max_per_ip_in_isolated_mode(tmp_path_factory):
+    base = tmp_path_factory.mktemp("limits")
+    anon = base / "anon"
+    anon.mkdir(mode=0o755)
+    conf = _config(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES", "max_per_ip=2")
+    srv = start_server(["--config", str(conf)], anon, base)
+    held = []
+    try:
+        for _ in range(2):
+            held.append(login(srv))
+        with pytest.raises(ftplib.error_temp, match="^421"):
+            login(srv)
+        other = ftplib.FTP(timeout=TIMEOUT)
+        assert other.connect(srv.host, srv.port, source_address=("127.0.0.2", 0)).startswith("220")
+        other.close()
+        held.pop().close()
+        assert wait_for(lambda: _can_connect(srv), timeout=10)
+    finally:
+        for f in held:
+            f.close()
+        stop_server(srv)
+
+
+def _can_connect(srv: Server) -> bool:
+    try:
+        with login(srv, user="") as ftp:
+            return ftp.welcome.startswith("220")
+    except ftplib.error_temp:
+        return False
+
+
+def test_sighup_rereads_the_config_for_new_sessions(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hup")
+    anon = base / "anon"
+    anon.mkdir(mode=0o755)
+    conf = _config(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
+                   "ftpd_banner=before reload")
+    srv = start_server(["--config", str(conf)], anon, base)
+    try:
+        with login(srv, user="") as ftp:
+            assert "before reload" in ftp.welcome
+        conf.write_text(conf.read_text().replace("before reload", "after reload"))
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        assert wait_for(lambda: "after reload" in login(srv, user="").welcome, timeout=10)
+    finally:
+        stop_server(srv)
+    assert srv.proc.returncode == 0
+
+
+def test_inetd_mode_serves_one_session_on_stdin(tmp_path_factory):
+    base = tmp_path_factory.mktemp("inetd")
+    anon = base / "anon"
+    anon.mkdir(mode=0o755)
+    (anon / "f.txt").write_text("inetd\n")
+    os.chmod(anon / "f.txt", 0o644)
+    conf = _config(base, "listen=NO", "listen_ipv6=NO", "anonymous_enable=YES", f"anon_root={anon}",
+                   "no_anon_password=YES")
+    conf.write_text(conf.read_text().replace("listen=YES\n", "", 1))
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    client = socket.create_connection(lsock.getsockname())
+    server_side, _ = lsock.accept()
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen([os.sys.executable, "-m", "ftpwarden", "serve", "--config", str(conf)],
+                            stdin=server_side, stdout=server_side, stderr=subprocess.PIPE, env=env)
+    server_side.close()
+    lsock.close()
+    try:
+        ftp = ftplib.FTP(timeout=TIMEOUT)
+        ftp.sock = client
+        ftp.af = client.family
+        ftp.file = client.makefile("r", encoding=ftp.encoding)
+        ftp.welcome = ftp.getresp()
+        assert ftp.welcome.startswith("220")
+        ftp.login()
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR f.txt", buf.write)
+        assert buf.getvalue() == b"inetd\n"
+        ftp.quit()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        client.close()

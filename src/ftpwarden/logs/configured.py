@@ -124,6 +124,13 @@ class ConfiguredEventLog(EventLog):
             self._vsftpd(now, user, "FTP response", remote_ip, text)
 
     @_never_raises
+    def transfer_start(self, session: str, remote_ip: str, user: str, path: str, direction: str) -> None:
+        """After the 150 reply (JSON only: the other formats log a transfer when it ends).
+        Not called by net/control.py yet."""
+        self._json(self.clock(), "transfer_start", session, remote_ip, user, path=path,
+                   direction="upload" if direction == "i" else "download")
+
+    @_never_raises
     def transfer(self, record: TransferRecord) -> None:
         now = self.clock()
         if self.xferlog is not None:

@@ -26,6 +26,8 @@ from ..proto.actions import (
     TransferDone,
 )
 from ..logs.events import EventLog, TransferRecord
+from ..policy.auth.base import LoginRefused, LoginRequest
+from ..policy.auth.local import userlist_filter
 from ..proto.listing import Entry
 from ..proto.replies import Reply
 from ..proto.session import Session
@@ -55,6 +57,7 @@ class ServerContext:
         # post-login process.  Pooled mode: both None (done in-process).
         self.broker = broker
         self.handover = handover
+        self.refuse_user = userlist_filter(cfg)  # read now, before any chroot
         self.limits: SessionLimits | None = None  # pooled mode: shared by the worker processes
         self._names: dict[tuple[int, bool], str] = {}
         self._next_id = itertools.count(1)
@@ -102,7 +105,7 @@ class ControlConnection:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.session = Session(self.cfg, local_ip=self.local_ip, remote_ip=self.remote_ip,
-                               banner=ctx.banner, names=ctx.name_of)
+                               banner=ctx.banner, names=ctx.name_of, refuse_user=ctx.refuse_user)
         self.data = data.DataChannel(self.cfg, local_ip=self.local_ip, remote_ip=self.remote_ip,
                                      broker=ctx.broker)
         self.jail: Jail | None = None
@@ -293,8 +296,6 @@ class ControlConnection:
         raise AssertionError(f"unknown action {action!r}")
 
     async def _authenticate(self, action: Authenticate) -> Any:
-        from ..policy.auth.base import LoginRequest, LoginRefused
-
         req = LoginRequest(action.user, action.password, self.remote_ip)
         loop = asyncio.get_running_loop()
         started = loop.time()

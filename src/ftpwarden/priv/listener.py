@@ -7,6 +7,7 @@ listener and the sessions; children are reaped as they end (no zombies).
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import select
@@ -24,14 +25,15 @@ TOO_MANY = b"421 There are too many connected users, please try later.\r\n"
 TOO_MANY_FROM_YOU = b"421 There are too many connections from your internet address.\r\n"
 
 
-def run_one_session(cfg: Any, conn: socket.socket, authenticate: Callable[..., Any]) -> int:
+def run_one_session(site: Any, conn: socket.socket) -> int:
     """One session in this process (a forked child, or inetd mode)."""
     from . import worker  # already imported by the caller in standalone mode (fork shares it)
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
-    return Monitor(cfg, conn, authenticate=authenticate, prelogin=worker.prelogin,
-                   postlogin=worker.postlogin).run()
+    return Monitor(site.cfg, conn, authenticate=site.authenticate,
+                   prelogin=functools.partial(worker.prelogin, site),
+                   postlogin=functools.partial(worker.postlogin, site)).run()
 
 
 def _drain(fd: int) -> bool:
@@ -42,11 +44,11 @@ def _drain(fd: int) -> bool:
 
 
 class Listener:
-    def __init__(self, sockets: list[socket.socket], load: Callable[[], tuple[Any, Callable[..., Any]]]) -> None:
-        """`load()` -> (config, authenticate): called at start and on SIGHUP."""
+    def __init__(self, sockets: list[socket.socket], load: Callable[[], Any]) -> None:
+        """`load()` -> a worker.Site: called at start and on SIGHUP."""
         self.sockets = sockets
         self.load = load
-        self.cfg, self.authenticate = load()
+        self.site = load()
         self.children: dict[int, str] = {}  # pid -> client ip
         self.per_ip: dict[str, int] = {}
         self.stopping = False
@@ -93,7 +95,9 @@ class Listener:
     def _reload(self) -> None:
         self.reload = False
         try:
-            self.cfg, self.authenticate = self.load()
+            old, self.site = self.site, self.load()
+            if old.events is not None and old.events is not self.site.events:
+                old.events.close()
             print("ftpwarden: configuration re-read; new sessions use it", file=sys.stderr)
         except Exception as e:  # a broken file keeps the old config running
             print(f"ftpwarden: SIGHUP: keeping the old configuration: {e}", file=sys.stderr)
@@ -104,7 +108,8 @@ class Listener:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         ip = peer[0]
-        max_clients, max_per_ip = int(self.cfg.max_clients or 0), int(self.cfg.max_per_ip or 0)
+        cfg = self.site.cfg
+        max_clients, max_per_ip = int(cfg.max_clients or 0), int(cfg.max_per_ip or 0)
         refusal = None
         if max_clients and len(self.children) >= max_clients:
             refusal = TOO_MANY
@@ -128,7 +133,7 @@ class Listener:
                 signal.set_wakeup_fd(-1)
                 for fd in self._wake:
                     os.close(fd)
-                code = run_one_session(self.cfg, conn, self.authenticate)
+                code = run_one_session(self.site, conn)
             except BaseException:  # noqa: BLE001 - never return into the accept loop
                 import traceback
                 traceback.print_exc()

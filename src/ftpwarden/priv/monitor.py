@@ -7,13 +7,11 @@ ends the session on anything else.  Imports neither asyncio nor `net`.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import socket
 import stat
 import time
-from dataclasses import replace
 from typing import Any, Callable
 
 from ..proto import addr
@@ -27,8 +25,8 @@ __all__ = ["Monitor"]
 
 # What the worker functions look like (priv/worker.py; injected so this
 # module never imports the asyncio side).
-PreLogin = Callable[[Any, socket.socket, Channel], None]
-PostLogin = Callable[[Any, socket.socket, Channel, Any, bytes], None]
+PreLogin = Callable[[socket.socket, Channel], None]
+PostLogin = Callable[[socket.socket, Channel, Any, bytes], None]
 
 
 class Monitor:
@@ -79,7 +77,7 @@ class Monitor:
         return mine
 
     def _pre_login(self) -> tuple[Any, bytes] | None:
-        chan = self._fork_worker(lambda ch: self.prelogin(self.cfg, self.conn, ch))
+        chan = self._fork_worker(lambda ch: self.prelogin(self.conn, ch))
         fails = 0
         max_fails = max(1, int(self.cfg.max_login_fails or 3))
         try:
@@ -116,7 +114,7 @@ class Monitor:
             return None
 
     def _post_login(self, account: Any, pending: bytes) -> None:
-        chan = self._fork_worker(lambda ch: self.postlogin(self.cfg, self.conn, ch, account, pending))
+        chan = self._fork_worker(lambda ch: self.postlogin(self.conn, ch, account, pending))
         self.conn.close()  # the worker owns the connection now; we never touch client bytes
         try:
             while True:

@@ -15,8 +15,8 @@ import pwd
 import socket
 import threading
 import time
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 from ..net.control import ControlConnection, ServerContext
 from ..policy.auth.base import LoginRefused, LoginRequest
@@ -24,9 +24,19 @@ from .channel import Channel
 from .creds import drop_privileges, set_parent_death_signal
 from .messages import ActiveDataSocket, ChownUpload, DataSocket, Done, Handover, Login, LoginFailed, LoginOk, Refused
 
-__all__ = ["prelogin", "postlogin", "WORKER_MEMORY_LIMIT"]
+__all__ = ["Site", "prelogin", "postlogin", "WORKER_MEMORY_LIMIT"]
 
 WORKER_MEMORY_LIMIT = 1 << 30  # address space of one session process (threads reserve stacks)
+
+
+@dataclass
+class Site:
+    """What every session of a listener shares; prepared before any fork or jail."""
+
+    cfg: Any
+    authenticate: Callable[[str, str, str], Any]  # the monitor's check: -> account or None
+    banner: str | None = None
+    events: Any = None  # logs.events.EventLog with its files already open
 
 
 class _LoginAccount:
@@ -100,27 +110,31 @@ def _prepare() -> None:
     time.localtime()  # load the zone data now: /etc/localtime is gone after chroot
 
 
-def prelogin(cfg: Any, conn: socket.socket, chan: Channel) -> None:
+def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
+    cfg = site.cfg
     _prepare()
     nobody = pwd.getpwnam(cfg.nopriv_user or "nobody")
-    drop_privileges(nobody.pw_uid, nobody.pw_gid, root=cfg.secure_chroot_dir,
-                    memory_limit=WORKER_MEMORY_LIMIT)
 
     async def handover(control: ControlConnection, _account: Any) -> None:
         await asyncio.to_thread(chan.send, Handover(control.pending_bytes()))
 
-    ctx = ServerContext(cfg, MonitorAuthenticator(chan), handover=handover)
+    # made before the jail: it reads the userlist file
+    ctx = ServerContext(cfg, MonitorAuthenticator(chan), banner=site.banner, events=site.events,
+                        handover=handover)
+    drop_privileges(nobody.pw_uid, nobody.pw_gid, root=cfg.secure_chroot_dir,
+                    memory_limit=WORKER_MEMORY_LIMIT)
     _run(ctx, conn)
 
 
-def postlogin(cfg: Any, conn: socket.socket, chan: Channel, account: Any, pending: bytes) -> None:
+def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pending: bytes) -> None:
+    cfg = site.cfg
     _prepare()
     names = _names_snapshot(cfg)
     groups: list[int] = []
     if account.user_class.value == "real":
         groups = os.getgrouplist(pwd.getpwuid(account.uid).pw_name, account.gid)
+    ctx = ServerContext(cfg, None, broker=MonitorBroker(chan), events=site.events)
+    ctx.preload_names(names)
     drop_privileges(account.uid, account.gid, groups=groups,
                     root=account.root if account.chroot else None, memory_limit=WORKER_MEMORY_LIMIT)
-    ctx = ServerContext(cfg, None, broker=MonitorBroker(chan))
-    ctx.preload_names(names)
     _run(ctx, conn, account=replace(account, root="/") if account.chroot else account, pending=pending)

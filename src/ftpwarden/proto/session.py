@@ -53,8 +53,10 @@ class Session:
     """State of one control connection.  `cfg` is read by attribute only."""
 
     def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str, banner: str | None = None,
-                 names: Callable[[int, bool], str] | None = None) -> None:
+                 names: Callable[[int, bool], str] | None = None,
+                 refuse_user: Callable[[str], bool] | None = None) -> None:
         self.cfg = cfg
+        self.refuse_user = refuse_user  # vsftpd's userlist: refused at USER, before a password
         self.name_of = names  # uid/gid -> name for listings (True: user, False: group)
         self.local_ip = local_ip
         self.remote_ip = remote_ip
@@ -362,6 +364,8 @@ class Session:
         if self.logged_in:
             return [Reply(Code.NOT_LOGGED_IN, "Can't change to another user.")]
         name = arg.strip()
+        if self.refuse_user is not None and self.refuse_user(name):
+            return [Reply(Code.NOT_LOGGED_IN, "Permission denied.")]
         anonymous = name.lower() in ANONYMOUS_NAMES
         if anonymous and not getattr(self.cfg, "anonymous_enable", True):
             return [Reply(Code.NOT_LOGGED_IN, "This FTP server does not allow anonymous logins.")]

@@ -26,7 +26,7 @@ from .base import LoginRefused, LoginRequest
 from .pam import pam_check
 from .userfile import valid_user_name
 
-__all__ = ["LocalAuthenticator", "refused_at_user", "chroot_plan"]
+__all__ = ["LocalAuthenticator", "refused_at_user", "userlist_filter", "chroot_plan"]
 
 
 def _getpw(name: str) -> pwd.struct_passwd | None:
@@ -52,10 +52,22 @@ def refused_at_user(cfg: Any, user: str) -> bool:
     others.  It applies to every name, anonymous ones too, as in vsftpd.  An
     unreadable list refuses everyone (vsftpd will not serve without it).
     """
+    refuse = userlist_filter(cfg)
+    return refuse is not None and refuse(user)
+
+
+def userlist_filter(cfg: Any) -> Callable[[str], bool] | None:
+    """refused_at_user with the list read once, now: a pre-login process reads
+    no file after its chroot.  None when userlist_enable is off."""
     if not cfg.userlist_enable:
-        return False
-    listed = _listed(cfg.userlist_file or "", user)
-    return listed is None or listed == bool(cfg.userlist_deny)
+        return None
+    try:
+        with open(cfg.userlist_file or "", encoding="utf-8", errors="surrogateescape") as f:
+            names = frozenset(line.strip() for line in f)
+    except (OSError, ValueError):
+        return lambda user: True  # as refused_at_user: no list, nobody
+    deny = bool(cfg.userlist_deny)
+    return lambda user: (user in names) == deny
 
 
 def chroot_plan(cfg: Any, user: str, home: str, in_chroot_list: bool) -> tuple[str, bool, str]:
