@@ -58,7 +58,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                         "ftpwarden-isolated, pyftpdlib, vsftpd (default: %(default)s)")
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help="comma list of " + ", ".join(WORKLOADS) + " (default: all)")
-    p.add_argument("--repeat", type=int, help="samples per workload and server (default 3, --quick 2)")
+    p.add_argument("--repeat", type=int, help="samples per workload and server (default 3; --quick: 2, "
+                                              "and 1 for idle_sessions)")
     p.add_argument("--size-big", type=parse_size, help="size of the big file (default 1G, --quick 64M)")
     p.add_argument("--small-files", type=int, help="retr_small file count (default 2000)")
     p.add_argument("--list-entries", type=int, help="list_big directory size (default 10000)")
@@ -191,6 +192,8 @@ class Run:
 
     def workload(self, w) -> None:
         reps = min(self.repeat, w.max_repeat or self.repeat)
+        if self.args.quick and w.fresh:
+            reps = 1  # a fresh server per sample is the slow part of a smoke run
         table = self.results["workloads"].setdefault(w.name, {})
         ctx = Ctx(self.fx)
         for name in self.names:

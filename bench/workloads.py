@@ -398,10 +398,9 @@ def idle_sessions(server: Server, ctx: Ctx) -> Sample:
         s.metrics["procs"] = (mem["procs"] - base["procs"]) / alive
     if errors:
         s.notes.append(f"{n - len(sessions)} sessions refused: {errors[0]}")
-    s.notes.append(f"tree with {alive} sessions: PSS {mem['pss_kib'] / 1024:.1f} MiB, "
-                   f"USS {mem['uss_kib'] / 1024:.1f} MiB, {mem['procs']} processes "
-                   f"(fresh server after warm-up: {base['pss_kib'] / 1024:.1f} MiB PSS, "
-                   f"{base['procs']} processes)")
+    s.notes.append(f"{alive} sessions: PSS {mem['pss_kib'] / 1024:.0f} MiB, USS {mem['uss_kib'] / 1024:.0f} MiB, "
+                   f"{mem['procs']} procs (fresh, warmed up: {base['pss_kib'] / 1024:.0f} MiB, "
+                   f"{base['procs']} procs)")
     return s
 
 

@@ -269,3 +269,31 @@ def test_names_with_spaces_and_utf8(quick_server):
         ftp.retrbinary("RETR grüße €.txt", buf.write)
         assert buf.getvalue() == b"u"
         assert ftp.sendcmd("MLST with space.txt").splitlines()[1].endswith(" /with space.txt")
+
+
+def test_atomic_uploads_hide_partial_files_until_complete(make_server, tmp_path):
+    root = tmp_path / "atomic"
+    root.mkdir()
+    srv = make_server(root, str(root), "--port", "0", "--bind", "127.0.0.1", "--workers", "1",
+                      "--user", "alice:secret", "-o", "atomic_uploads=YES", "-o", "delay_failed_login=0")
+    payload = os.urandom(4 * 1024 * 1024)
+    ftp = connect(srv, "alice", "secret")
+    conn = ftp.transfercmd("STOR big.bin")
+    conn.sendall(payload[:1_000_000])
+    time.sleep(0.3)
+    assert not (root / "big.bin").exists()  # nothing that looks complete while it runs
+    # the client process dies: the kernel closes both of its connections
+    conn.close()
+    ftp.close()  # closes the control socket and its file object
+    partial = root / ".ftpwarden-partial.big.bin"
+    deadline = time.monotonic() + 10
+    while partial.stat().st_size < 1_000_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert not (root / "big.bin").exists()
+    assert partial.stat().st_size == 1_000_000
+    # the client comes back and continues where it stopped
+    with connect(srv, "alice", "secret") as ftp:
+        ftp.storbinary("APPE big.bin", io.BytesIO(payload[1_000_000:]))
+    assert (root / "big.bin").read_bytes() == payload
+    assert not partial.exists()

@@ -160,11 +160,11 @@ def test_override_of_file_value_is_not_a_duplicate(conf):
 
 
 def test_unimplemented_option_warns_only_when_not_default(conf):
-    path = conf("xferlog_enable=NO\nlisten=NO\nlisten_ipv6=YES\nxferlog_enable=YES\n")
+    path = conf("no_log_lock=NO\nlisten=NO\nlisten_ipv6=YES\nno_log_lock=YES\n")
     _, warnings = load_config(path)
-    assert f"{path}:4: option 'xferlog_enable' is recognised but not implemented yet; " \
+    assert f"{path}:4: option 'no_log_lock' is recognised but not implemented yet; " \
            "it has no effect" in warnings
-    _, warnings = load_config(conf("xferlog_enable=NO\ndual_log_enable=NO\n"))
+    _, warnings = load_config(conf("no_log_lock=NO\nwc_logs_enable=NO\n"))
     assert warnings == []
 
 
@@ -308,6 +308,5 @@ def test_debian_default_conf_loads(conf):
     assert cfg.ssl_enable is False
     warned = sorted(w.split("'")[1] for w in warnings)
     # ssl_enable=NO is the default: no warning for it.
-    assert warned == ["connect_from_port_20", "local_enable", "rsa_cert_file",
-                      "rsa_private_key_file", "xferlog_enable"]
+    assert warned == ["rsa_cert_file", "rsa_private_key_file"]
     assert all(w.startswith(f"{path}:") for w in warnings)

@@ -47,6 +47,9 @@ class EventLog:
     def reply(self, session: str, remote_ip: str, user: str, data: bytes) -> None:
         """The encoded reply bytes as sent."""
 
+    def transfer_start(self, session: str, remote_ip: str, user: str, path: str, direction: str) -> None:
+        """A download ("o") or upload ("i") got its data connection and 150 reply."""
+
     def transfer(self, record: TransferRecord) -> None:
         pass
 

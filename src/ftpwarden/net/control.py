@@ -347,7 +347,8 @@ class ControlConnection:
             if isinstance(action, SendFile):
                 opened["fd"], size = _open_download(self.jail, action)
             elif isinstance(action, ReceiveFile):
-                opened["fd"], opened["name"] = _open_upload(self.jail, action)
+                opened["fd"], opened["name"], opened["partial"] = _open_upload(
+                    self.jail, action, atomic=bool(self.cfg.atomic_uploads))
             else:
                 payload = await asyncio.to_thread(self._render_listing, self.jail, action)
         except OSError as e:
@@ -360,6 +361,9 @@ class ControlConnection:
         if isinstance(action, ReceiveFile) and action.unique:
             start = ReceiveFile(paths.resolve(paths.parent(action.path), opened["name"]), unique=True)
         self._send(s.transfer_started(start, size))
+        if isinstance(start, (SendFile, ReceiveFile)):
+            self.events.transfer_start(self.sid, self.remote_ip, self.user, start.path,
+                                       "o" if isinstance(start, SendFile) else "i")
         await self.writer.drain()
         opened["moving"] = True
         stall = float(self.cfg.data_connection_timeout or 0)
@@ -376,6 +380,19 @@ class ControlConnection:
             return TransferDone("local_error", progress[0], error=e)
         opened["sock"] = None
         _close_data(sock)
+        if opened.get("partial"):  # atomic_uploads: the name appears only now, complete
+            # A client that died closed both connections; the end of the data is
+            # then no proof of a complete file.  Give the control EOF a moment to
+            # arrive (atomic uploads only: it costs this much per upload).
+            await asyncio.sleep(ATOMIC_GRACE)
+            if self.reader.at_eof():
+                return TransferDone("connection_lost", progress[0])
+            try:
+                if not action.may_overwrite and _exists(self.jail, action.path):
+                    raise FileExistsError(17, "File exists")
+                self.jail.rename(opened["partial"], action.path)
+            except OSError as e:
+                return TransferDone("local_error", progress[0], error=e)
         if isinstance(action, ReceiveFile) and self._chown_uploads():
             try:
                 await asyncio.to_thread(self.ctx.broker.chown_upload, opened["fd"])
@@ -472,7 +489,24 @@ def _open_download(jail: Jail, action: SendFile) -> tuple[int, int]:
         raise
 
 
-def _open_upload(jail: Jail, action: ReceiveFile) -> tuple[int, str]:
+PARTIAL_PREFIX = ".ftpwarden-partial."  # atomic_uploads: hidden until complete
+ATOMIC_GRACE = 0.05  # seconds to wait for a dying client's control EOF
+
+
+def partial_path(vpath: str) -> str:
+    return paths.resolve(paths.parent(vpath), PARTIAL_PREFIX + paths.basename(vpath))
+
+
+def _exists(jail: Jail, vpath: str) -> bool:
+    try:
+        jail.lstat(vpath)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _open_upload(jail: Jail, action: ReceiveFile, *, atomic: bool = False) -> tuple[int, str, str | None]:
+    """(fd, name shown to the client, hidden partial path when writing atomically)."""
     flags = os.O_WRONLY | os.O_CREAT
     if action.append:
         flags |= os.O_APPEND
@@ -487,11 +521,22 @@ def _open_upload(jail: Jail, action: ReceiveFile) -> tuple[int, str]:
                 fd = jail.open(candidate, flags | os.O_EXCL, mode)
             except FileExistsError:
                 continue
-            return fd, paths.basename(candidate)
+            return fd, paths.basename(candidate), None
         raise FileExistsError(17, "No unique name available")
-    if not action.may_overwrite:
+    partial = None
+    target = action.path
+    if atomic:
+        resuming = action.append or action.offset
+        candidate = partial_path(action.path)
+        # a fresh upload, or the continuation of an interrupted one, goes to the
+        # partial; continuing a complete file (no partial) happens in place
+        if not resuming or _exists(jail, candidate):
+            partial = target = candidate
+            if not action.may_overwrite and _exists(jail, action.path):
+                raise FileExistsError(17, "File exists")
+    if not action.may_overwrite and partial is None:
         flags |= os.O_EXCL
-    fd = jail.open(action.path, flags, mode)
+    fd = jail.open(target, flags, mode)
     try:
         if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
             raise PermissionError(13, "Not a plain file")
@@ -501,7 +546,7 @@ def _open_upload(jail: Jail, action: ReceiveFile) -> tuple[int, str]:
     except BaseException:
         os.close(fd)
         raise
-    return fd, paths.basename(action.path)
+    return fd, paths.basename(action.path), partial
 
 
 def _fs_change(jail: Jail, a: FsChange) -> None:

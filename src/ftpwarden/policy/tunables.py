@@ -55,6 +55,8 @@ _IMPLEMENTED = frozenset("""
     tilde_user_enable text_userdb_names delay_failed_login max_login_fails
     xferlog_enable xferlog_file xferlog_std_format vsftpd_log_file dual_log_enable
     log_ftp_protocol syslog_enable
+    connect_from_port_20 ftp_data_port max_clients max_per_ip background
+    chown_uploads chown_username chown_upload_mode
 """.split())
 
 _OCTAL = frozenset({"anon_umask", "local_umask", "file_open_mode", "chown_upload_mode"})
