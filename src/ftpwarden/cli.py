@@ -177,6 +177,17 @@ def _events(cfg: Any) -> Any:
         raise ConfigError(str(e)) from None
 
 
+def _tls_context(cfg: Any) -> Any:
+    if not cfg.ssl_enable:
+        return None
+    from .net.tls import TlsSetupError, make_context
+    from .policy.config import ConfigError
+    try:
+        return make_context(cfg)
+    except TlsSetupError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .net.control import ServerContext
     from .net.server import bind_listeners, serve_pooled
@@ -195,6 +206,9 @@ def _serve(args: argparse.Namespace) -> int:
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if os.geteuid() == 0 and not cfg.pooled and not quick:
+        if cfg.ssl_enable:
+            raise ConfigError(f"{args.config}: ssl_enable in isolated mode is not implemented yet "
+                              "(the TLS helper process); use pooled=YES for FTPS for now")
         return _serve_isolated(args, cfg)
     if not quick and not cfg.listen and not cfg.listen_ipv6:
         raise ConfigError(f"{args.config}: listen=NO (inetd mode) needs isolated mode: start as root without pooled=YES")
@@ -206,11 +220,18 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else cfg.listen_port
     workers = args.workers if args.workers is not None else cfg.worker_processes
     workers = workers or os.cpu_count() or 1
+    addresses = _addresses(cfg, args.bind, quick)
     try:
-        listeners = bind_listeners(_addresses(cfg, args.bind, quick), port, workers)
+        listeners = bind_listeners(addresses, port, workers)
+        if cfg.implicit_ssl_port:
+            if not cfg.ssl_enable:
+                raise ConfigError("implicit_ssl_port: needs ssl_enable=YES")
+            extra = bind_listeners(addresses, cfg.implicit_ssl_port, workers)
+            listeners = [a + b for a, b in zip(listeners, extra)]
     except OSError as e:
         raise ConfigError(f"cannot listen on port {port}: {e.strerror}") from None
     ctx = ServerContext(cfg, auth, banner=banner, events=_events(cfg))
+    ctx.tls = _tls_context(cfg)
     if cfg.max_clients or cfg.max_per_ip:
         from .net.limits import SessionLimits
         ctx.limits = SessionLimits(int(cfg.max_clients or 0), int(cfg.max_per_ip or 0))

@@ -202,7 +202,7 @@ def test_every_tsv_row_is_in_the_table(row):
 def test_table_order_and_count():
     vsftpd = [n for n, t in TUNABLES.items() if t.origin == "vsftpd"]
     assert vsftpd == [row.split(" ")[0] for row in _ROWS]
-    assert len(TUNABLES) == len(_ROWS) + 10
+    assert len(TUNABLES) == len(_ROWS) + 12
 
 
 def test_names_unique_and_keys_match():
@@ -222,6 +222,8 @@ def test_names_unique_and_keys_match():
     ("utf8_enable", Kind.BOOL, True),
     ("mlsd_enable", Kind.BOOL, True),
     ("control_line_max", Kind.INT, 4096),
+    ("implicit_ssl_port", Kind.INT, 0),
+    ("allow_ccc", Kind.BOOL, False),
 ])
 def test_ftpwarden_options(name, kind, default):
     t = TUNABLES[name]
@@ -234,7 +236,7 @@ def test_implemented_flags_are_read_by_the_code():
     text = "\n".join(p.read_text() for p in src.rglob("*.py") if p.name != "tunables.py")
     unread = [n for n, t in TUNABLES.items() if t.implemented and not re.search(rf"\b{n}\b", text)]
     assert not unread, unread
-    assert not TUNABLES["ssl_enable"].implemented
+    assert not TUNABLES["validate_cert"].implemented
     assert not TUNABLES["ls_recurse_enable"].implemented
 
 

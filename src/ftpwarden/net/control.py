@@ -14,6 +14,7 @@ import logging
 import os
 import pwd
 import socket
+import ssl
 import stat as stat_mod
 import time
 import zlib
@@ -21,7 +22,7 @@ from typing import Any, Awaitable, Callable
 
 from ..proto import paths
 from ..proto.actions import (
-    AbortTransfer, Action, Authenticate, ChangeDir, ClosePassive, ComputeHash, ControlListing,
+    AbortTransfer, Action, Authenticate, StartTls, StopTls, ChangeDir, ClosePassive, ComputeHash, ControlListing,
     FsChange, OpenPassive, ReceiveFile, ResetSession, SendFile, SendListing, StatPath, Transfer,
     TransferDone,
 )
@@ -31,7 +32,7 @@ from ..policy.auth.local import userlist_filter
 from ..proto.listing import Entry
 from ..proto.replies import Reply
 from ..proto.session import Session
-from . import data
+from . import data, tls
 from .jail import Jail
 from .limits import SessionLimits
 
@@ -57,6 +58,7 @@ class ServerContext:
         # post-login process.  Pooled mode: both None (done in-process).
         self.broker = broker
         self.handover = handover
+        self.tls: ssl.SSLContext | None = None  # ssl_enable: made once, shared by every connection
         self.refuse_user = userlist_filter(cfg)  # read now, before any chroot
         self.limits: SessionLimits | None = None  # pooled mode: shared by the worker processes
         self._names: dict[tuple[int, bool], str] = {}
@@ -127,6 +129,8 @@ class ControlConnection:
     # ------------------------------------------------------------ main loop
 
     async def run(self) -> None:
+        if self.writer.get_extra_info("ssl_object") is not None:
+            self.session.tls_started()  # implicit TLS: protected from the first byte
         if self.start_account is None:
             self.events.connect(self.sid, self.remote_ip)
         try:
@@ -217,6 +221,22 @@ class ControlConnection:
                 return
         await self.writer.drain()
 
+    async def _start_tls(self) -> None:
+        """AUTH TLS: the server side of the handshake on the control connection.
+
+        StreamWriter.start_tls guesses the side from how the stream was made,
+        which is wrong for the isolated worker's adopted socket; so the loop's
+        start_tls is called with server_side=True and the stream is re-pointed,
+        as StreamWriter.start_tls itself does.
+        """
+        await self.writer.drain()
+        loop = asyncio.get_running_loop()
+        protocol = self.writer.transport.get_protocol()
+        transport = await asyncio.wait_for(loop.start_tls(
+            self.writer.transport, protocol, self.ctx.tls, server_side=True), 30)
+        self.writer._transport = transport  # noqa: SLF001 - see the docstring
+        protocol._replace_writer(self.writer)  # noqa: SLF001
+
     def pending_bytes(self) -> bytes:
         """What the client sent that we have not read yet (handed over after login)."""
         return bytes(self.reader._buffer)  # asyncio has no public accessor for this
@@ -250,6 +270,19 @@ class ControlConnection:
                 self.closing = True
                 return []
             return s.complete(action, outcome)
+        if isinstance(action, StartTls):
+            try:
+                await self._start_tls()
+            except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
+                self.end_reason = "TLS handshake failed"
+                self.closing = True
+                return []
+            s.tls_started()
+            return []
+        if isinstance(action, StopTls):
+            self.end_reason = "CCC is not supported by this transport"
+            self.closing = True
+            return []
         if isinstance(action, ResetSession):
             self._close_jail()
             self.data.close()
@@ -330,6 +363,8 @@ class ControlConnection:
         except asyncio.CancelledError:
             done = TransferDone("aborted", progress[0])
         finally:
+            if opened.get("tls") is not None:
+                await opened["tls"].close()
             if opened.get("sock") is not None:
                 opened["sock"].close()
             if opened.get("fd") is not None:
@@ -365,21 +400,40 @@ class ControlConnection:
             self.events.transfer_start(self.sid, self.remote_ip, self.user, start.path,
                                        "o" if isinstance(start, SendFile) else "i")
         await self.writer.drain()
-        opened["moving"] = True
         stall = float(self.cfg.data_connection_timeout or 0)
+        if action.tls:  # the handshake follows the 150, as clients expect (and vsftpd does)
+            opened["sock"] = None
+            try:
+                stream = opened["tls"] = await tls.wrap_data(sock, self.ctx.tls, float(self.cfg.accept_timeout or 60))
+            except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+                sock.close()
+                return TransferDone("tls_refused", detail=f"handshake failed ({e.__class__.__name__})")
+            if self.cfg.require_ssl_reuse and not stream.reused:
+                return TransferDone("tls_refused", detail=tls.REUSE_REQUIRED)
+        opened["moving"] = True
         try:
-            if isinstance(action, SendFile):
+            if action.tls:
+                if isinstance(action, SendFile):
+                    await data.send_file_tls(stream, opened["fd"], action.offset, action.ascii, progress, stall)
+                elif isinstance(action, ReceiveFile):
+                    await data.receive_file_tls(stream, opened["fd"], action.ascii, progress, stall)
+                else:
+                    progress[0] = await data.send_bytes_tls(stream, payload)
+            elif isinstance(action, SendFile):
                 await data.send_file(sock, opened["fd"], action.offset, action.ascii, progress, stall)
             elif isinstance(action, ReceiveFile):
                 await data.receive_file(sock, opened["fd"], action.ascii, progress, stall)
             else:
                 progress[0] = await data.send_bytes(sock, payload)
-        except (ConnectionError, TimeoutError):
+        except (ConnectionError, TimeoutError, ssl.SSLError):
             return TransferDone("connection_lost", progress[0])
         except OSError as e:  # the local file failed (disk full, quota)
             return TransferDone("local_error", progress[0], error=e)
-        opened["sock"] = None
-        _close_data(sock)
+        if action.tls:
+            await opened.pop("tls").close()  # close_notify: the client knows the file is whole
+        else:
+            opened["sock"] = None
+            _close_data(sock)
         if opened.get("partial"):  # atomic_uploads: the name appears only now, complete
             # A client that died closed both connections; the end of the data is
             # then no proof of a complete file.  Give the control EOF a moment to

@@ -53,6 +53,8 @@ class DataChannel:
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
                 sock.setblocking(False)
+                # a port whose last data connection is in TIME_WAIT is still free to listen on
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((self.local_ip, port))
                 sock.listen(1)
             except OSError as e:
@@ -271,3 +273,40 @@ def _write_all(fd: int, data: Any) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+# ---------------------------------------------------------------- over TLS (PROT P)
+# No sendfile through TLS in Python 3.11 (no kernel TLS): the bytes pass through
+# user space, in chunks large enough to keep the per-record cost low.
+
+TLS_CHUNK = 256 * 1024
+
+
+async def send_file_tls(stream: Any, fd: int, offset: int, ascii_mode: bool, progress: list[int],
+                        stall_timeout: float = 0) -> None:
+    encoder = AsciiEncoder() if ascii_mode else None
+    os.lseek(fd, offset, os.SEEK_SET)
+    async with Stalled(stall_timeout) as stall:
+        while chunk := os.read(fd, TLS_CHUNK):
+            stream.writer.write(encoder.feed(chunk) if encoder else chunk)
+            await stream.writer.drain()
+            progress[0] += len(chunk)
+            stall.moved()
+
+
+async def receive_file_tls(stream: Any, fd: int, ascii_mode: bool, progress: list[int],
+                           stall_timeout: float = 0) -> None:
+    decoder = AsciiDecoder() if ascii_mode else None
+    async with Stalled(stall_timeout) as stall:
+        while chunk := await stream.reader.read(RECV_BUFFER):
+            _write_all(fd, decoder.feed(chunk) if decoder else chunk)
+            progress[0] += len(chunk)
+            stall.moved()
+    if decoder is not None:
+        _write_all(fd, decoder.flush())
+
+
+async def send_bytes_tls(stream: Any, data: bytes) -> int:
+    stream.writer.write(data)
+    await stream.writer.drain()
+    return len(data)

@@ -73,7 +73,16 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
             if limits:
                 limits.leave(ip)
 
-    servers = [await asyncio.start_server(handle, sock=s, limit=limit) for s in sockets]
+    cfg = ctx.cfg
+    def tls_for(sock: socket.socket) -> Any:
+        """implicit_ssl: every port is TLS from the first byte; else only implicit_ssl_port."""
+        if ctx.tls is None:
+            return None
+        return ctx.tls if cfg.implicit_ssl or sock.getsockname()[1] == cfg.implicit_ssl_port else None
+
+    servers = [await asyncio.start_server(handle, sock=s, limit=limit, ssl=tls_for(s),
+                                          ssl_handshake_timeout=30 if tls_for(s) else None)
+               for s in sockets]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

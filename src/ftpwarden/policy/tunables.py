@@ -57,6 +57,10 @@ _IMPLEMENTED = frozenset("""
     log_ftp_protocol syslog_enable
     connect_from_port_20 ftp_data_port max_clients max_per_ip background
     chown_uploads chown_username chown_upload_mode
+    ssl_enable rsa_cert_file rsa_private_key_file dsa_cert_file dsa_private_key_file
+    allow_anon_ssl force_local_logins_ssl force_local_data_ssl force_anon_logins_ssl
+    force_anon_data_ssl implicit_ssl require_ssl_reuse ssl_ciphers ca_certs_file require_cert
+    ssl_request_cert ssl_tlsv1 ssl_tlsv11 ssl_tlsv12 ssl_tlsv13
 """.split())
 
 _OCTAL = frozenset({"anon_umask", "local_umask", "file_open_mode", "chown_upload_mode"})
@@ -377,6 +381,10 @@ _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
         ("mlsd_enable", _B, True, "Offer the MLST and MLSD commands (RFC 3659)."),
         ("control_line_max", _I, 4096,
          "Longest control line accepted, in bytes; a longer line is refused."),
+        ("implicit_ssl_port", _I, 0,
+         "Also listen on this port with implicit TLS (FTPS on 990), beside explicit AUTH TLS (0 = off)."),
+        ("allow_ccc", _B, False,
+         "Accept CCC (drop TLS on the control channel after login, for NAT helpers); refused by default."),
     ),
 }
 

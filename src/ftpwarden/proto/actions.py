@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
-    "Action", "Authenticate", "ResetSession", "ChangeDir", "StatPath", "FsChange",
+    "Action", "Authenticate", "StartTls", "StopTls", "ResetSession", "ChangeDir", "StatPath", "FsChange",
     "OpenPassive", "ClosePassive", "AbortTransfer", "SendFile", "ReceiveFile", "SendListing",
     "ControlListing", "ComputeHash", "Transfer", "TransferDone", "TransferStatus",
 ]
@@ -30,6 +30,17 @@ class Authenticate(Action):
 
     user: str
     password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls(Action):
+    """AUTH TLS accepted (the 234 went out): handshake on the control connection.
+    Outcome: None, or an exception when the handshake failed (the session ends)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopTls(Action):
+    """CCC accepted (the 200 went out): TLS shutdown, plaintext from here on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +110,7 @@ class Transfer(Action):
 @dataclass(frozen=True, slots=True)
 class SendFile(Transfer):
     path: str
+    tls: bool = False
     offset: int = 0
     ascii: bool = False
     world_readable_only: bool = False
@@ -107,6 +119,7 @@ class SendFile(Transfer):
 @dataclass(frozen=True, slots=True)
 class ReceiveFile(Transfer):
     path: str
+    tls: bool = False
     offset: int = 0
     append: bool = False
     ascii: bool = False
@@ -120,6 +133,7 @@ class ReceiveFile(Transfer):
 class SendListing(Transfer):
     kind: Literal["LIST", "NLST", "MLSD"]
     path: str
+    tls: bool = False
     show_hidden: bool = False
     explicit_path: bool = False  # NLST of a file argument prints what was given
 
@@ -140,7 +154,8 @@ class ComputeHash(Action):
     algorithm: str
 
 
-TransferStatus = Literal["ok", "no_data_connection", "aborted", "connection_lost", "local_error"]
+TransferStatus = Literal["ok", "no_data_connection", "aborted", "connection_lost", "local_error",
+                         "tls_refused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +166,4 @@ class TransferDone:
     size: int = 0
     error: OSError | None = None
     name: str = ""   # the name actually written (STOU)
+    detail: str = ""  # tls_refused: what the client lacks

@@ -96,6 +96,11 @@ COMMANDS: dict[str, Spec] = {
     # RFC 2389
     "FEAT": _L(login=False, doc="FEAT"),
     "OPTS": _L(login=False, arg=Arg.REQUIRED, doc="OPTS UTF8 ON | OPTS HASH <alg> | OPTS MLST <facts>"),
+    # RFC 2228 / 4217 (FTPS)
+    "AUTH": _L(login=False, arg=Arg.REQUIRED, doc="AUTH TLS"),
+    "PBSZ": _L(login=False, arg=Arg.REQUIRED, doc="PBSZ 0"),
+    "PROT": _L(login=False, arg=Arg.REQUIRED, doc="PROT P|C"),
+    "CCC": _L(doc="CCC"),
     # RFC 3659
     "SIZE": _L(arg=Arg.PATH, perm=Perm.DOWNLOAD, doc="SIZE <file>"),
     "MDTM": _L(arg=Arg.PATH, doc="MDTM <file>"),

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 from . import addr, listing, paths
 from .actions import (
-    AbortTransfer, Action, Authenticate, ChangeDir, ClosePassive, ComputeHash, ControlListing, FsChange,
+    AbortTransfer, Action, Authenticate, StartTls, StopTls, ChangeDir, ClosePassive, ComputeHash, ControlListing, FsChange,
     OpenPassive, ReceiveFile, ResetSession, SendFile, SendListing, StatPath, Transfer,
     TransferDone,
 )
@@ -66,6 +66,7 @@ class Session:
         self._allowed = self._verb_set(getattr(cfg, "cmds_allowed", None))
         self._denied = self._verb_set(getattr(cfg, "cmds_denied", None))
         self.idle_timeout = int(getattr(cfg, "idle_session_timeout", 300) or 0)
+        self.tls = False  # the control connection is protected; REIN keeps it so
         self._reset()
 
     @staticmethod
@@ -89,6 +90,8 @@ class Session:
         self.transferring: Transfer | None = None
         self.errors = 0
         self.closed = False
+        self.pbsz = False
+        self.prot_private = False
 
     # ------------------------------------------------------------------ entry points
 
@@ -300,6 +303,8 @@ class Session:
             return [Reply(Code.DATA_CLOSING, "Transfer complete.")]
         if done.status == "no_data_connection":
             return [Reply(Code.CANT_OPEN_DATA, "Failed to establish connection.")]
+        if done.status == "tls_refused":
+            return [Reply(522, f"TLS on the data connection failed: {done.detail}.")]
         if done.status == "aborted":
             return [Reply(Code.TRANSFER_ABORTED, "Transfer aborted.")]
         if done.status == "connection_lost":
@@ -316,8 +321,18 @@ class Session:
     def _start_transfer(self, action: Transfer) -> list[Event]:
         if self.data_kind is None:
             raise FtpError(Code.CANT_OPEN_DATA, "Use PORT or PASV first.")
+        if not self.prot_private and self._data_tls_forced():
+            raise FtpError(522, "Data connections must be encrypted: send PBSZ 0 and PROT P.")
+        if self.prot_private:
+            action = dataclasses.replace(action, tls=True)  # type: ignore[type-var]
         self.transferring = action
         return [action]
+
+    def _data_tls_forced(self) -> bool:
+        cfg = self.cfg
+        if not getattr(cfg, "ssl_enable", False):
+            return False
+        return bool(cfg.force_anon_data_ssl if self._is_anonymous() else cfg.force_local_data_ssl)
 
     def render_lines(self, kind: str, entries: Iterable[listing.Entry], now: float,
                      show_hidden: bool = False) -> list[str]:
@@ -369,12 +384,29 @@ class Session:
         anonymous = name.lower() in ANONYMOUS_NAMES
         if anonymous and not getattr(self.cfg, "anonymous_enable", True):
             return [Reply(Code.NOT_LOGGED_IN, "This FTP server does not allow anonymous logins.")]
+        refusal = self._tls_login_refusal(anonymous)
+        if refusal:
+            return [Reply(Code.NOT_LOGGED_IN, refusal)]
         self.pending_user = name
         if anonymous and getattr(self.cfg, "no_anon_password", False):
             return [Authenticate(name, "")]
         if anonymous:
             return [Reply(Code.NEED_PASSWORD, "Please specify the password (your e-mail address).")]
         return [Reply(Code.NEED_PASSWORD, "Please specify the password.")]
+
+    def _tls_login_refusal(self, anonymous: bool) -> str | None:
+        """vsftpd's force_*_logins_ssl and allow_anon_ssl, checked at USER."""
+        cfg = self.cfg
+        if not getattr(cfg, "ssl_enable", False):
+            return None
+        if anonymous:
+            if self.tls and not cfg.allow_anon_ssl:
+                return "Anonymous sessions may not use encryption."
+            if not self.tls and cfg.force_anon_logins_ssl:
+                return "Anonymous sessions must use encryption."
+        elif not self.tls and cfg.force_local_logins_ssl:
+            return "Non-anonymous sessions must use encryption."
+        return None
 
     def _pass(self, arg: str, _p: str | None) -> list[Event]:
         if self.logged_in:
@@ -398,6 +430,55 @@ class Session:
 
     def _smnt(self, arg: str, _p: str | None) -> list[Event]:
         return [Reply(Code.NOT_IMPLEMENTED_SUPERFLUOUS, "SMNT not needed: one file system.")]
+
+    # ------------------------------------------------------------------ FTPS (RFC 2228, 4217)
+
+    def _auth(self, arg: str, _p: str | None) -> list[Event]:
+        if not getattr(self.cfg, "ssl_enable", False):
+            return [Reply(Code.NOT_IMPLEMENTED, "TLS is not enabled on this server.")]
+        if arg.strip().upper() not in ("TLS", "SSL", "TLS-C", "TLS-P"):
+            return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Unknown AUTH type; use AUTH TLS.")]
+        if self.tls:
+            return [Reply(Code.BAD_SEQUENCE, "Already using TLS.")]
+        if self.logged_in or self.pending_user is not None:
+            return [Reply(Code.BAD_SEQUENCE, "AUTH must come before USER.")]
+        return [Reply(Code.SECURITY_OK, "Proceed with negotiation."), StartTls()]
+
+    def tls_started(self) -> None:
+        """The control connection is now TLS (after AUTH TLS, or implicit TLS)."""
+        self.tls = True
+
+    def _pbsz(self, arg: str, _p: str | None) -> list[Event]:
+        if not self.tls:
+            return [Reply(Code.BAD_SEQUENCE, "PBSZ needs a TLS control connection (AUTH TLS first).")]
+        if not arg.strip().isdigit():
+            raise RemoteProtocolError(Code.ARGUMENT_ERROR, "PBSZ needs a number.")
+        self.pbsz = True
+        return [Reply(Code.OK, "PBSZ=0")]
+
+    def _prot(self, arg: str, _p: str | None) -> list[Event]:
+        if not self.tls:
+            return [Reply(Code.BAD_SEQUENCE, "PROT needs a TLS control connection (AUTH TLS first).")]
+        if not self.pbsz:
+            return [Reply(Code.BAD_SEQUENCE, "PBSZ must come before PROT.")]
+        level = arg.strip().upper()
+        if level == "P":
+            self.prot_private = True
+            return [Reply(Code.OK, "PROT now Private.")]
+        if level == "C":
+            self.prot_private = False
+            return [Reply(Code.OK, "PROT now Clear.")]
+        if level in ("S", "E"):
+            return [Reply(536, "PROT level not supported; use P or C.")]
+        return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Unknown PROT level.")]
+
+    def _ccc(self, arg: str, _p: str | None) -> list[Event]:
+        if not self.tls:
+            return [Reply(533, "The control connection is not protected.")]
+        if not getattr(self.cfg, "allow_ccc", False):
+            return [Reply(Code.POLICY_REFUSED, "CCC refused by policy (allow_ccc=NO).")]
+        self.tls = False
+        return [Reply(Code.OK, "CCC ok; the control connection is clear from now on."), StopTls()]
 
     # ------------------------------------------------------------------ navigation
 
@@ -621,6 +702,8 @@ class Session:
 
     def features(self) -> tuple[str, ...]:
         feats = ["EPRT", "EPSV", "MDTM", "MFMT", "PASV", "REST STREAM", "SIZE", "TVFS"]
+        if getattr(self.cfg, "ssl_enable", False):
+            feats += ["AUTH TLS", "AUTH SSL", "PBSZ", "PROT"]
         if getattr(self.cfg, "mlsd_enable", True):
             facts = "".join(f + ("*;" if f in self.mlst_facts else ";") for f in listing.SUPPORTED_FACTS)
             feats.append("MLST " + facts)
