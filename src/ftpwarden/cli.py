@@ -11,10 +11,15 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
+from .policy.config import ConfigError
 
 __all__ = ["main"]
 
 QUICK_PORT = 2121
+
+
+class StartupError(Exception):
+    """Something outside the config file's lines stops start-up (a path, a port, a user)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .usercmd import main as user_main
         return user_main(argv[1:])
     args = _parser().parse_args(argv)
-    from .policy.config import ConfigError
     try:
         if args.command == "tunables":
             from .policy.tunables import format_tunables
@@ -61,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return _check_config(args)
         return _serve(args)
-    except ConfigError as e:
+    except (ConfigError, StartupError) as e:
         print(f"ftpwarden: {e}", file=sys.stderr)
         return 2
 
@@ -79,8 +83,7 @@ def _quick_config(args: argparse.Namespace) -> Any:
     from .policy.config import load_config
     root = os.path.abspath(args.directory or ".")
     if not os.path.isdir(root):
-        from .policy.config import ConfigError
-        raise ConfigError(f"{args.directory}: not a directory")
+        raise StartupError(f"{args.directory}: not a directory")
     base = [
         f"listen_port={QUICK_PORT}", "anonymous_enable=YES", "no_anon_password=YES",
         f"anon_root={root}", f"local_root={root}", "anon_world_readable_only=NO",
@@ -128,7 +131,6 @@ def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str], ext
     from .policy.auth.anonymous import AnonymousAuthenticator
     from .policy.auth.base import chain
     from .policy.auth.userfile import MemoryUserAuthenticator, UserFileAuthenticator, UserRecord
-    from .policy.config import ConfigError
     from .policy.passwords import hash_password
 
     anon_root = cfg.anon_root or quick_root or _home_of(cfg.ftp_username)
@@ -139,19 +141,19 @@ def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str], ext
         for spec in quick_users:
             name, sep, password = spec.partition(":")
             if not sep or not name or not password:
-                raise ConfigError(f"--user {name or spec!r}: expected NAME:PASSWORD")
+                raise StartupError(f"--user {name or spec!r}: expected NAME:PASSWORD")
             records[name] = UserRecord(name, hash_password(password), None, True, None)
         auths.append(MemoryUserAuthenticator(cfg, records, user_root))
     if cfg.user_db_file:
         if not user_root:
-            raise ConfigError("user_db_file: set local_root (the default root of virtual users)")
+            raise StartupError("user_db_file: set local_root (the default root of virtual users)")
         try:
             auths.append(UserFileAuthenticator(cfg, cfg.user_db_file, user_root))
         except (OSError, ValueError) as e:
-            raise ConfigError(f"{cfg.user_db_file}: {e}") from None
+            raise StartupError(f"{cfg.user_db_file}: {e}") from None
     if cfg.anonymous_enable:
         if not anon_root or not os.path.isdir(anon_root):
-            raise ConfigError(f"anon_root: {anon_root or '(unset)'} is not a directory")
+            raise StartupError(f"anon_root: {anon_root or '(unset)'} is not a directory")
         auths.insert(0, AnonymousAuthenticator(cfg, anon_root))
     return chain(*auths, *extra)
 
@@ -159,39 +161,36 @@ def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str], ext
 def _banner(cfg: Any) -> str | None:
     if not cfg.banner_file:
         return None
-    from .policy.config import ConfigError
     try:
         with open(cfg.banner_file, encoding="utf-8", errors="replace") as f:
             return f.read(8192)
     except OSError as e:
-        raise ConfigError(f"banner_file: cannot read {cfg.banner_file}: {e.strerror}") from None
+        raise StartupError(f"banner_file: cannot read {cfg.banner_file}: {e.strerror}") from None
 
 
 def _events(cfg: Any) -> Any:
     """The log sinks, with their files open before any session or jail exists."""
     from .logs.configured import LogFileError, build_event_log
-    from .policy.config import ConfigError
     try:
         return build_event_log(cfg)
     except LogFileError as e:
-        raise ConfigError(str(e)) from None
+        raise StartupError(str(e)) from None
 
 
 def _tls_context(cfg: Any) -> Any:
     if not cfg.ssl_enable:
         return None
     from .net.tls import TlsSetupError, make_context
-    from .policy.config import ConfigError
     try:
         return make_context(cfg)
     except TlsSetupError as e:
-        raise ConfigError(str(e)) from None
+        raise StartupError(str(e)) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .net.control import ServerContext
     from .net.server import bind_listeners, serve_pooled
-    from .policy.config import ConfigError, load_config
+    from .policy.config import load_config
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ftpwarden[%(process)d] %(levelname)s %(message)s")
@@ -200,18 +199,18 @@ def _serve(args: argparse.Namespace) -> int:
         cfg, warnings, root = _quick_config(args)
     else:
         if args.directory or args.user or args.write:
-            raise ConfigError("DIR, --user and --write are for quick mode; use the config file")
+            raise StartupError("DIR, --user and --write are for quick mode; use the config file")
         cfg, warnings = load_config(args.config, args.overrides)
         root = None
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if os.geteuid() == 0 and not cfg.pooled and not quick:
         if cfg.ssl_enable:
-            raise ConfigError(f"{args.config}: ssl_enable in isolated mode is not implemented yet "
+            raise StartupError(f"{args.config}: ssl_enable in isolated mode is not implemented yet "
                               "(the TLS helper process); use pooled=YES for FTPS for now")
         return _serve_isolated(args, cfg)
     if not quick and not cfg.listen and not cfg.listen_ipv6:
-        raise ConfigError(f"{args.config}: listen=NO (inetd mode) needs isolated mode: start as root without pooled=YES")
+        raise StartupError(f"{args.config}: listen=NO (inetd mode) needs isolated mode: start as root without pooled=YES")
     if os.geteuid() == 0 and quick:
         print("warning: quick mode as root runs pooled mode as root; prefer a normal user, "
               "or a config file for isolated mode", file=sys.stderr)
@@ -225,11 +224,11 @@ def _serve(args: argparse.Namespace) -> int:
         listeners = bind_listeners(addresses, port, workers)
         if cfg.implicit_ssl_port:
             if not cfg.ssl_enable:
-                raise ConfigError("implicit_ssl_port: needs ssl_enable=YES")
+                raise StartupError("implicit_ssl_port: needs ssl_enable=YES")
             extra = bind_listeners(addresses, cfg.implicit_ssl_port, workers)
             listeners = [a + b for a, b in zip(listeners, extra)]
     except OSError as e:
-        raise ConfigError(f"cannot listen on port {port}: {e.strerror}") from None
+        raise StartupError(f"cannot listen on port {port}: {e.strerror}") from None
     ctx = ServerContext(cfg, auth, banner=banner, events=_events(cfg))
     ctx.tls = _tls_context(cfg)
     if cfg.max_clients or cfg.max_per_ip:
@@ -266,16 +265,16 @@ def _isolated_login(cfg: Any) -> Any:
 def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
     """Started as root: one monitor and unprivileged workers per session (priv/)."""
     from .net.server import bind_listeners
-    from .policy.config import ConfigError, load_config
+    from .policy.config import load_config
     from .priv import worker  # noqa: F401 - imported before fork so sessions start fast
     from .priv.listener import Listener, run_one_session
 
     secure = cfg.secure_chroot_dir
     if not secure or not os.path.isdir(secure):
-        raise ConfigError(f"secure_chroot_dir: {secure} must be an existing empty directory")
+        raise StartupError(f"secure_chroot_dir: {secure} must be an existing empty directory")
     st = os.stat(secure)
     if st.st_uid != 0 or st.st_mode & 0o022 or os.listdir(secure):
-        raise ConfigError(f"secure_chroot_dir: {secure} must be empty, owned by root and not writable by others")
+        raise StartupError(f"secure_chroot_dir: {secure} must be empty, owned by root and not writable by others")
     _home_of(cfg.nopriv_user) is not None or _no_user("nopriv_user", cfg.nopriv_user)
 
     def load() -> Any:
@@ -289,7 +288,7 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
     try:
         (socks,) = bind_listeners(_addresses(cfg, args.bind, False), port, 1)
     except OSError as e:
-        raise ConfigError(f"cannot listen on port {port}: {e.strerror}") from None
+        raise StartupError(f"cannot listen on port {port}: {e.strerror}") from None
     listener = Listener(list(socks), load)
     shown = ", ".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p, *_ in (s.getsockname() for s in socks))
 
@@ -305,8 +304,7 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def _no_user(option: str, name: str) -> None:
-    from .policy.config import ConfigError
-    raise ConfigError(f"{option}: no such system user {name!r}")
+    raise StartupError(f"{option}: no such system user {name!r}")
 
 
 def _daemonize() -> None:

@@ -150,3 +150,27 @@ def test_max_per_ip_and_max_clients_across_workers(make_server, tmp_path):
         except ftplib.error_temp:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["serve", "/no/such/dir", "--port", "0"], "not a directory"),
+    (["serve", "--port", "0", "--user", "nopassword"], "NAME:PASSWORD"),
+    (["serve", "--config", "/no/such.conf"], "cannot read"),
+])
+def test_startup_errors_are_messages_not_tracebacks(args, words):
+    r = ftpwarden(*args)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and words in err and "Traceback" not in err, err
+
+
+def test_port_in_use_is_a_message(tmp_path):
+    busy = __import__("socket").socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        r = ftpwarden("serve", str(tmp_path), "--bind", "127.0.0.1", "--port", str(busy.getsockname()[1]),
+                      "--workers", "1")
+    finally:
+        busy.close()
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "cannot listen" in err and "Traceback" not in err, err
