@@ -187,11 +187,26 @@ def _tls_context(cfg: Any) -> Any:
         raise StartupError(str(e)) from None
 
 
+def _tune_malloc() -> None:
+    """Give big buffers back to the kernel when freed.
+
+    Each scrypt check allocates 16 MiB; glibc would give every thread that
+    ever ran one an arena keeping that much.  Few arenas (and password checks
+    on one thread, see net/control.py) keep it to one such block per process.
+    """
+    import ctypes
+    try:
+        ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .net.control import ServerContext
     from .net.server import bind_listeners, serve_pooled
     from .policy.config import load_config
 
+    _tune_malloc()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ftpwarden[%(process)d] %(levelname)s %(message)s")
     quick = args.config is None

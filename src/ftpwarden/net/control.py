@@ -7,6 +7,7 @@ decision about what a command means is in `proto/session.py`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import grp
 import hashlib
 import itertools
@@ -175,7 +176,8 @@ class ControlConnection:
             if not self.session.logged_in:
                 timeout = min(timeout or 300, 300)  # login must happen soon
         try:
-            return await asyncio.wait_for(self._read_bounded_line(), timeout)
+            async with asyncio.timeout(timeout):  # no extra task per line, unlike wait_for
+                return await self._read_bounded_line()
         except asyncio.TimeoutError:
             self.end_reason = "idle timeout"
             await self._write_safely(b"421 Timeout.\r\n")
@@ -333,7 +335,7 @@ class ControlConnection:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            account = await asyncio.to_thread(self.ctx.authenticator.authenticate, req)
+            account = await loop.run_in_executor(_password_checks(), self.ctx.authenticator.authenticate, req)
         except LoginRefused as e:
             self.events.login(self.sid, self.remote_ip, action.user, None, False, e.reason)
             # Answer at a fixed time after PASS, whatever the check cost: an
@@ -511,6 +513,18 @@ class ControlConnection:
             await asyncio.wait_for(self.writer.wait_closed(), 2)
         except (OSError, asyncio.TimeoutError, ConnectionError):
             pass
+
+
+_PASSWORD_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _password_checks() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread per process checks passwords: slow hashes stay off the event
+    loop, and their 16 MiB scrypt buffer is reused instead of multiplied."""
+    global _PASSWORD_POOL
+    if _PASSWORD_POOL is None:
+        _PASSWORD_POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="password")
+    return _PASSWORD_POOL
 
 
 # Stands for an over-long line; longer than any limit, so parse_line refuses it.

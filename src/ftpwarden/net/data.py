@@ -76,7 +76,8 @@ class DataChannel:
             if remaining <= 0:
                 raise DataRefused("accept timed out")
             try:
-                conn, peer = await asyncio.wait_for(loop.sock_accept(self.listener), remaining)
+                async with asyncio.timeout(remaining):
+                    conn, peer = await loop.sock_accept(self.listener)
             except asyncio.TimeoutError:
                 raise DataRefused("accept timed out") from None
             if promiscuous or addr.same_host(peer[0], self.remote_ip):

@@ -7,6 +7,7 @@ peer, port >= 1024) is the session's decision, helped by `same_host`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -90,6 +91,7 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+@functools.lru_cache(maxsize=1024)
 def same_host(a: str, b: str) -> bool:
     """True if both are the same IP, ::ffff:1.2.3.4 being 1.2.3.4.
 
@@ -100,6 +102,7 @@ def same_host(a: str, b: str) -> bool:
     return ia is not None and ia == ib
 
 
+@functools.lru_cache(maxsize=1024)
 def ipv4_of(host: str) -> str | None:
     """"::ffff:1.2.3.4" or "1.2.3.4" -> "1.2.3.4"; pure IPv6 or junk -> None."""
     ip = _ip(host)
