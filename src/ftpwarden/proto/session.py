@@ -370,7 +370,7 @@ class Session:
         owner = "ftp" if hide else (names(e.uid, True) if names else str(e.uid))
         group = "ftp" if hide else (names(e.gid, False) if names else str(e.gid))
         if name != e.name:
-            e = dataclasses.replace(e, name=name)
+            e = e._replace(name=name)
         return listing.mlsx_facts(e, perm=perm, owner=owner, group=group, facts=self.mlst_facts)
 
     # ------------------------------------------------------------------ access control
