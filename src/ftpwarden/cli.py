@@ -220,9 +220,6 @@ def _serve(args: argparse.Namespace) -> int:
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if os.geteuid() == 0 and not cfg.pooled and not quick:
-        if cfg.ssl_enable:
-            raise StartupError(f"{args.config}: ssl_enable in isolated mode is not implemented yet "
-                              "(the TLS helper process); use pooled=YES for FTPS for now")
         return _serve_isolated(args, cfg)
     if not quick and not cfg.listen and not cfg.listen_ipv6:
         raise StartupError(f"{args.config}: listen=NO (inetd mode) needs isolated mode: start as root without pooled=YES")
@@ -246,6 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise StartupError(f"cannot listen on port {port}: {e.strerror}") from None
     ctx = ServerContext(cfg, auth, banner=banner, events=_events(cfg))
     ctx.tls = _tls_context(cfg)
+    ctx.bans = _ban_list(cfg, [])  # before the workers are forked: they share it
     if cfg.max_clients or cfg.max_per_ip:
         from .net.limits import SessionLimits
         ctx.limits = SessionLimits(int(cfg.max_clients or 0), int(cfg.max_per_ip or 0))
@@ -259,6 +257,20 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  connect: curl ftp://{url_host}:{bound_port}/   or   lftp -p {bound_port} {url_host.strip('[]')}")
     sys.stdout.flush()
     return serve_pooled(ctx, listeners)
+
+
+def _ban_list(cfg: Any, kept: list[Any] | None) -> Any:
+    """ban_threshold's shared table (None when 0), made once in `kept` and
+    re-configured on later calls (SIGHUP) so the bans in force survive."""
+    if not cfg.ban_threshold or kept is None:
+        return None
+    from .net.bans import BanList
+    limits = (int(cfg.ban_threshold), int(cfg.ban_seconds), int(cfg.ban_window))
+    if kept:
+        kept[0].configure(*limits)
+    else:
+        kept.append(BanList(*limits))
+    return kept[0]
 
 
 def _isolated_login(cfg: Any) -> Any:
@@ -294,14 +306,25 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
 
     def load() -> Any:
         fresh, _warnings = load_config(args.config, args.overrides)
-        return worker.Site(fresh, _isolated_login(fresh), banner=_banner(fresh), events=_events(fresh))
+        return worker.Site(fresh, _isolated_login(fresh), banner=_banner(fresh), events=_events(fresh),
+                           bans=_ban_list(fresh, kept_bans))
+
+    kept_bans: list[Any] = []  # the listener's one BanList, kept across SIGHUP
 
     if not cfg.listen and not cfg.listen_ipv6:  # inetd / systemd Accept=yes: the client is on stdin
         conn = socket.socket(fileno=os.dup(0))
+        kept_bans = None  # one connection per process: nothing to count across  # noqa: F841
         return run_one_session(load(), conn)
+    if cfg.ssl_enable:
+        _check_tls_apart(cfg)
     port = args.port if args.port is not None else cfg.listen_port
     try:
         (socks,) = bind_listeners(_addresses(cfg, args.bind, False), port, 1)
+        if cfg.implicit_ssl_port:
+            if not cfg.ssl_enable:
+                raise StartupError("implicit_ssl_port: needs ssl_enable=YES")
+            (extra,) = bind_listeners(_addresses(cfg, args.bind, False), cfg.implicit_ssl_port, 1)
+            socks = socks + extra
     except OSError as e:
         raise StartupError(f"cannot listen on port {port}: {e.strerror}") from None
     listener = Listener(list(socks), load)
@@ -316,6 +339,27 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
         _daemonize()
         return listener.serve()
     return listener.serve(ready)
+
+
+def _check_tls_apart(cfg: Any) -> None:
+    """Load the TLS key in a short-lived child: the listener itself never holds
+    it, so no session process forked from it can (only each TLS helper loads it)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            _tls_context(cfg)
+            os._exit(0)
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            os.write(w, str(e).encode()[:4000])
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        message = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise StartupError(message or "TLS set-up failed")
 
 
 def _no_user(option: str, name: str) -> None:

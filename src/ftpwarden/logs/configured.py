@@ -160,6 +160,13 @@ class ConfiguredEventLog(EventLog):
     def disconnect(self, session: str, remote_ip: str, user: str, reason: str) -> None:
         self._json(self.clock(), "disconnect", session, remote_ip, user, reason=reason)
 
+    @_never_raises
+    def ban(self, remote_ip: str, seconds: int) -> None:
+        now = self.clock()
+        # a warning in syslog, as a failed login is
+        self._vsftpd(now, "", "BAN", remote_ip, tail=f", {int(seconds)} seconds", severe=True)
+        self._json(now, "ban", "", remote_ip, "", seconds=int(seconds))
+
     def _sinks(self) -> list[Any]:
         return [s for s in (self.xferlog, self.vsftpd_log, self.syslog, self.json) if s is not None]
 

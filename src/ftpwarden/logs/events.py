@@ -60,6 +60,9 @@ class EventLog:
     def disconnect(self, session: str, remote_ip: str, user: str, reason: str) -> None:
         pass
 
+    def ban(self, remote_ip: str, seconds: int) -> None:
+        """Too many failed logins: `remote_ip` is refused for `seconds` (net/bans.py)."""
+
     def reopen(self) -> None:
         """Reopen log files (SIGHUP, for logrotate)."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import grp
 import hashlib
 import itertools
@@ -60,6 +61,10 @@ class ServerContext:
         self.broker = broker
         self.handover = handover
         self.tls: ssl.SSLContext | None = None  # ssl_enable: made once, shared by every connection
+        self.tls_link: Any = None  # isolated post-login: priv.tlshelper.TlsLink to the TLS helper
+        # Temporary bans of addresses that keep failing logins (net/bans.py), shared
+        # by every process of the server; None when the options leave it off.
+        self.bans: Any = None
         self.refuse_user = userlist_filter(cfg)  # read now, before any chroot
         self.limits: SessionLimits | None = None  # pooled mode: shared by the worker processes
         self._names: dict[tuple[int, bool], str] = {}
@@ -92,9 +97,12 @@ class ControlConnection:
     """Drives one Session over an asyncio stream pair."""
 
     def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 *, account: Any = None, pending: bytes = b"") -> None:
+                 *, account: Any = None, pending: bytes = b"", tls_state: str = "",
+                 addresses: tuple[str, str] | None = None) -> None:
         """`account`: start logged in (isolated mode's post-login process), after
-        feeding `pending`, the bytes the client pipelined after PASS."""
+        feeding `pending`, the bytes the client pipelined after PASS; `tls_state`
+        and `addresses` (local, remote) come along when the control connection
+        reaches us as plaintext from the TLS helper."""
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.reader = reader
@@ -102,8 +110,10 @@ class ControlConnection:
         sock = writer.get_extra_info("socket")
         local = writer.get_extra_info("sockname")
         peer = writer.get_extra_info("peername")
-        self.local_ip, self.remote_ip = local[0], peer[0]
-        if sock is not None:
+        if addresses is None:
+            addresses = (local[0], peer[0])
+        self.local_ip, self.remote_ip = addresses
+        if sock is not None and sock.family != socket.AF_UNIX:
             # ABOR is sent with urgent data (RFC 959 4.1.3): keep it in the stream.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -113,6 +123,12 @@ class ControlConnection:
                                      broker=ctx.broker)
         self.jail: Jail | None = None
         self.start_account = account
+        self.detached = False  # the TLS helper keeps the transport after handover
+        if tls_state:
+            flags = set(tls_state.split(","))
+            self.session.tls = "tls" in flags
+            self.session.pbsz = "pbsz" in flags
+            self.session.prot_private = "prot" in flags
         if pending:
             reader.feed_data(pending)
         self.transfer_task: asyncio.Task[None] | None = None
@@ -240,8 +256,11 @@ class ControlConnection:
         protocol._replace_writer(self.writer)  # noqa: SLF001
 
     def pending_bytes(self) -> bytes:
-        """What the client sent that we have not read yet (handed over after login)."""
-        return bytes(self.reader._buffer)  # asyncio has no public accessor for this
+        """Take what the client sent that we have not read yet (handed over after login)."""
+        buf = self.reader._buffer  # asyncio has no public accessor for this
+        data_ = bytes(buf)
+        buf.clear()
+        return data_
 
     def _send(self, reply: Reply) -> None:
         data_ = reply.encode()
@@ -338,6 +357,8 @@ class ControlConnection:
             account = await loop.run_in_executor(_password_checks(), self.ctx.authenticator.authenticate, req)
         except LoginRefused as e:
             self.events.login(self.sid, self.remote_ip, action.user, None, False, e.reason)
+            if self.ctx.bans is not None and self.ctx.bans.failed(self.remote_ip):
+                self.events.ban(self.remote_ip, self.ctx.bans.ban_seconds)
             # Answer at a fixed time after PASS, whatever the check cost: an
             # unknown user and a cheap bcrypt hash must look alike.
             delay = float(self.cfg.delay_failed_login or 0)
@@ -403,6 +424,13 @@ class ControlConnection:
                                        "o" if isinstance(start, SendFile) else "i")
         await self.writer.drain()
         stall = float(self.cfg.data_connection_timeout or 0)
+        if action.tls and self.ctx.tls_link is not None:  # isolated: the TLS helper does TLS
+            try:
+                sock = opened["sock"] = await asyncio.to_thread(self.ctx.tls_link.wrap, sock)
+            except Exception as e:  # TlsRefused, or the helper is gone
+                opened["sock"] = None
+                return TransferDone("tls_refused", detail=str(e) or e.__class__.__name__)
+            action = dataclasses.replace(action, tls=False)  # plaintext from here on
         if action.tls:  # the handshake follows the 150, as clients expect (and vsftpd does)
             opened["sock"] = None
             try:
@@ -508,6 +536,8 @@ class ControlConnection:
                 pass
         self.data.close()
         self._close_jail()
+        if self.detached:
+            return
         try:
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), 2)

@@ -60,6 +60,10 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
         task = asyncio.current_task()
         assert task is not None
         ip = writer.get_extra_info("peername")[0]
+        if ctx.bans is not None and ctx.bans.is_banned(ip):
+            writer.write(b"421 Too many failed logins from your address; try again later.\r\n")
+            writer.close()
+            return
         refusal = limits.enter(ip) if limits else None
         if refusal:
             writer.write(f"421 {refusal}\r\n".encode())

@@ -385,6 +385,10 @@ _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
          "Also listen on this port with implicit TLS (FTPS on 990), beside explicit AUTH TLS (0 = off)."),
         ("allow_ccc", _B, False,
          "Accept CCC (drop TLS on the control channel after login, for NAT helpers); refused by default."),
+        ("ban_threshold", _I, 10,
+         "Failed logins from one address within ban_window seconds that ban it for ban_seconds (0 = off)."),
+        ("ban_seconds", _I, 600, "How long a banned address is refused (421 at connect), in seconds."),
+        ("ban_window", _I, 600, "Failed logins older than this many seconds no longer count towards a ban."),
     ),
 }
 

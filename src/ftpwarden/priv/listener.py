@@ -23,6 +23,7 @@ __all__ = ["Listener", "run_one_session"]
 
 TOO_MANY = b"421 There are too many connected users, please try later.\r\n"
 TOO_MANY_FROM_YOU = b"421 There are too many connections from your internet address.\r\n"
+BANNED = b"421 Too many failed logins from your address; try again later.\r\n"
 
 
 def run_one_session(site: Any, conn: socket.socket) -> int:
@@ -33,7 +34,8 @@ def run_one_session(site: Any, conn: socket.socket) -> int:
         signal.signal(sig, signal.SIG_DFL)
     return Monitor(site.cfg, conn, authenticate=site.authenticate,
                    prelogin=functools.partial(worker.prelogin, site),
-                   postlogin=functools.partial(worker.postlogin, site)).run()
+                   postlogin=functools.partial(worker.postlogin, site),
+                   bans=site.bans, events=site.events).run()
 
 
 def _drain(fd: int) -> bool:
@@ -111,7 +113,10 @@ class Listener:
         cfg = self.site.cfg
         max_clients, max_per_ip = int(cfg.max_clients or 0), int(cfg.max_per_ip or 0)
         refusal = None
-        if max_clients and len(self.children) >= max_clients:
+        bans = getattr(self.site, "bans", None)
+        if bans is not None and bans.is_banned(ip):
+            refusal = BANNED
+        elif max_clients and len(self.children) >= max_clients:
             refusal = TOO_MANY
         elif max_per_ip and self.per_ip.get(ip, 0) >= max_per_ip:
             refusal = TOO_MANY_FROM_YOU

@@ -17,7 +17,7 @@ from typing import ClassVar
 __all__ = [
     "Message", "ChannelError", "MAX_MESSAGE", "encode", "decode",
     "Login", "LoginOk", "LoginFailed", "Handover", "ActiveDataSocket", "DataSocket",
-    "ChownUpload", "Done", "Refused",
+    "ChownUpload", "Done", "Refused", "WrapData", "DataWrapped",
 ]
 
 MAX_MESSAGE = 64 * 1024  # a login or a handover of pipelined commands fits easily
@@ -44,10 +44,18 @@ class Login(Message):
 
 @dataclass(frozen=True, slots=True)
 class Handover(Message):
-    """Pre-login, after LoginOk: the bytes the client sent after PASS; then the worker exits."""
+    """Pre-login, after LoginOk: the bytes the client sent after PASS.
+
+    Without TLS the worker then exits.  With TLS it stays as the session's TLS
+    helper and the message carries two descriptors: the plaintext end of the
+    control connection and the channel for data-connection handshakes, both
+    for the post-login worker; `tls_state` names what was negotiated
+    ("tls", "pbsz", "prot", comma separated).
+    """
 
     kind: ClassVar[int] = 2
     pending: bytes
+    tls_state: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,14 @@ class ChownUpload(Message):
     """Post-login, anonymous uploads with chown_uploads: chown the passed fd."""
 
     kind: ClassVar[int] = 4
+
+
+@dataclass(frozen=True, slots=True)
+class WrapData(Message):
+    """Post-login worker -> TLS helper: do the TLS handshake on the data socket
+    (first descriptor) and relay its plaintext through the second."""
+
+    kind: ClassVar[int] = 5
 
 
 # --- monitor -> worker -------------------------------------------------------
@@ -88,6 +104,13 @@ class DataSocket(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class DataWrapped(Message):
+    """TLS helper -> worker: the handshake succeeded (and resumed the session when required)."""
+
+    kind: ClassVar[int] = 15
+
+
+@dataclass(frozen=True, slots=True)
 class Done(Message):
     kind: ClassVar[int] = 13
 
@@ -101,8 +124,8 @@ class Refused(Message):
 
 
 KINDS: dict[int, type[Message]] = {
-    cls.kind: cls for cls in (Login, Handover, ActiveDataSocket, ChownUpload, LoginOk, LoginFailed,
-                              DataSocket, Done, Refused)
+    cls.kind: cls for cls in (Login, Handover, ActiveDataSocket, ChownUpload, WrapData, LoginOk,
+                              LoginFailed, DataSocket, DataWrapped, Done, Refused)
 }
 _INT = struct.Struct(">q")
 _LEN = struct.Struct(">I")

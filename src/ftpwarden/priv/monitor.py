@@ -26,15 +26,18 @@ __all__ = ["Monitor"]
 # What the worker functions look like (priv/worker.py; injected so this
 # module never imports the asyncio side).
 PreLogin = Callable[[socket.socket, Channel], None]
-PostLogin = Callable[[socket.socket, Channel, Any, bytes], None]
+PostLogin = Callable[..., None]  # (conn, chan, account, pending, *, tls_state, tls_fd, addresses)
 
 
 class Monitor:
     """One session.  `authenticate(user, password, remote_ip) -> account | None`."""
 
     def __init__(self, cfg: Any, conn: socket.socket, *, authenticate: Callable[[str, str, str], Any],
-                 prelogin: PreLogin, postlogin: PostLogin) -> None:
+                 prelogin: PreLogin, postlogin: PostLogin, bans: Any = None, events: Any = None) -> None:
+        """`bans`: the listener's net.bans.BanList (None: off); `events` logs a ban."""
         self.cfg = cfg
+        self.bans = bans
+        self.events = events
         self.conn = conn
         self.authenticate = authenticate
         self.prelogin = prelogin
@@ -42,6 +45,7 @@ class Monitor:
         self.local_ip = conn.getsockname()[0]
         self.remote_ip = conn.getpeername()[0]
         self.worker = 0
+        self.helper = 0  # the pre-login worker kept as TLS helper
 
     # ------------------------------------------------------------------ phases
 
@@ -50,13 +54,15 @@ class Monitor:
             login = self._pre_login()
             if login is None:
                 return 0
-            account, pending = login
-            self._post_login(account, pending)
+            account, handover, fds = login
+            self._post_login(account, handover, fds)
             return 0
         except ChannelError:
             return 1  # the worker broke the protocol, crashed or left: end the session
         finally:
             self._end_worker()
+            self.worker, self.helper = self.helper, 0
+            self._end_worker(wait=5.0)
 
     def _fork_worker(self, body: Callable[[Channel], None]) -> Channel:
         mine, theirs = channel_pair()
@@ -76,7 +82,7 @@ class Monitor:
         self.worker = pid
         return mine
 
-    def _pre_login(self) -> tuple[Any, bytes] | None:
+    def _pre_login(self) -> tuple[Any, Handover, list[int]] | None:
         chan = self._fork_worker(lambda ch: self.prelogin(self.conn, ch))
         fails = 0
         max_fails = max(1, int(self.cfg.max_login_fails or 3))
@@ -91,6 +97,8 @@ class Monitor:
                 account = self._check(msg)
                 if account is None:
                     fails += 1
+                    if self.bans is not None and self.bans.failed(self.remote_ip) and self.events is not None:
+                        self.events.ban(self.remote_ip, self.bans.ban_seconds)
                     # the same delay for every failure, measured from the request
                     time.sleep(max(0.0, started + float(self.cfg.delay_failed_login or 0) - time.monotonic()))
                     chan.send(LoginFailed())
@@ -98,10 +106,17 @@ class Monitor:
                         return None
                     continue
                 chan.send(LoginOk(account.name, account.user_class.value))
-                msg, _ = chan.recv(Handover)
+                msg, fds = chan.recv(Handover, max_fds=2)
                 assert isinstance(msg, Handover)
-                self._end_worker(wait=5.0)
-                return account, msg.pending
+                if fds:  # TLS: the pre-login worker stays on as the TLS helper
+                    if len(fds) != 2:
+                        for fd in fds:
+                            os.close(fd)
+                        raise ChannelError("a TLS handover carries two descriptors")
+                    self.helper, self.worker = self.worker, 0
+                else:
+                    self._end_worker(wait=5.0)
+                return account, msg, fds
         finally:
             chan.close()
 
@@ -113,9 +128,18 @@ class Monitor:
         except Exception:  # an authenticator bug refuses the login, never grants it
             return None
 
-    def _post_login(self, account: Any, pending: bytes) -> None:
-        chan = self._fork_worker(lambda ch: self.postlogin(self.conn, ch, account, pending))
-        self.conn.close()  # the worker owns the connection now; we never touch client bytes
+    def _post_login(self, account: Any, handover: Handover, fds: list[int]) -> None:
+        conn = socket.socket(fileno=fds[0]) if fds else self.conn
+        tls_fd = fds[1] if fds else -1
+        addresses = (self.local_ip, self.remote_ip)
+        chan = self._fork_worker(lambda ch: self.postlogin(
+            conn, ch, account, handover.pending, tls_state=handover.tls_state, tls_fd=tls_fd,
+            addresses=addresses))
+        # the worker owns the connection now; we never touch client bytes
+        self.conn.close()
+        if fds:
+            conn.close()
+            os.close(tls_fd)
         try:
             while True:
                 try:

@@ -21,7 +21,9 @@ from typing import Any, Callable
 from ..net.control import ControlConnection, ServerContext
 from ..policy.auth.base import LoginRefused, LoginRequest
 from .channel import Channel
+from ..net.tls import make_context
 from .creds import drop_privileges, set_parent_death_signal
+from .tlshelper import TlsLink, serve_helper
 from .messages import ActiveDataSocket, ChownUpload, DataSocket, Done, Handover, Login, LoginFailed, LoginOk, Refused
 
 __all__ = ["Site", "prelogin", "postlogin", "WORKER_MEMORY_LIMIT"]
@@ -37,6 +39,7 @@ class Site:
     authenticate: Callable[[str, str, str], Any]  # the monitor's check: -> account or None
     banner: str | None = None
     events: Any = None  # logs.events.EventLog with its files already open
+    bans: Any = None  # net.bans.BanList: the listener and monitors only; workers detach it
 
 
 class _LoginAccount:
@@ -95,13 +98,23 @@ def _names_snapshot(cfg: Any) -> dict[tuple[int, bool], str]:
     return names
 
 
-def _run(ctx: ServerContext, conn: socket.socket, *, account: Any = None, pending: bytes = b"") -> None:
+def _run(ctx: ServerContext, conn: socket.socket, *, account: Any = None, pending: bytes = b"",
+         tls_state: str = "", addresses: tuple[str, str] | None = None) -> None:
     async def main() -> None:
         limit = int(ctx.cfg.control_line_max or 4096) + 2
         reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
-        await ControlConnection(ctx, reader, writer, account=account, pending=pending).run()
+        await ControlConnection(ctx, reader, writer, account=account, pending=pending,
+                                tls_state=tls_state, addresses=addresses).run()
 
     asyncio.run(main())
+
+
+def _detach_bans(site: Site) -> None:
+    """The shared ban table is never mapped in a process that parses client bytes:
+    a worker could otherwise unban, ban others, or hold its lock forever."""
+    if site.bans is not None:
+        site.bans.detach()
+        site.bans = None
 
 
 def _prepare() -> None:
@@ -113,28 +126,70 @@ def _prepare() -> None:
 def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     cfg = site.cfg
     _prepare()
+    _detach_bans(site)
     nobody = pwd.getpwnam(cfg.nopriv_user or "nobody")
+    helper: list[Any] = []  # (plaintext end, request channel) once this process is the TLS helper
 
     async def handover(control: ControlConnection, _account: Any) -> None:
-        await asyncio.to_thread(chan.send, Handover(control.pending_bytes()))
+        if not control.session.tls:
+            await asyncio.to_thread(chan.send, Handover(control.pending_bytes()))
+            return
+        s = control.session
+        state = ",".join(n for n, on in (("tls", True), ("pbsz", s.pbsz), ("prot", s.prot_private)) if on)
+        plain_mine, plain_theirs = socket.socketpair()
+        req_mine, req_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            await asyncio.to_thread(chan.send, Handover(control.pending_bytes(), state),
+                                    (plain_theirs.fileno(), req_theirs.fileno()))
+        finally:
+            plain_theirs.close()
+            req_theirs.close()
+        helper.extend((plain_mine, Channel(req_mine)))
+        control.detached = True  # keep the TLS transport: we relay it from now on
 
-    # made before the jail: it reads the userlist file
+    # Made before the jail: the userlist file and (TLS) the private key are read
+    # here.  Only this process ever loads the key; the monitor never does, so
+    # the post-login process, forked from the monitor, never holds it.
     ctx = ServerContext(cfg, MonitorAuthenticator(chan), banner=site.banner, events=site.events,
                         handover=handover)
+    if cfg.ssl_enable:
+        ctx.tls = make_context(cfg)
+    implicit = ctx.tls is not None and (cfg.implicit_ssl or conn.getsockname()[1] == cfg.implicit_ssl_port)
     drop_privileges(nobody.pw_uid, nobody.pw_gid, root=cfg.secure_chroot_dir,
                     memory_limit=WORKER_MEMORY_LIMIT)
-    _run(ctx, conn)
+
+    async def main() -> None:
+        limit = int(cfg.control_line_max or 4096) + 2
+        if implicit:
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader(limit=limit)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=ctx.tls,
+                                                              ssl_handshake_timeout=30)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        else:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
+        await ControlConnection(ctx, reader, writer).run()
+        if helper:
+            await serve_helper(cfg, ctx.tls, reader, writer, helper[0], helper[1])
+
+    asyncio.run(main())
 
 
-def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pending: bytes) -> None:
+def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pending: bytes, *,
+              tls_state: str = "", tls_fd: int = -1, addresses: tuple[str, str] | None = None) -> None:
     cfg = site.cfg
     _prepare()
+    _detach_bans(site)
     names = _names_snapshot(cfg)
     groups: list[int] = []
     if account.user_class.value == "real":
         groups = os.getgrouplist(pwd.getpwuid(account.uid).pw_name, account.gid)
     ctx = ServerContext(cfg, None, broker=MonitorBroker(chan), events=site.events)
     ctx.preload_names(names)
+    if tls_fd >= 0:
+        ctx.tls_link = TlsLink(Channel(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=tls_fd)))
     drop_privileges(account.uid, account.gid, groups=groups,
                     root=account.root if account.chroot else None, memory_limit=WORKER_MEMORY_LIMIT)
-    _run(ctx, conn, account=replace(account, root="/") if account.chroot else account, pending=pending)
+    _run(ctx, conn, account=replace(account, root="/") if account.chroot else account, pending=pending,
+         tls_state=tls_state, addresses=addresses)

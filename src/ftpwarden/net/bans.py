@@ -1,0 +1,164 @@
+"""Temporary bans of addresses that keep failing logins, across connections.
+
+`ban_threshold` failed logins from one address within `ban_window` seconds
+ban it for `ban_seconds`: new connections from it get a 421 before any byte
+of theirs is read.  A ban ends by itself.
+
+The table lives in one shared anonymous mapping made before any fork (pooled
+workers, isolated-mode monitors), like `limits.py`: 4096 slots of (address,
+failures, window start, banned until), found by a hash of the address with a
+short linear probe.  The whole address is stored, so a collision never bans
+another address; when every slot of a probe is in use, the least recently
+active one is reused (a ban in force is the last to go).
+
+Only processes of the server's own trust domain may hold the mapping: the
+isolated-mode workers drop it with `detach()` before they parse client bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import mmap
+import multiprocessing
+import struct
+import time
+import zlib
+from typing import Any, Callable
+
+__all__ = ["BanList"]
+
+_SLOTS = 4096
+_PROBE = 16  # slots looked at per address
+# used, address (16 bytes, IPv4 as ::ffff:a.b.c.d), failures, window start, banned until
+_SLOT = struct.Struct("=?16sxxxxxxxqdd")
+_LOCK_WAIT = 1.0  # seconds; a lock held longer than this is a dead holder's
+
+
+def _key(ip: str) -> bytes | None:
+    try:
+        a = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(a, ipaddress.IPv4Address):
+        return b"\0" * 10 + b"\xff\xff" + a.packed
+    return a.packed
+
+
+class BanList:
+    """`failed(ip)` counts a refused login; `is_banned(ip)` is asked at connect."""
+
+    def __init__(self, threshold: int, ban_seconds: int, window_seconds: int,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.ban_seconds = ban_seconds
+        self.window_seconds = window_seconds
+        self.clock = clock  # CLOCK_MONOTONIC is one clock for every process of the machine
+        self._mem: mmap.mmap | None = mmap.mmap(-1, _SLOT.size * _SLOTS)  # MAP_SHARED: survives fork
+        self._lock: Any = multiprocessing.Lock()
+
+    def configure(self, threshold: int, ban_seconds: int, window_seconds: int) -> None:
+        """New limits (SIGHUP); the table and the bans in force are kept."""
+        self.threshold, self.ban_seconds, self.window_seconds = threshold, ban_seconds, window_seconds
+
+    # ------------------------------------------------------------ API
+
+    def failed(self, ip: str) -> bool:
+        """Count one failed login from `ip`; True when this failure started a ban."""
+        key = _key(ip)
+        if key is None or self.threshold <= 0 or self._mem is None:
+            return False
+        now = self.clock()
+        with _Held(self._lock) as held:
+            if not held:
+                return False  # a dead holder: count nothing rather than stall the server
+            i, slot = self._find(key, now, create=True)
+            _used, _k, failures, start, until = slot
+            if until > now:
+                return False  # banned already: nothing more to start
+            if failures and now - start >= self.window_seconds:
+                failures = 0
+            if not failures:
+                start = now
+            failures += 1
+            banned = failures >= self.threshold
+            if banned:
+                until, failures = now + self.ban_seconds, 0
+            _SLOT.pack_into(self._mem, i * _SLOT.size, True, key, failures, start, until)
+            return banned
+
+    def is_banned(self, ip: str) -> bool:
+        key = _key(ip)
+        if key is None or self.threshold <= 0 or self._mem is None:
+            return False
+        now = self.clock()
+        with _Held(self._lock) as held:
+            if not held:
+                return False
+            found = self._find(key, now, create=False)
+            return found is not None and found[1][4] > now
+
+    def detach(self) -> None:
+        """Drop the shared table from this process (isolated workers, before the jail)."""
+        if self._mem is not None:
+            self._mem.close()
+        self._mem = None
+        self._lock = None  # the last reference: the semaphore is unmapped as well
+
+    # ------------------------------------------------------------ the table
+
+    def _slot(self, i: int) -> tuple[bool, bytes, int, float, float]:
+        assert self._mem is not None
+        return _SLOT.unpack_from(self._mem, i * _SLOT.size)
+
+    def _stale(self, slot: tuple[bool, bytes, int, float, float], now: float) -> bool:
+        used, _k, failures, start, until = slot
+        return not used or (until <= now and (not failures or now - start >= self.window_seconds))
+
+    def _find(self, key: bytes, now: float, *, create: bool) -> tuple[int, tuple[Any, ...]] | None:
+        """The slot holding `key`; with `create`, a free, stale or least active one."""
+        first = zlib.crc32(key) % _SLOTS
+        reuse: tuple[int, tuple[Any, ...]] | None = None
+        best = None
+        for n in range(_PROBE):
+            i = (first + n) % _SLOTS
+            slot = self._slot(i)
+            if not slot[0]:  # never used: the address is not further on
+                if create and reuse is None:
+                    reuse = (i, slot)
+                break
+            if slot[1] == key:
+                return i, slot
+            if not create:
+                continue
+            if self._stale(slot, now):
+                if reuse is None:
+                    reuse = (i, slot)
+                continue
+            # least active: a ban in force counts as activity until it ends
+            rank = (slot[4] > now, max(slot[3], slot[4]))
+            if best is None or rank < best[0]:
+                best = (rank, i)
+        if not create:
+            return None
+        if reuse is not None:
+            i = reuse[0]
+        else:
+            assert best is not None
+            i = best[1]
+        return i, (True, key, 0, 0.0, 0.0)
+
+
+class _Held:
+    """`with _Held(lock) as held`: the lock, waited for at most _LOCK_WAIT seconds."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.held = False
+
+    def __enter__(self) -> bool:
+        self.held = self.lock is not None and self.lock.acquire(timeout=_LOCK_WAIT)
+        return self.held
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held and self.lock is not None:
+            self.lock.release()

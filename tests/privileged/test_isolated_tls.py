@@ -1,0 +1,142 @@
+"""FTPS in isolated mode: TLS lives in the unprivileged helper; the login user's process never holds the key."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ..integration.conftest import start_server, stop_server
+from ..integration.test_tls import ReusingFTP_TLS, _client_ctx
+from .test_isolated import accounts, descendants, ids, wait_for  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
+TIMEOUT = 30
+
+
+@pytest.fixture
+def tls_iso(tmp_path_factory, accounts):
+    base = tmp_path_factory.mktemp("isotls")
+    os.chmod(base, 0o755)
+    (base / "empty").mkdir(mode=0o755)
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-keyout", str(base / "key.pem"), "-out", str(base / "cert.pem")],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    os.chmod(base / "key.pem", 0o600)
+    conf = base / "c.conf"
+    conf.write_text("\n".join([
+        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
+        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden", "write_enable=YES",
+        f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=0", "ssl_enable=YES",
+        f"rsa_cert_file={base / 'cert.pem'}", f"rsa_private_key_file={base / 'key.pem'}", ""]))
+    home = Path(accounts["alice"].pw_dir)
+    (home / "tls.txt").write_text("over the helper\n")
+    os.chown(home / "tls.txt", accounts["alice"].pw_uid, accounts["alice"].pw_gid)
+    srv = start_server(["--config", str(conf)], home, base)
+    srv.extra["key"] = base / "key.pem"
+    yield srv
+    stop_server(srv)
+
+
+def _login(srv) -> ftplib.FTP_TLS:
+    ftp = ReusingFTP_TLS(context=_client_ctx(), timeout=TIMEOUT)
+    ftp.connect(srv.host, srv.port)
+    ftp.auth()
+    ftp.login("ftpw_alice", "alice-pw-1")
+    ftp.prot_p()
+    return ftp
+
+
+def test_prot_p_both_ways_through_the_helper(tls_iso):
+    payload = os.urandom(2_000_003)
+    with _login(tls_iso) as ftp:
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR tls.txt", buf.write)
+        assert buf.getvalue() == b"over the helper\n"
+        ftp.storbinary("STOR iso-up.bin", io.BytesIO(payload))
+        back = io.BytesIO()
+        ftp.retrbinary("RETR iso-up.bin", back.write)
+        assert back.getvalue() == payload
+        names: list[str] = []
+        ftp.retrlines("NLST", names.append)
+        assert "iso-up.bin" in names
+    assert (tls_iso.root / "iso-up.bin").read_bytes() == payload
+
+
+def test_no_session_reuse_is_refused_with_522(tls_iso):
+    ftp = ftplib.FTP_TLS(context=_client_ctx(), timeout=TIMEOUT)
+    ftp.connect(tls_iso.host, tls_iso.port)
+    ftp.auth()
+    ftp.login("ftpw_alice", "alice-pw-1")
+    ftp.prot_p()
+    with pytest.raises(ftplib.error_perm, match="^522.*require_ssl_reuse"):
+        ftp.retrbinary("RETR tls.txt", lambda b: None)
+    assert ftp.sendcmd("NOOP").startswith("200")
+    ftp.close()
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="scripts/test-setup installs curl")
+def test_curl_ssl_reqd(tls_iso):
+    r = subprocess.run(["curl", "-sS", "--ssl-reqd", "-k", "-u", "ftpw_alice:alice-pw-1",
+                        f"{tls_iso.url}/tls.txt"], capture_output=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"over the helper\n"
+
+
+def _key_fragments(key: Path) -> list[bytes]:
+    """Pieces of the private key as they would sit in memory: PEM text, and the
+    prime p in big- and little-endian order (OpenSSL keeps little-endian limbs)."""
+    pem_lines = [l for l in key.read_text().splitlines() if l and not l.startswith("-----")]
+    text = subprocess.run(["openssl", "rsa", "-in", str(key), "-noout", "-text"], capture_output=True,
+                          text=True, timeout=30).stdout
+    m = re.search(r"prime1:\s*\n((?:\s+[0-9a-f:]+\n)+)", text)
+    assert m, text[:200]
+    p = bytes.fromhex(re.sub(r"[\s:]", "", m.group(1))).lstrip(b"\0")
+    return [pem_lines[3].encode(), p[:32], p[::-1][:32]]
+
+
+def _memory_has(pid: int, needles: list[bytes]) -> bool:
+    found = False
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            addr, perms = line.split()[:2]
+            if "r" not in perms:
+                continue
+            start, end = (int(x, 16) for x in addr.split("-"))
+            if end - start > 512 << 20:
+                continue
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, OverflowError, ValueError):
+                continue
+            if any(n in chunk for n in needles):
+                found = True
+                break
+    return found
+
+
+def test_the_login_users_process_never_holds_the_key(tls_iso, accounts):
+    needles = _key_fragments(tls_iso.extra["key"])
+    alice_uid = accounts["alice"].pw_uid
+    nobody_uid = accounts["nobody"].pw_uid
+    with _login(tls_iso) as ftp:
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR tls.txt", buf.write)  # TLS used on control and data
+        procs = descendants(tls_iso.proc.pid)
+        (worker,) = wait_for(lambda: [p for p in descendants(tls_iso.proc.pid) if ids(p)[0][0] == alice_uid])
+        helpers = [p for p in procs if ids(p)[0][0] == nobody_uid]
+        assert helpers, "the TLS helper runs as nopriv_user"
+        # the search works: the helper, which does TLS, has the key in memory
+        assert _memory_has(helpers[0], needles)
+        assert not _memory_has(worker, needles)
+        # nor does the monitor or the listener (the monitor forks the worker)
+        monitors = [p for p in procs if ids(p)[0][0] == 0]
+        assert monitors and not any(_memory_has(p, needles) for p in monitors + [tls_iso.proc.pid])
