@@ -304,16 +304,16 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
         raise StartupError(f"secure_chroot_dir: {secure} must be empty, owned by root and not writable by others")
     _home_of(cfg.nopriv_user) is not None or _no_user("nopriv_user", cfg.nopriv_user)
 
+    kept_bans: list[Any] | None = []  # the listener's one BanList, kept across SIGHUP
+
     def load() -> Any:
         fresh, _warnings = load_config(args.config, args.overrides)
         return worker.Site(fresh, _isolated_login(fresh), banner=_banner(fresh), events=_events(fresh),
                            bans=_ban_list(fresh, kept_bans))
 
-    kept_bans: list[Any] = []  # the listener's one BanList, kept across SIGHUP
-
     if not cfg.listen and not cfg.listen_ipv6:  # inetd / systemd Accept=yes: the client is on stdin
         conn = socket.socket(fileno=os.dup(0))
-        kept_bans = None  # one connection per process: nothing to count across  # noqa: F841
+        kept_bans = None  # inetd: one connection per process, no bans to share  # noqa: F841
         return run_one_session(load(), conn)
     if cfg.ssl_enable:
         _check_tls_apart(cfg)

@@ -297,3 +297,18 @@ def test_atomic_uploads_hide_partial_files_until_complete(make_server, tmp_path)
         ftp.storbinary("APPE big.bin", io.BytesIO(payload[1_000_000:]))
     assert (root / "big.bin").read_bytes() == payload
     assert not partial.exists()
+
+
+def test_anon_max_rate_limits_a_download(make_server, tmp_path):
+    root = tmp_path / "rate"
+    root.mkdir()
+    (root / "r.bin").write_bytes(os.urandom(600_000))
+    srv = make_server(root, str(root), "--port", "0", "--bind", "127.0.0.1", "--workers", "1",
+                      "-o", "anon_max_rate=400000")
+    with connect(srv) as ftp:
+        started = time.monotonic()
+        buf = io.BytesIO()
+        ftp.retrbinary("RETR r.bin", buf.write)
+        took = time.monotonic() - started
+    assert buf.getvalue() == (root / "r.bin").read_bytes()
+    assert took >= 1.0  # 600 kB at 400 kB/s cannot arrive sooner (no upper bound: shared machines)

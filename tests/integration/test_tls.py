@@ -178,8 +178,11 @@ def test_curl_ssl_reqd_up_and_down(tls_server, tmp_path):
     srv = tls_server()
     src = tmp_path / "c.bin"
     src.write_bytes(os.urandom(1_234_567))
-    up = subprocess.run(["curl", "-sS", "--ssl-reqd", "-k", "-u", "alice:secret", "-T", str(src),
-                         f"{srv.url}/c.bin"], capture_output=True, timeout=TIMEOUT)
+    # curl before 8.9 resets a TLS 1.3 upload connection without reading the
+    # server's session ticket, which can destroy the last bytes in flight
+    # (curl/curl#13904); the server rightly answers 426 then.  TLS 1.2 avoids it.
+    up = subprocess.run(["curl", "-sS", "--ssl-reqd", "--tls-max", "1.2", "-k", "-u", "alice:secret",
+                         "-T", str(src), f"{srv.url}/c.bin"], capture_output=True, timeout=TIMEOUT)
     assert up.returncode == 0, up.stderr
     down = subprocess.run(["curl", "-sS", "--ssl-reqd", "-k", "-u", "alice:secret", f"{srv.url}/blob.bin"],
                           capture_output=True, timeout=TIMEOUT)

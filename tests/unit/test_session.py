@@ -292,3 +292,23 @@ def test_mfmt():
     (r,) = s.complete(u, None)
     assert r.text == "Modify=20200102030405; /f"
     assert codes(s.feed(b"MFMT 2020 f")) == [501]
+
+
+def test_ftps_command_sequence():
+    s = new(ssl_enable=True, force_local_logins_ssl=True)
+    assert codes(s.feed(b"PBSZ 0")) == [503]
+    assert codes(s.feed(b"USER alice")) == [530]  # plaintext login refused when forced
+    ev = s.feed(b"AUTH TLS")
+    assert codes(ev) == [234] and isinstance(ev[1], A.StartTls)
+    s.tls_started()
+    assert codes(s.feed(b"AUTH TLS")) == [503]
+    assert codes(s.feed(b"PROT P")) == [503]  # PBSZ first
+    assert codes(s.feed(b"PBSZ 0")) == [200]
+    assert codes(s.feed(b"PROT S")) == [536]
+    assert codes(s.feed(b"PROT P")) == [200] and s.prot_private
+    assert codes(s.feed(b"CCC")) == [534]
+    assert codes(s.feed(b"USER alice")) == [331]
+
+
+def test_auth_without_tls_configured():
+    assert codes(new().feed(b"AUTH TLS")) == [502]

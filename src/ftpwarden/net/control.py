@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 
 from ..proto import paths
 from ..proto.actions import (
-    AbortTransfer, Action, Authenticate, StartTls, StopTls, ChangeDir, ClosePassive, ComputeHash, ControlListing,
+    AbortTransfer, Action, Authenticate, StartTls, ChangeDir, ClosePassive, ComputeHash, ControlListing,
     FsChange, OpenPassive, ReceiveFile, ResetSession, SendFile, SendListing, StatPath, Transfer,
     TransferDone,
 )
@@ -300,10 +300,6 @@ class ControlConnection:
                 return []
             s.tls_started()
             return []
-        if isinstance(action, StopTls):
-            self.end_reason = "CCC is not supported by this transport"
-            self.closing = True
-            return []
         if isinstance(action, ResetSession):
             self._close_jail()
             self.data.close()
@@ -441,18 +437,20 @@ class ControlConnection:
             if self.cfg.require_ssl_reuse and not stream.reused:
                 return TransferDone("tls_refused", detail=tls.REUSE_REQUIRED)
         opened["moving"] = True
+        rate = int((self.cfg.anon_max_rate if s.is_anonymous() else self.cfg.local_max_rate) or 0)
+        fd = opened.get("fd")
         try:
             if action.tls:
                 if isinstance(action, SendFile):
-                    await data.send_file_tls(stream, opened["fd"], action.offset, action.ascii, progress, stall)
+                    await data.send_file_tls(stream, fd, action.offset, action.ascii, progress, stall, rate)
                 elif isinstance(action, ReceiveFile):
-                    await data.receive_file_tls(stream, opened["fd"], action.ascii, progress, stall)
+                    await data.receive_file_tls(stream, fd, action.ascii, progress, stall, rate)
                 else:
                     progress[0] = await data.send_bytes_tls(stream, payload)
             elif isinstance(action, SendFile):
-                await data.send_file(sock, opened["fd"], action.offset, action.ascii, progress, stall)
+                await data.send_file(sock, fd, action.offset, action.ascii, progress, stall, rate)
             elif isinstance(action, ReceiveFile):
-                await data.receive_file(sock, opened["fd"], action.ascii, progress, stall)
+                await data.receive_file(sock, fd, action.ascii, progress, stall, rate)
             else:
                 progress[0] = await data.send_bytes(sock, payload)
         except (ConnectionError, TimeoutError, ssl.SSLError):

@@ -191,12 +191,36 @@ class Stalled:
             self._cm.reschedule(asyncio.get_running_loop().time() + self.seconds)
 
 
+class Throttle:
+    """anon_max_rate / local_max_rate: keep a transfer's average at `rate` bytes/s."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.started = 0.0
+        self.moved = 0
+
+    def chunk(self, default: int) -> int:
+        # about ten writes a second, so the rate is smooth, not bursty
+        return max(4096, min(default, self.rate // 10)) if self.rate else default
+
+    async def account(self, n: int) -> None:
+        if not self.rate:
+            return
+        now = asyncio.get_running_loop().time()
+        if not self.moved:
+            self.started = now
+        self.moved += n
+        ahead = self.moved / self.rate - (now - self.started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
 async def send_file(sock: socket.socket, fd: int, offset: int, ascii_mode: bool, progress: list[int],
-                    stall_timeout: float = 0) -> None:
+                    stall_timeout: float = 0, rate: int = 0) -> None:
     """Send the file from `offset`; `progress[0]` counts bytes sent (for aborts and logs)."""
     loop = asyncio.get_running_loop()
     async with Stalled(stall_timeout) as stall:
-        if not ascii_mode:
+        if not ascii_mode and not rate:
             pos = [offset]
 
             def step(sfd: int) -> bool:
@@ -206,23 +230,26 @@ async def send_file(sock: socket.socket, fd: int, offset: int, ascii_mode: bool,
                 return sent == 0
             await _pump(sock, step, stall, writing=True)
             return
-        encoder = AsciiEncoder()
+        encoder = AsciiEncoder() if ascii_mode else None
+        throttle = Throttle(rate)
+        size = throttle.chunk(READ_CHUNK)
         os.lseek(fd, offset, os.SEEK_SET)
-        while chunk := os.read(fd, READ_CHUNK):
-            await loop.sock_sendall(sock, encoder.feed(chunk))
+        while chunk := os.read(fd, size):
+            await loop.sock_sendall(sock, encoder.feed(chunk) if encoder else chunk)
             progress[0] += len(chunk)
             stall.moved()
+            await throttle.account(len(chunk))
 
 
 async def receive_file(sock: socket.socket, fd: int, ascii_mode: bool, progress: list[int],
-                       stall_timeout: float = 0) -> None:
+                       stall_timeout: float = 0, rate: int = 0) -> None:
     """Read the data connection to EOF into `fd`; `progress[0]` counts bytes written."""
     loop = asyncio.get_running_loop()
     buf = bytearray(RECV_BUFFER)
     view = memoryview(buf)
     decoder = AsciiDecoder() if ascii_mode else None
     async with Stalled(stall_timeout) as stall:
-        if decoder is None:
+        if decoder is None and not rate:
             def step(sfd: int) -> bool:
                 n = sock.recv_into(buf)
                 _write_all(fd, view[:n])
@@ -230,10 +257,14 @@ async def receive_file(sock: socket.socket, fd: int, ascii_mode: bool, progress:
                 return n == 0
             await _pump(sock, step, stall, writing=False)
             return
-        while n := await loop.sock_recv_into(sock, buf):
-            _write_all(fd, decoder.feed(bytes(view[:n])))
+        throttle = Throttle(rate)
+        size = throttle.chunk(RECV_BUFFER)
+        while n := await loop.sock_recv_into(sock, view[:size]):
+            _write_all(fd, decoder.feed(bytes(view[:n])) if decoder else view[:n])
             progress[0] += n
             stall.moved()
+            await throttle.account(n)
+    if decoder is not None:
         _write_all(fd, decoder.flush())
 
 
@@ -284,25 +315,31 @@ TLS_CHUNK = 256 * 1024
 
 
 async def send_file_tls(stream: Any, fd: int, offset: int, ascii_mode: bool, progress: list[int],
-                        stall_timeout: float = 0) -> None:
+                        stall_timeout: float = 0, rate: int = 0) -> None:
     encoder = AsciiEncoder() if ascii_mode else None
+    throttle = Throttle(rate)
+    size = throttle.chunk(TLS_CHUNK)
     os.lseek(fd, offset, os.SEEK_SET)
     async with Stalled(stall_timeout) as stall:
-        while chunk := os.read(fd, TLS_CHUNK):
+        while chunk := os.read(fd, size):
             stream.writer.write(encoder.feed(chunk) if encoder else chunk)
             await stream.writer.drain()
             progress[0] += len(chunk)
             stall.moved()
+            await throttle.account(len(chunk))
 
 
 async def receive_file_tls(stream: Any, fd: int, ascii_mode: bool, progress: list[int],
-                           stall_timeout: float = 0) -> None:
+                           stall_timeout: float = 0, rate: int = 0) -> None:
     decoder = AsciiDecoder() if ascii_mode else None
+    throttle = Throttle(rate)
+    size = throttle.chunk(RECV_BUFFER)
     async with Stalled(stall_timeout) as stall:
-        while chunk := await stream.reader.read(RECV_BUFFER):
+        while chunk := await stream.reader.read(size):
             _write_all(fd, decoder.feed(chunk) if decoder else chunk)
             progress[0] += len(chunk)
             stall.moved()
+            await throttle.account(len(chunk))
     if decoder is not None:
         _write_all(fd, decoder.flush())
 

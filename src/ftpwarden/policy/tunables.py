@@ -61,6 +61,7 @@ _IMPLEMENTED = frozenset("""
     allow_anon_ssl force_local_logins_ssl force_local_data_ssl force_anon_logins_ssl
     force_anon_data_ssl implicit_ssl require_ssl_reuse ssl_ciphers ca_certs_file require_cert
     ssl_request_cert ssl_tlsv1 ssl_tlsv11 ssl_tlsv12 ssl_tlsv13
+    anon_max_rate local_max_rate
 """.split())
 
 _OCTAL = frozenset({"anon_umask", "local_umask", "file_open_mode", "chown_upload_mode"})
@@ -383,8 +384,6 @@ _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
          "Longest control line accepted, in bytes; a longer line is refused."),
         ("implicit_ssl_port", _I, 0,
          "Also listen on this port with implicit TLS (FTPS on 990), beside explicit AUTH TLS (0 = off)."),
-        ("allow_ccc", _B, False,
-         "Accept CCC (drop TLS on the control channel after login, for NAT helpers); refused by default."),
         ("ban_threshold", _I, 10,
          "Failed logins from one address within ban_window seconds that ban it for ban_seconds (0 = off)."),
         ("ban_seconds", _I, 600, "How long a banned address is refused (421 at connect), in seconds."),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
-    "Action", "Authenticate", "StartTls", "StopTls", "ResetSession", "ChangeDir", "StatPath", "FsChange",
+    "Action", "Authenticate", "StartTls", "ResetSession", "ChangeDir", "StatPath", "FsChange",
     "OpenPassive", "ClosePassive", "AbortTransfer", "SendFile", "ReceiveFile", "SendListing",
     "ControlListing", "ComputeHash", "Transfer", "TransferDone", "TransferStatus",
 ]
@@ -36,11 +36,6 @@ class Authenticate(Action):
 class StartTls(Action):
     """AUTH TLS accepted (the 234 went out): handshake on the control connection.
     Outcome: None, or an exception when the handshake failed (the session ends)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StopTls(Action):
-    """CCC accepted (the 200 went out): TLS shutdown, plaintext from here on."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,7 +100,7 @@ COMMANDS: dict[str, Spec] = {
     "AUTH": _L(login=False, arg=Arg.REQUIRED, doc="AUTH TLS"),
     "PBSZ": _L(login=False, arg=Arg.REQUIRED, doc="PBSZ 0"),
     "PROT": _L(login=False, arg=Arg.REQUIRED, doc="PROT P|C"),
-    "CCC": _L(doc="CCC"),
+    "CCC": _L(login=False, doc="CCC"),
     # RFC 3659
     "SIZE": _L(arg=Arg.PATH, perm=Perm.DOWNLOAD, doc="SIZE <file>"),
     "MDTM": _L(arg=Arg.PATH, doc="MDTM <file>"),

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 from . import addr, listing, paths
 from .actions import (
-    AbortTransfer, Action, Authenticate, StartTls, StopTls, ChangeDir, ClosePassive, ComputeHash, ControlListing, FsChange,
+    AbortTransfer, Action, Authenticate, StartTls, ChangeDir, ClosePassive, ComputeHash, ControlListing, FsChange,
     OpenPassive, ReceiveFile, ResetSession, SendFile, SendListing, StatPath, Transfer,
     TransferDone,
 )
@@ -473,12 +473,11 @@ class Session:
         return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Unknown PROT level.")]
 
     def _ccc(self, arg: str, _p: str | None) -> list[Event]:
+        # Clearing the control channel would let anyone on the path rewrite
+        # commands; it is refused (RFC 2228 534), as vsftpd does.
         if not self.tls:
             return [Reply(533, "The control connection is not protected.")]
-        if not getattr(self.cfg, "allow_ccc", False):
-            return [Reply(Code.POLICY_REFUSED, "CCC refused by policy (allow_ccc=NO).")]
-        self.tls = False
-        return [Reply(Code.OK, "CCC ok; the control connection is clear from now on."), StopTls()]
+        return [Reply(Code.POLICY_REFUSED, "CCC refused by policy: the control channel stays protected.")]
 
     # ------------------------------------------------------------------ navigation
 

@@ -1,0 +1,586 @@
+"""Abuse resistance of a real pooled server: timeouts, data-channel hijack,
+hostile control input, upload integrity, disk full, a killed worker.
+
+While an attack runs, a second client on the same server answers NOOPs (a
+`Prober`); its worst latency is printed as a FIGURE line (pytest -s shows it)
+and only loosely asserted (< 2 s): the machine running the tests may be slow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Server
+
+TIMEOUT = 10
+REPLY_START = re.compile(rb"^\d{3}[ -]")
+BIG = 1 << 30  # sparse: costs no disk, takes far longer than any test to send
+
+
+# ---------------------------------------------------------------- clients
+
+class Ctl:
+    """A raw control connection: bytes out, whole replies in."""
+
+    def __init__(self, host: str, port: int, source: str = "127.0.0.1", timeout: float = TIMEOUT) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
+        self.file = self.sock.makefile("rb")
+        self.host = host
+        self.greeting = self.reply()
+
+    def reply(self) -> bytes:
+        """One whole reply (all lines of a multi-line one); b"" at end of stream."""
+        first = self.file.readline()
+        if not first:
+            return b""
+        assert REPLY_START.match(first) and first.endswith(b"\r\n"), first
+        out = first
+        if first[3:4] == b"-":
+            while True:
+                line = self.file.readline()
+                assert line, f"end of stream inside a multi-line reply: {out!r}"
+                out += line
+                if line.startswith(first[:3] + b" "):
+                    break
+        return out
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data if isinstance(data, bytes) else (data + "\r\n").encode())
+
+    def cmd(self, data: bytes | str) -> bytes:
+        self.send(data)
+        return self.reply()
+
+    def login(self, user: str = "alice", password: str = "secret") -> "Ctl":
+        assert self.cmd(f"USER {user}").startswith(b"331")
+        assert self.cmd(f"PASS {password}").startswith(b"230")
+        return self
+
+    def pasv(self) -> tuple[str, int]:
+        r = self.cmd("PASV")
+        assert r.startswith(b"227"), r
+        n = [int(x) for x in re.search(rb"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)", r).groups()]
+        return ".".join(map(str, n[:4])), n[4] * 256 + n[5]
+
+    def closed(self, timeout: float = TIMEOUT) -> bool:
+        """True when the server ends the connection within `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+            return True
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def data_socket(host: str, port: int, source: str = "127.0.0.1", rcvbuf: int = 0) -> socket.socket:
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(TIMEOUT)
+    s.bind((source, 0))
+    s.connect((host, port))
+    return s
+
+
+def recv_all(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def store(ctl: Ctl, name: str, payload: bytes) -> bytes:
+    """PASV + STOR; the final reply."""
+    host, port = ctl.pasv()
+    d = data_socket(host, port)
+    ctl.send(f"STOR {name}")
+    r = ctl.reply()
+    assert r.startswith(b"150"), r
+    d.sendall(payload)
+    d.close()
+    return ctl.reply()
+
+
+def retrieve(ctl: Ctl, name: str) -> tuple[bytes, bytes]:
+    """PASV + RETR; (data, final reply)."""
+    host, port = ctl.pasv()
+    d = data_socket(host, port)
+    ctl.send(f"RETR {name}")
+    r = ctl.reply()
+    assert r.startswith(b"150"), r
+    data = recv_all(d)
+    d.close()
+    return data, ctl.reply()
+
+
+class Prober:
+    """Another logged-in session answering NOOP every 50 ms while an attack runs."""
+
+    def __init__(self, srv: Server, what: str, source: str = "127.0.0.2") -> None:
+        self.ctl = Ctl(srv.host, srv.port, source=source).login()
+        self.what = what
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                r = self.ctl.cmd("NOOP")
+                if not r.startswith(b"200"):
+                    self.errors.append(repr(r))
+            except OSError as e:
+                self.errors.append(repr(e))
+                return
+            self.latencies.append(time.monotonic() - t)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> "Prober":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(TIMEOUT)
+        self.ctl.close()
+        if exc[0] is None:
+            self.check()
+
+    def check(self) -> None:
+        lat = self.latencies
+        assert lat, "the prober got no answer at all"
+        print(f"\nFIGURE noop-latency during {self.what}: n={len(lat)} median={statistics.median(lat) * 1000:.1f} ms "
+              f"max={max(lat) * 1000:.1f} ms errors={len(self.errors)}")
+        assert not self.errors, self.errors
+        assert max(lat) < 2.0
+
+
+# ---------------------------------------------------------------- the server seen from /proc
+
+def descendants(pid: int) -> list[int]:
+    out = []
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return out
+    for c in map(int, kids):
+        out.append(c)
+        out.extend(descendants(c))
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
+    return out
+
+
+def tcp_table(state: str | None = None) -> dict[int, tuple[int, int, str]]:
+    """inode -> (local port, remote port, state) of every TCP socket."""
+    out = {}
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(name).read_text().splitlines()[1:]:
+            f = line.split()
+            if state is None or f[3] == state:
+                out[int(f[9])] = (int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16), f[3])
+    return out
+
+
+def listening(pid: int) -> set[int]:
+    """Inodes of the LISTEN sockets `pid` holds."""
+    return socket_inodes(pid) & set(tcp_table("0A"))
+
+
+def fd_count(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def owner_of(srv: Server, ctl: Ctl, pids: list[int]) -> int:
+    """The server process holding the server side of `ctl`'s connection."""
+    mine = ctl.sock.getsockname()[1]
+    inodes = {i for i, (lport, rport, _) in tcp_table().items() if lport == srv.port and rport == mine}
+    holders = [p for p in pids if socket_inodes(p) & inodes]
+    assert len(holders) == 1, (holders, inodes)
+    return holders[0]
+
+
+def wait_for(pred, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (value := pred()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+def no_traceback(srv: Server) -> None:
+    err = srv.stderr()
+    assert "Traceback" not in err and "ERROR" not in err, err[-3000:]
+
+
+# ---------------------------------------------------------------- servers
+
+def site(tmp_path: Path, root: Path | None = None) -> Path:
+    root = root or tmp_path / "pub"
+    root.mkdir(exist_ok=True)
+    (root / "hello.txt").write_bytes(b"hello world\n")
+    (root / "data.bin").write_bytes(os.urandom(300_000))
+    with open(root / "big.bin", "wb") as f:
+        f.truncate(BIG)
+    return root
+
+
+def serve(make_server, tmp_path: Path, *opts: str, workers: int = 1, root: Path | None = None) -> Server:
+    """Quick mode with alice:secret (write access) and the given `-o` options."""
+    root = site(tmp_path, root)
+    args = [str(root), "--port", "0", "--bind", "127.0.0.1", "--workers", str(workers),
+            "--user", "alice:secret", "-o", "delay_failed_login=0", "-o", "ban_threshold=0"]
+    for o in opts:
+        args += ["-o", o]
+    return make_server(root, *args)
+
+
+# ---------------------------------------------------------------- 1. timeouts
+
+def test_idle_session_timeout_421_and_close(make_server, tmp_path):
+    srv = serve(make_server, tmp_path, "idle_session_timeout=2")
+    ctl = Ctl(srv.host, srv.port).login()
+    started = time.monotonic()
+    assert ctl.reply() == b"421 Timeout.\r\n"
+    waited = time.monotonic() - started
+    assert ctl.closed(3)
+    print(f"\nFIGURE idle timeout fired after {waited:.2f} s (idle_session_timeout=2)")
+    assert 1.5 < waited < 5
+    # another session is fine
+    with Prober(srv, "idle timeout check") as p:
+        time.sleep(0.3)
+    no_traceback(srv)
+
+
+def test_a_connection_that_never_logs_in_is_closed(make_server, tmp_path):
+    srv = serve(make_server, tmp_path, "idle_session_timeout=2")
+    ctl = Ctl(srv.host, srv.port)
+    started = time.monotonic()
+    assert ctl.reply() == b"421 Timeout.\r\n"
+    assert ctl.closed(3)
+    assert 1.5 < time.monotonic() - started < 5
+    # half a command line does not keep the connection either
+    ctl = Ctl(srv.host, srv.port)
+    ctl.send(b"USER ali")
+    assert ctl.reply() == b"421 Timeout.\r\n"
+    assert ctl.closed(3)
+    no_traceback(srv)
+
+
+def test_stalled_download_ends_426_and_the_session_goes_on(make_server, tmp_path):
+    srv = serve(make_server, tmp_path, "data_connection_timeout=2")
+    ctl = Ctl(srv.host, srv.port).login()
+    assert ctl.cmd("TYPE I").startswith(b"200")
+    host, port = ctl.pasv()
+    d = data_socket(host, port, rcvbuf=4096)
+    with Prober(srv, "a stalled download"):
+        ctl.send("RETR big.bin")
+        assert ctl.reply().startswith(b"150")
+        d.recv(1000)  # a little, then nothing more
+        started = time.monotonic()
+        final = ctl.reply()
+        waited = time.monotonic() - started
+    print(f"\nFIGURE stalled download ended after {waited:.2f} s: {final!r}")
+    assert final.startswith(b"426"), final
+    assert waited < 10
+    d.close()
+    assert ctl.cmd("NOOP").startswith(b"200")
+    data, r = retrieve(ctl, "hello.txt")
+    assert (data, r[:3]) == (b"hello world\n", b"226")
+    no_traceback(srv)
+
+
+def test_accept_timeout_without_a_data_connection_is_425(make_server, tmp_path):
+    srv = serve(make_server, tmp_path, "accept_timeout=2")
+    ctl = Ctl(srv.host, srv.port).login()
+    ctl.pasv()
+    started = time.monotonic()
+    r = ctl.cmd("RETR hello.txt")
+    waited = time.monotonic() - started
+    assert r.startswith(b"425"), r
+    assert 1.5 < waited < 5
+    assert ctl.cmd("NOOP").startswith(b"200")
+    data, r = retrieve(ctl, "hello.txt")
+    assert (data, r[:3]) == (b"hello world\n", b"226")
+    no_traceback(srv)
+
+
+# ---------------------------------------------------------------- 3. data-channel hijack
+
+@pytest.mark.parametrize("line", [
+    "PORT 127,0,0,2,{hi},{lo}",            # another host
+    "EPRT |1|127.0.0.2|{port}|",
+    "PORT 127,0,0,1,0,21",                # a privileged port on the client's own host
+    "EPRT |1|127.0.0.1|80|",
+    "PORT 10,0,0,1,{hi},{lo}",
+])
+def test_active_mode_only_to_the_client_and_never_below_1024(quick_abuse, line):
+    srv = quick_abuse
+    trap = socket.socket()
+    trap.bind(("127.0.0.2", 0))
+    trap.listen(1)
+    trap.settimeout(0.5)
+    port = trap.getsockname()[1]
+    ctl = Ctl(srv.host, srv.port).login()
+    r = ctl.cmd(line.format(hi=port >> 8, lo=port & 255, port=port))
+    assert r.startswith(b"500"), r
+    r = ctl.cmd("RETR hello.txt")
+    assert r.startswith(b"425"), r  # no data channel was set up
+    with pytest.raises(socket.timeout):
+        trap.accept()  # and the server never connected to the third party
+    trap.close()
+    assert ctl.cmd("NOOP").startswith(b"200")
+
+
+def test_a_passive_thief_is_refused_and_the_client_gets_its_data(quick_abuse):
+    srv = quick_abuse
+    ctl = Ctl(srv.host, srv.port).login()
+    host, port = ctl.pasv()
+    thief = data_socket(host, port, source="127.0.0.2")  # first in the accept queue
+    real = data_socket(host, port)
+    with Prober(srv, "a passive-port theft"):
+        ctl.send("RETR data.bin")
+        assert ctl.reply().startswith(b"150")
+        data = recv_all(real)
+        assert ctl.reply().startswith(b"226")
+    assert data == (srv.root / "data.bin").read_bytes()
+    try:
+        stolen = recv_all(thief)
+    except ConnectionResetError:
+        stolen = b""
+    assert stolen == b""
+    thief.close()
+    real.close()
+
+
+def test_many_pasv_in_a_row_leave_no_listeners(quick_abuse):
+    srv = quick_abuse
+    before = listening(srv.proc.pid)
+    assert before  # the control port itself
+    ctl = Ctl(srv.host, srv.port).login()
+    with Prober(srv, "500 PASV in a row"):
+        ctl.send(b"PASV\r\n" * 500)
+        replies = [ctl.reply() for _ in range(500)]
+    assert all(r.startswith(b"227") for r in replies)
+    during = listening(srv.proc.pid)
+    print(f"\nFIGURE listening sockets: before={len(before)} after 500 PASV={len(during)}")
+    assert len(during - before) == 1  # only the last PASV's listener is open
+    _, port = ctl.pasv()
+    assert ctl.cmd("QUIT").startswith(b"221")
+    assert wait_for(lambda: listening(srv.proc.pid) == before), listening(srv.proc.pid) - before
+    no_traceback(srv)
+
+
+# ---------------------------------------------------------------- 4. hostile input
+
+@pytest.fixture
+def quick_abuse(make_server, tmp_path) -> Server:
+    return serve(make_server, tmp_path)
+
+
+@pytest.mark.parametrize("line, code", [
+    (b"A" * 5000 + b"\r\n", b"500"),              # over 4096 bytes
+    (b"NOOP " + b"x" * 70_000 + b"\r\n", b"500"),  # over asyncio's own 64 KiB default
+    (b"CWD \xff\xfe\xc3\x28\r\n", b"550"),       # invalid UTF-8
+    (b"\xff\xf4\xff\xf2NOOP\r\n", b"200"),       # telnet IP, DM before a command
+    (b"NO\xff\xfbOP\r\n", b"500"),               # telnet WILL inside one
+    (b"\xff\xff\xff\xff\r\n", b"500"),
+    (b"NOOP\rPWD\r\n", b"501"),                  # bare CR
+    (b"\r\r\r\n", b"501"),
+    (b"NO\x00OP\r\n", b"501"),                   # NUL bytes
+    (b"CWD a\x00b\r\n", b"501"),
+    (b"\n", b"500"),
+    (b"PASS\r\n", b"503"),                       # PASS without USER while logged in
+])
+def test_hostile_lines_get_an_answer_and_the_session_goes_on(quick_abuse, line, code):
+    ctl = Ctl(quick_abuse.host, quick_abuse.port).login()
+    r = ctl.cmd(line)
+    assert r[:3] == code, r
+    assert ctl.cmd("NOOP").startswith(b"200")
+    assert ctl.cmd("PWD").startswith(b'257 "/"')
+    no_traceback(quick_abuse)
+
+
+def test_hostile_input_storm(quick_abuse):
+    """Everything at once, from several connections, while another session is timed."""
+    srv = quick_abuse
+    pid = srv.proc.pid
+    rss_before = _rss_kib(pid)
+    with Prober(srv, "hostile input"):
+        # a 16 MiB line without end: dropped as it arrives, never buffered whole
+        big = Ctl(srv.host, srv.port)
+        chunk = b"B" * (1 << 20)
+        for _ in range(16):
+            big.send(chunk)
+        big.send(b"\r\n")
+        assert big.reply().startswith(b"500")
+        assert big.cmd("NOOP").startswith(b"200")
+        rss_after_line = _rss_kib(pid)
+        # 25 bad commands in a row: "500 Too many errors." after 20, then the end
+        bad = Ctl(srv.host, srv.port).login()
+        answers = [bad.cmd(b"BOGUS\r\n") for _ in range(20)]
+        assert answers[:19] == [b"500 Unknown command.\r\n"] * 19
+        assert answers[19] == b"500 Too many errors.\r\n"
+        assert bad.closed(3)
+        # bad bytes of every kind, pipelined, before login
+        junk = Ctl(srv.host, srv.port)
+        junk.send(b"\xff\xf4\xff\xf2\x00\r\xc3\x28\r\n" * 10 + b"NOOP\r\n")
+        seen = [junk.reply() for _ in range(11)]
+        assert all(REPLY_START.match(r) for r in seen) and seen[-1].startswith(b"200"), seen
+        # binary garbage flood from another connection, with newlines sprinkled in
+        flood = Ctl(srv.host, srv.port)
+        flood.sock.sendall(os.urandom(1 << 20))
+        assert flood.closed(5)  # too many errors, or the line limit: the server ends it
+    rss_after = _rss_kib(pid)
+    print(f"\nFIGURE server RSS: before={rss_before} KiB after 16 MiB line={rss_after_line} KiB "
+          f"after storm={rss_after} KiB")
+    assert rss_after_line - rss_before < 8 * 1024
+    no_traceback(srv)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# ---------------------------------------------------------------- 5. integrity
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 65_537, 5 * 1024 * 1024])
+def test_an_upload_answered_226_has_exactly_the_clients_bytes(quick_abuse, size):
+    payload = os.urandom(size)
+    ctl = Ctl(quick_abuse.host, quick_abuse.port).login()
+    assert ctl.cmd("TYPE I").startswith(b"200")
+    r = store(ctl, f"up-{size}.bin", payload)
+    assert r.startswith(b"226"), r
+    on_disk = (quick_abuse.root / f"up-{size}.bin").read_bytes()
+    assert hashlib.sha256(on_disk).hexdigest() == hashlib.sha256(payload).hexdigest()
+    data, r = retrieve(ctl, f"up-{size}.bin")
+    assert r.startswith(b"226") and data == payload
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, timeout=30)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def _fill(ctl: Ctl, name: str, size: int) -> bytes:
+    """STOR `size` bytes onto a too-small disk; the final reply (the server may
+    close the data connection while we still send)."""
+    host, port = ctl.pasv()
+    d = data_socket(host, port)
+    ctl.send(f"STOR {name}")
+    assert ctl.reply().startswith(b"150")
+    try:
+        d.sendall(os.urandom(size))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    d.close()
+    return ctl.reply()
+
+
+@pytest.mark.parametrize("atomic", [False, True])
+def test_disk_full_is_452_and_the_session_goes_on(make_server, tmp_path, small_disk, atomic):
+    srv = make_server(small_disk, str(small_disk), "--port", "0", "--bind", "127.0.0.1", "--workers", "1",
+                      "--user", "alice:secret", "-o", "delay_failed_login=0",
+                      "-o", f"atomic_uploads={'YES' if atomic else 'NO'}")
+    ctl = Ctl(srv.host, srv.port).login()
+    assert ctl.cmd("TYPE I").startswith(b"200")
+    r = _fill(ctl, "huge.bin", 2 * 1024 * 1024)
+    assert r.startswith(b"452"), r
+    assert ctl.cmd("NOOP").startswith(b"200")
+    left = sorted(p.name for p in small_disk.iterdir())
+    print(f"\nFIGURE disk full (atomic_uploads={atomic}): reply {r!r}, left on disk {left}")
+    if atomic:
+        assert "huge.bin" not in left  # an interrupted upload never looks complete
+        for name in left:
+            assert ctl.cmd(f"DELE {name}").startswith(b"250")
+    else:
+        assert (small_disk / "huge.bin").stat().st_size < 2 * 1024 * 1024
+        assert ctl.cmd("DELE huge.bin").startswith(b"250")
+    payload = os.urandom(10_000)
+    assert store(ctl, "small.bin", payload).startswith(b"226")
+    assert (small_disk / "small.bin").read_bytes() == payload
+    no_traceback(srv)
+
+
+def test_a_killed_worker_takes_only_its_own_sessions(make_server, tmp_path):
+    srv = serve(make_server, tmp_path, workers=2)
+    workers = wait_for(lambda: len(descendants(srv.proc.pid)) == 2 and descendants(srv.proc.pid))
+    sessions = []
+    for _ in range(30):  # until both workers hold some
+        ctl = Ctl(srv.host, srv.port).login()
+        sessions.append((ctl, owner_of(srv, ctl, workers)))
+        if len({w for _, w in sessions}) == 2 and len(sessions) >= 6:
+            break
+    victim = sessions[0][1]
+    os.kill(victim, signal.SIGKILL)
+    for ctl, owner in sessions:
+        if owner == victim:
+            try:
+                r = ctl.cmd("NOOP")
+            except OSError:
+                r = b""
+            assert r == b""
+        else:
+            assert ctl.cmd("NOOP").startswith(b"200")
+    # the supervisor starts a new worker; new sessions are served
+    assert wait_for(lambda: len(descendants(srv.proc.pid)) == 2 and victim not in descendants(srv.proc.pid))
+    for _ in range(6):
+        c = Ctl(srv.host, srv.port).login()
+        assert c.cmd("NOOP").startswith(b"200")
+        c.close()
+    assert srv.proc.poll() is None
+    assert "Traceback" not in srv.stderr()
+    for ctl, _ in sessions:
+        ctl.close()
