@@ -28,7 +28,7 @@ def banning(tmp_path_factory, accounts):
     conf = base / "c.conf"
     conf.write_text("\n".join([
         "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
-        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden",
+        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden", "allow_writeable_chroot=YES",
         f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=0", "ban_threshold=3",
         "xferlog_enable=YES", f"vsftpd_log_file={base / 'vsftpd.log'}", ""]))
     srv = start_server(["--config", str(conf)], Path(accounts["alice"].pw_dir), base)

@@ -121,6 +121,7 @@ def isolated(tmp_path_factory, accounts):
         "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
         "anon_upload_enable=YES", "write_enable=YES",
         "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden",
+        "allow_writeable_chroot=YES",  # homes belong to their users
         f"secure_chroot_dir={empty}", "connect_from_port_20=YES",
         "delay_failed_login=0", "max_per_ip=200", "max_clients=300",
         "pasv_min_port=41000", "pasv_max_port=41999", "",
@@ -324,7 +325,8 @@ def test_virtual_user_runs_as_the_guest_account(tmp_path_factory, accounts):
     r = subprocess.run([os.sys.executable, "-m", "ftpwarden", "user", "add", "--db", str(db), "vera",
                         "--root", str(root), "--write"], input=b"vera-pw\n", capture_output=True, env=env, timeout=30)
     assert r.returncode == 0, r.stderr
-    conf = _config(base, "anonymous_enable=NO", f"user_db_file={db}", "guest_username=ftp", "write_enable=YES")
+    conf = _config(base, "anonymous_enable=NO", f"user_db_file={db}", "guest_username=ftp", "write_enable=YES",
+                   "allow_writeable_chroot=YES")
     srv = start_server(["--config", str(conf)], base, base)
     try:
         with login(srv, "vera", "vera-pw") as ftp:
@@ -443,3 +445,18 @@ def test_inetd_mode_serves_one_session_on_stdin(tmp_path_factory):
             proc.kill()
             proc.wait(5)
         client.close()
+
+
+def test_writable_chroot_root_is_refused_unless_allowed(tmp_path_factory, accounts):
+    base = tmp_path_factory.mktemp("wr")
+    conf = _config(base, "anonymous_enable=NO", "local_enable=YES", "chroot_local_user=YES",
+                   "pam_service_name=ftpwarden")
+    srv = start_server(["--config", str(conf)], base, base)
+    try:
+        ftp = login(srv, user="")
+        ftp.sendcmd("USER ftpw_alice")
+        with pytest.raises(ftplib.error_perm, match="^500 OOPS.*allow_writeable_chroot"):
+            ftp.sendcmd("PASS alice-pw-1")
+        ftp.close()
+    finally:
+        stop_server(srv)

@@ -34,6 +34,7 @@ def tls_iso(tmp_path_factory, accounts):
     conf.write_text("\n".join([
         "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
         "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden", "write_enable=YES",
+        "allow_writeable_chroot=YES",
         f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=0", "ssl_enable=YES",
         f"rsa_cert_file={base / 'cert.pem'}", f"rsa_private_key_file={base / 'key.pem'}", ""]))
     home = Path(accounts["alice"].pw_dir)

@@ -61,7 +61,7 @@ _IMPLEMENTED = frozenset("""
     allow_anon_ssl force_local_logins_ssl force_local_data_ssl force_anon_logins_ssl
     force_anon_data_ssl implicit_ssl require_ssl_reuse ssl_ciphers ca_certs_file require_cert
     ssl_request_cert ssl_tlsv1 ssl_tlsv11 ssl_tlsv12 ssl_tlsv13
-    anon_max_rate local_max_rate
+    anon_max_rate local_max_rate allow_writeable_chroot
 """.split())
 
 _OCTAL = frozenset({"anon_umask", "local_umask", "file_open_mode", "chown_upload_mode"})

@@ -13,6 +13,7 @@ import grp
 import os
 import pwd
 import socket
+import stat
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -176,10 +177,28 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     asyncio.run(main())
 
 
+def writable_root(account: Any) -> bool:
+    """Could the account change its own chroot's top directory?"""
+    st = os.stat(account.root)
+    if st.st_mode & stat.S_IWOTH:
+        return True
+    if st.st_uid == account.uid and st.st_mode & stat.S_IWUSR:
+        return True
+    return st.st_gid == account.gid and bool(st.st_mode & stat.S_IWGRP)
+
+
 def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pending: bytes, *,
               tls_state: str = "", tls_fd: int = -1, addresses: tuple[str, str] | None = None) -> None:
     cfg = site.cfg
     _prepare()
+    # vsftpd's rule: a user who can write the top of its own chroot could plant
+    # files that a process inside trusts (/etc, /lib).  Refused unless the
+    # operator says otherwise (never for anonymous).
+    anonymous = account.user_class.value == "anonymous"
+    if account.chroot and writable_root(account) and (anonymous or not cfg.allow_writeable_chroot):
+        conn.sendall(b"500 OOPS: refusing to run with writable root inside chroot(); "
+                     b"see allow_writeable_chroot\r\n")
+        return
     _detach_bans(site)
     names = _names_snapshot(cfg)
     groups: list[int] = []
