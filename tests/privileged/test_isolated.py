@@ -460,3 +460,51 @@ def test_writable_chroot_root_is_refused_unless_allowed(tmp_path_factory, accoun
         ftp.close()
     finally:
         stop_server(srv)
+
+
+def test_jailed_sessions_write_the_logs(tmp_path_factory, accounts):
+    """xferlog and the vsftpd log from real, guest and anonymous sessions, all jailed."""
+    base = tmp_path_factory.mktemp("logs")
+    anon = base / "anon"
+    anon.mkdir(mode=0o755)
+    (anon / "a.txt").write_text("anon file\n")
+    os.chmod(anon / "a.txt", 0o644)
+    vroot = base / "v"
+    vroot.mkdir()
+    os.chown(vroot, accounts["ftp"].pw_uid, accounts["ftp"].pw_gid)
+    db = base / "users.db"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    r = subprocess.run([os.sys.executable, "-m", "ftpwarden", "user", "add", "--db", str(db), "gina",
+                        "--root", str(vroot), "--write"], input=b"gina-pw\n", capture_output=True, env=env,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    logs = base / "logs"
+    logs.mkdir(mode=0o700)  # nothing in a jail can reach this directory
+    conf = _config(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
+                   "local_enable=YES", "chroot_local_user=YES", "allow_writeable_chroot=YES",
+                   "pam_service_name=ftpwarden", "write_enable=YES", f"user_db_file={db}",
+                   "xferlog_enable=YES", "xferlog_std_format=YES", f"xferlog_file={logs / 'xferlog'}",
+                   "dual_log_enable=YES", f"vsftpd_log_file={logs / 'vsftpd.log'}")
+    srv = start_server(["--config", str(conf)], anon, base)
+    try:
+        with login(srv) as ftp:
+            ftp.retrbinary("RETR a.txt", lambda b: None)
+        with login(srv, "ftpw_alice", "alice-pw-1") as ftp:
+            ftp.storbinary("STOR logged.bin", io.BytesIO(b"x" * 1234))
+        with login(srv, "gina", "gina-pw") as ftp:
+            ftp.storbinary("STOR g.bin", io.BytesIO(b"y" * 99))
+        with pytest.raises(ftplib.error_perm):
+            login(srv, "ftpw_alice", "not-the-password")
+    finally:
+        stop_server(srv)
+    lines = [l.split() for l in (logs / "xferlog").read_text().splitlines()]
+    # date (5 fields), time, host, size, name, type, flag, direction, mode, user, service, auth, id, status
+    by_mode = {f[12]: f for f in lines}
+    assert set(by_mode) == {"a", "r", "g"}, lines
+    assert by_mode["a"][7] == "10" and by_mode["a"][11] == "o"
+    assert by_mode["r"][7] == "1234" and by_mode["r"][11] == "i" and by_mode["r"][13] == "ftpw_alice"
+    assert by_mode["g"][7] == "99" and by_mode["g"][13] == "gina"
+    assert all(f[-1] == "c" for f in lines)
+    vlog = (logs / "vsftpd.log").read_text()
+    assert "OK UPLOAD" in vlog and "FAIL LOGIN" in vlog and "[ftpw_alice]" in vlog
+    assert "not-the-password" not in vlog + (logs / "xferlog").read_text()
