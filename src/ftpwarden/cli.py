@@ -243,6 +243,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise StartupError(f"cannot listen on port {port}: {e.strerror}") from None
     ctx = ServerContext(cfg, auth, banner=banner, events=_events(cfg))
     ctx.tls = _tls_context(cfg)
+    if cfg.user_max_rate:
+        from .net.limits import AccountRates
+        ctx.account_rates = AccountRates(int(cfg.user_max_rate))
     ctx.bans = _ban_list(cfg, [])  # before the workers are forked: they share it
     if cfg.max_clients or cfg.max_per_ip:
         from .net.limits import SessionLimits
@@ -306,10 +309,15 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
 
     kept_bans: list[Any] | None = []  # the listener's one BanList, kept across SIGHUP
 
+    account_rates = None
+    if cfg.user_max_rate:  # made once, before any fork: every session shares it
+        from .net.limits import AccountRates
+        account_rates = AccountRates(int(cfg.user_max_rate))
+
     def load() -> Any:
         fresh, _warnings = load_config(args.config, args.overrides)
         return worker.Site(fresh, _isolated_login(fresh), banner=_banner(fresh), events=_events(fresh),
-                           bans=_ban_list(fresh, kept_bans))
+                           bans=_ban_list(fresh, kept_bans), account_rates=account_rates)
 
     if not cfg.listen and not cfg.listen_ipv6:  # inetd / systemd Accept=yes: the client is on stdin
         conn = socket.socket(fileno=os.dup(0))

@@ -312,3 +312,28 @@ def test_anon_max_rate_limits_a_download(make_server, tmp_path):
         took = time.monotonic() - started
     assert buf.getvalue() == (root / "r.bin").read_bytes()
     assert took >= 1.0  # 600 kB at 400 kB/s cannot arrive sooner (no upper bound: shared machines)
+
+
+def test_user_max_rate_is_shared_by_the_sessions_of_one_account(make_server, tmp_path):
+    root = tmp_path / "urate"
+    root.mkdir()
+    (root / "u.bin").write_bytes(os.urandom(300_000))
+    srv = make_server(root, str(root), "--port", "0", "--bind", "127.0.0.1", "--workers", "2",
+                      "--user", "alice:secret", "-o", "user_max_rate=400000", "-o", "delay_failed_login=0")
+    results: list[bytes] = []
+
+    def fetch() -> None:
+        with connect(srv, "alice", "secret") as ftp:
+            buf = io.BytesIO()
+            ftp.retrbinary("RETR u.bin", buf.write)
+            results.append(buf.getvalue())
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    took = time.monotonic() - started
+    assert results == [(root / "u.bin").read_bytes()] * 3
+    assert took >= 1.8  # 900 kB through one 400 kB/s budget, whichever worker serves each session

@@ -65,6 +65,7 @@ class ServerContext:
         # Temporary bans of addresses that keep failing logins (net/bans.py), shared
         # by every process of the server; None when the options leave it off.
         self.bans: Any = None
+        self.account_rates: Any = None  # net.limits.AccountRates when user_max_rate is set
         self.refuse_user = userlist_filter(cfg)  # read now, before any chroot
         self.limits: SessionLimits | None = None  # pooled mode: shared by the worker processes
         self._names: dict[tuple[int, bool], str] = {}
@@ -437,20 +438,20 @@ class ControlConnection:
             if self.cfg.require_ssl_reuse and not stream.reused:
                 return TransferDone("tls_refused", detail=tls.REUSE_REQUIRED)
         opened["moving"] = True
-        rate = int((self.cfg.anon_max_rate if s.is_anonymous() else self.cfg.local_max_rate) or 0)
+        throttle = self._throttle()
         fd = opened.get("fd")
         try:
             if action.tls:
                 if isinstance(action, SendFile):
-                    await data.send_file_tls(stream, fd, action.offset, action.ascii, progress, stall, rate)
+                    await data.send_file_tls(stream, fd, action.offset, action.ascii, progress, stall, throttle)
                 elif isinstance(action, ReceiveFile):
-                    await data.receive_file_tls(stream, fd, action.ascii, progress, stall, rate)
+                    await data.receive_file_tls(stream, fd, action.ascii, progress, stall, throttle)
                 else:
                     progress[0] = await data.send_bytes_tls(stream, payload)
             elif isinstance(action, SendFile):
-                await data.send_file(sock, fd, action.offset, action.ascii, progress, stall, rate)
+                await data.send_file(sock, fd, action.offset, action.ascii, progress, stall, throttle)
             elif isinstance(action, ReceiveFile):
-                await data.receive_file(sock, fd, action.ascii, progress, stall, rate)
+                await data.receive_file(sock, fd, action.ascii, progress, stall, throttle)
             else:
                 progress[0] = await data.send_bytes(sock, payload)
         except (ConnectionError, TimeoutError, ssl.SSLError):
@@ -481,6 +482,13 @@ class ControlConnection:
             except OSError as e:
                 return TransferDone("local_error", progress[0], error=e)
         return TransferDone("ok", progress[0], name=opened.get("name", ""))
+
+    def _throttle(self) -> data.Throttle | None:
+        """This session's rate limits, or None (the zero-copy path) when there are none."""
+        s = self.session
+        rate = int((self.cfg.anon_max_rate if s.is_anonymous() else self.cfg.local_max_rate) or 0)
+        shared = self.ctx.account_rates.reserve_for(s.account.name) if self.ctx.account_rates else None
+        return data.Throttle(rate, shared) if rate or shared else None
 
     def _chown_uploads(self) -> bool:
         """vsftpd's chown_uploads: anonymous uploads are given to chown_username by the monitor."""

@@ -192,35 +192,38 @@ class Stalled:
 
 
 class Throttle:
-    """anon_max_rate / local_max_rate: keep a transfer's average at `rate` bytes/s."""
+    """anon_max_rate / local_max_rate: keep a transfer's average at `rate` bytes/s;
+    `shared` (user_max_rate) reserves time on the account's bucket shared by all
+    of its sessions and returns how long to wait."""
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, shared: Callable[[int], float] | None = None) -> None:
         self.rate = rate
+        self.shared = shared
         self.started = 0.0
         self.moved = 0
 
     def chunk(self, default: int) -> int:
         # about ten writes a second, so the rate is smooth, not bursty
-        return max(4096, min(default, self.rate // 10)) if self.rate else default
+        return max(4096, min(default, self.rate // 10)) if self.rate else min(default, 64 * 1024)
 
     async def account(self, n: int) -> None:
-        if not self.rate:
-            return
-        now = asyncio.get_running_loop().time()
-        if not self.moved:
-            self.started = now
-        self.moved += n
-        ahead = self.moved / self.rate - (now - self.started)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
+        wait = self.shared(n) if self.shared else 0.0
+        if self.rate:
+            now = asyncio.get_running_loop().time()
+            if not self.moved:
+                self.started = now
+            self.moved += n
+            wait = max(wait, self.moved / self.rate - (now - self.started))
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 async def send_file(sock: socket.socket, fd: int, offset: int, ascii_mode: bool, progress: list[int],
-                    stall_timeout: float = 0, rate: int = 0) -> None:
+                    stall_timeout: float = 0, throttle: Throttle | None = None) -> None:
     """Send the file from `offset`; `progress[0]` counts bytes sent (for aborts and logs)."""
     loop = asyncio.get_running_loop()
     async with Stalled(stall_timeout) as stall:
-        if not ascii_mode and not rate:
+        if not ascii_mode and throttle is None:
             pos = [offset]
 
             def step(sfd: int) -> bool:
@@ -231,7 +234,7 @@ async def send_file(sock: socket.socket, fd: int, offset: int, ascii_mode: bool,
             await _pump(sock, step, stall, writing=True)
             return
         encoder = AsciiEncoder() if ascii_mode else None
-        throttle = Throttle(rate)
+        throttle = throttle or Throttle(0)
         size = throttle.chunk(READ_CHUNK)
         os.lseek(fd, offset, os.SEEK_SET)
         while chunk := os.read(fd, size):
@@ -242,14 +245,14 @@ async def send_file(sock: socket.socket, fd: int, offset: int, ascii_mode: bool,
 
 
 async def receive_file(sock: socket.socket, fd: int, ascii_mode: bool, progress: list[int],
-                       stall_timeout: float = 0, rate: int = 0) -> None:
+                       stall_timeout: float = 0, throttle: Throttle | None = None) -> None:
     """Read the data connection to EOF into `fd`; `progress[0]` counts bytes written."""
     loop = asyncio.get_running_loop()
     buf = bytearray(RECV_BUFFER)
     view = memoryview(buf)
     decoder = AsciiDecoder() if ascii_mode else None
     async with Stalled(stall_timeout) as stall:
-        if decoder is None and not rate:
+        if decoder is None and throttle is None:
             def step(sfd: int) -> bool:
                 n = sock.recv_into(buf)
                 _write_all(fd, view[:n])
@@ -257,7 +260,7 @@ async def receive_file(sock: socket.socket, fd: int, ascii_mode: bool, progress:
                 return n == 0
             await _pump(sock, step, stall, writing=False)
             return
-        throttle = Throttle(rate)
+        throttle = throttle or Throttle(0)
         size = throttle.chunk(RECV_BUFFER)
         while n := await loop.sock_recv_into(sock, view[:size]):
             _write_all(fd, decoder.feed(bytes(view[:n])) if decoder else view[:n])
@@ -315,9 +318,9 @@ TLS_CHUNK = 256 * 1024
 
 
 async def send_file_tls(stream: Any, fd: int, offset: int, ascii_mode: bool, progress: list[int],
-                        stall_timeout: float = 0, rate: int = 0) -> None:
+                        stall_timeout: float = 0, throttle: Throttle | None = None) -> None:
     encoder = AsciiEncoder() if ascii_mode else None
-    throttle = Throttle(rate)
+    throttle = throttle or Throttle(0)
     size = throttle.chunk(TLS_CHUNK)
     os.lseek(fd, offset, os.SEEK_SET)
     async with Stalled(stall_timeout) as stall:
@@ -330,9 +333,9 @@ async def send_file_tls(stream: Any, fd: int, offset: int, ascii_mode: bool, pro
 
 
 async def receive_file_tls(stream: Any, fd: int, ascii_mode: bool, progress: list[int],
-                           stall_timeout: float = 0, rate: int = 0) -> None:
+                           stall_timeout: float = 0, throttle: Throttle | None = None) -> None:
     decoder = AsciiDecoder() if ascii_mode else None
-    throttle = Throttle(rate)
+    throttle = throttle or Throttle(0)
     size = throttle.chunk(RECV_BUFFER)
     async with Stalled(stall_timeout) as stall:
         while chunk := await stream.reader.read(size):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import mmap
 import multiprocessing
 import struct
+import time
 import zlib
+from typing import Callable
 
-__all__ = ["SessionLimits"]
+__all__ = ["SessionLimits", "AccountRates"]
 
 _BUCKETS = 4096
 _SLOT = struct.Struct("=q")
@@ -54,3 +56,30 @@ class SessionLimits:
 
     def active(self) -> int:
         return self._get(0)
+
+
+_RATE_SLOT = struct.Struct("=Id")  # account-name hash, time the account's bucket is booked until
+
+
+class AccountRates:
+    """user_max_rate: one byte budget per account, shared by all its sessions in
+    every process (pooled workers, isolated session processes alike)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._mem = mmap.mmap(-1, _RATE_SLOT.size * _BUCKETS)
+        self._lock = multiprocessing.Lock()
+
+    def reserve_for(self, account: str) -> Callable[[int], float]:
+        """A function booking n bytes on the account's bucket; it returns the wait in seconds."""
+        key = zlib.crc32(account.encode("utf-8", "surrogateescape"))
+        offset = (key % _BUCKETS) * _RATE_SLOT.size
+
+        def reserve(n: int) -> float:
+            now = time.monotonic()
+            with self._lock:
+                _, booked = _RATE_SLOT.unpack_from(self._mem, offset)
+                start = max(now, booked)
+                _RATE_SLOT.pack_into(self._mem, offset, key, start + n / self.rate)
+            return start + n / self.rate - now
+        return reserve

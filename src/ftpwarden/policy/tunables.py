@@ -382,6 +382,8 @@ _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
         ("mlsd_enable", _B, True, "Offer the MLST and MLSD commands (RFC 3659)."),
         ("control_line_max", _I, 4096,
          "Longest control line accepted, in bytes; a longer line is refused."),
+        ("user_max_rate", _I, 0,
+         "Bytes/second for all sessions of one account together, across processes (0 = unlimited)."),
         ("implicit_ssl_port", _I, 0,
          "Also listen on this port with implicit TLS (FTPS on 990), beside explicit AUTH TLS (0 = off)."),
         ("ban_threshold", _I, 10,

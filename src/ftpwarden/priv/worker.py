@@ -41,6 +41,7 @@ class Site:
     banner: str | None = None
     events: Any = None  # logs.events.EventLog with its files already open
     bans: Any = None  # net.bans.BanList: the listener and monitors only; workers detach it
+    account_rates: Any = None  # net.limits.AccountRates (user_max_rate), shared by every session
 
 
 class _LoginAccount:
@@ -205,6 +206,7 @@ def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pend
     if account.user_class.value == "real":
         groups = os.getgrouplist(pwd.getpwuid(account.uid).pw_name, account.gid)
     ctx = ServerContext(cfg, None, broker=MonitorBroker(chan), events=site.events)
+    ctx.account_rates = site.account_rates
     ctx.preload_names(names)
     if tls_fd >= 0:
         ctx.tls_link = TlsLink(Channel(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=tls_fd)))

@@ -1,0 +1,193 @@
+"""Abuse resistance in isolated mode (root listener, a monitor and unprivileged
+workers per session): timeouts in both workers, hostile input, data-channel
+hijack, a SIGKILLed post-login worker in the middle of a transfer."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from ..integration.conftest import start_server, stop_server
+from ..integration.test_abuse import REPLY_START, Ctl, Prober, data_socket, recv_all
+from .test_isolated import (  # noqa: F401 - fixture
+    accounts, children, holders, ids, session_processes, socket_inode, wait_for,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
+ALICE = ("ftpw_alice", "alice-pw-1")
+BIG_SIZE = 48 * 1024 * 1024
+
+
+def serve(tmp_path_factory, accounts, *lines: str):
+    base = tmp_path_factory.mktemp("iabuse")
+    os.chmod(base, 0o755)
+    (base / "empty").mkdir(mode=0o755)
+    conf = base / "c.conf"
+    conf.write_text("\n".join([
+        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
+        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden", "write_enable=YES",
+        f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=0", "ban_threshold=0",
+        "max_per_ip=200", "allow_writeable_chroot=YES", *lines, ""]))
+    return start_server(["--config", str(conf)], Path(accounts["alice"].pw_dir), base)
+
+
+@pytest.fixture
+def iso(tmp_path_factory, accounts):
+    srv = serve(tmp_path_factory, accounts, "data_connection_timeout=2")
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture
+def big_file(accounts):
+    home = Path(accounts["alice"].pw_dir)
+    path = home / "abuse-big.bin"
+    with open(path, "wb") as f:
+        for _ in range(BIG_SIZE // (1 << 20)):
+            f.write(os.urandom(1 << 20))
+    os.chown(path, accounts["alice"].pw_uid, accounts["alice"].pw_gid)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    yield path, digest
+    path.unlink(missing_ok=True)
+
+
+def no_traceback(srv) -> None:
+    err = srv.stderr()
+    assert "Traceback" not in err, err[-3000:]
+
+
+def test_idle_timeouts_in_both_workers(tmp_path_factory, accounts):
+    srv = serve(tmp_path_factory, accounts, "idle_session_timeout=2")
+    try:
+        pre = Ctl(srv.host, srv.port)  # the nopriv pre-login worker reads it
+        post = Ctl(srv.host, srv.port).login(*ALICE)  # the post-login worker as alice
+        started = time.monotonic()
+        assert pre.reply() == b"421 Timeout.\r\n"
+        assert post.reply() == b"421 Timeout.\r\n"
+        assert time.monotonic() - started < 6
+        assert pre.closed(3) and post.closed(3)
+        assert wait_for(lambda: not session_processes(srv), timeout=10), session_processes(srv)
+        no_traceback(srv)
+    finally:
+        stop_server(srv)
+
+
+def test_hostile_input_before_and_after_login(iso):
+    listener = iso.proc.pid
+    with Prober(iso, "hostile input, isolated mode", user=ALICE[0], password=ALICE[1]):
+        for login in (False, True):
+            ctl = Ctl(iso.host, iso.port)
+            if login:
+                ctl.login(*ALICE)
+            assert ctl.cmd(b"A" * 5000 + b"\r\n").startswith(b"500")
+            assert ctl.cmd(b"NO\x00OP\r\n").startswith(b"501")
+            assert ctl.cmd(b"NOOP\rPWD\r\n").startswith(b"501")
+            assert ctl.cmd(b"\xff\xf4\xff\xf2NOOP\r\n").startswith(b"200")
+            assert ctl.cmd(b"CWD \xff\xfe\xc3\x28\r\n")[:1] == b"5"
+            answers = [ctl.cmd(b"BOGUS\r\n") for _ in range(20)]
+            assert all(REPLY_START.match(a) for a in answers)
+            assert answers[-1] == b"500 Too many errors.\r\n"
+            assert ctl.closed(3)
+        flood = Ctl(iso.host, iso.port)
+        flood.sock.sendall(os.urandom(1 << 20))
+        assert flood.closed(5)
+    assert iso.proc.poll() is None and listener == iso.proc.pid
+    assert wait_for(lambda: len(session_processes(iso)) == 0, timeout=10), session_processes(iso)
+    no_traceback(iso)
+
+
+def test_data_channel_hijack_is_refused(iso, accounts):
+    (Path(accounts["alice"].pw_dir) / "mine.txt").write_text("alice's file\n")
+    ctl = Ctl(iso.host, iso.port).login(*ALICE)
+    trap = socket.socket()
+    trap.bind(("127.0.0.2", 0))
+    trap.listen(1)
+    trap.settimeout(0.5)
+    port = trap.getsockname()[1]
+    for line in (f"PORT 127,0,0,2,{port >> 8},{port & 255}", f"EPRT |1|127.0.0.2|{port}|",
+                 "PORT 127,0,0,1,0,21", "EPRT |1|127.0.0.1|22|"):
+        assert ctl.cmd(line).startswith(b"500"), line
+    assert ctl.cmd("RETR mine.txt").startswith(b"425")
+    with pytest.raises(socket.timeout):
+        trap.accept()
+    trap.close()
+    # passive theft from another address
+    host, pport = ctl.pasv()
+    thief = data_socket(host, pport, source="127.0.0.2")
+    real = data_socket(host, pport)
+    ctl.send("RETR mine.txt")
+    assert ctl.reply().startswith(b"150")
+    assert recv_all(real) == b"alice's file\n"
+    assert ctl.reply().startswith(b"226")
+    try:
+        assert recv_all(thief) == b""
+    except ConnectionResetError:
+        pass
+    thief.close()
+    real.close()
+    assert ctl.cmd("NOOP").startswith(b"200")
+    no_traceback(iso)
+
+
+def test_stalled_download_426_in_the_post_login_worker(iso, big_file):
+    ctl = Ctl(iso.host, iso.port).login(*ALICE)
+    assert ctl.cmd("TYPE I").startswith(b"200")
+    host, port = ctl.pasv()
+    d = data_socket(host, port, rcvbuf=4096)
+    ctl.send(f"RETR {big_file[0].name}")
+    assert ctl.reply().startswith(b"150")
+    d.recv(1000)
+    started = time.monotonic()
+    final = ctl.reply()
+    assert final.startswith(b"426"), final
+    assert time.monotonic() - started < 10
+    d.close()
+    assert ctl.cmd("NOOP").startswith(b"200")
+
+
+def test_sigkill_of_a_post_login_worker_mid_transfer_spares_the_other_session(iso, big_file, accounts):
+    path, digest = big_file
+    alice_uid = accounts["alice"].pw_uid
+
+    def start(source: str) -> tuple[Ctl, socket.socket]:
+        ctl = Ctl(iso.host, iso.port, source=source).login(*ALICE)
+        assert ctl.cmd("TYPE I").startswith(b"200")
+        host, port = ctl.pasv()
+        d = data_socket(host, port, source=source, rcvbuf=65536)
+        ctl.send(f"RETR {path.name}")
+        assert ctl.reply().startswith(b"150")
+        return ctl, d
+
+    victim_ctl, victim_data = start("127.0.0.1")
+    other_ctl, other_data = start("127.0.0.2")
+    head = other_data.recv(1 << 16)
+    victim_data.recv(1 << 16)
+    workers = [p for p in session_processes(iso) if ids(p)[0][0] == alice_uid]
+    (victim,) = [p for p in workers if holders(socket_inode(victim_ctl.sock), [p])]
+    before = len(session_processes(iso))
+    os.kill(victim, signal.SIGKILL)
+    h = hashlib.sha256(head)
+    size = len(head)
+    while chunk := other_data.recv(1 << 20):
+        h.update(chunk)
+        size += len(chunk)
+    assert other_ctl.reply().startswith(b"226")
+    assert (size, h.hexdigest()) == (BIG_SIZE, digest)
+    assert other_ctl.cmd("NOOP").startswith(b"200")
+    # the killed session is over: its connections end, its monitor leaves
+    assert victim_ctl.closed(5)
+    victim_data.close()
+    assert wait_for(lambda: victim not in session_processes(iso) and len(session_processes(iso)) <= before - 2,
+                    timeout=10), session_processes(iso)
+    assert iso.proc.poll() is None
+    fresh = Ctl(iso.host, iso.port).login(*ALICE)
+    assert fresh.cmd("NOOP").startswith(b"200")
+    fresh.close()
+    other_ctl.close()
+    other_data.close()
