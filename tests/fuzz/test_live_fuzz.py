@@ -14,7 +14,7 @@ import time
 from typing import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ftpwarden.proto.commands import COMMANDS
@@ -136,6 +136,7 @@ def test_random_input_to_a_logged_in_session(live, chunks):
         try:
             sock.sendall(data + f"HELP {token}\r\n".encode())
         except (BrokenPipeError, ConnectionResetError):
+            event("closed before the marker was sent")
             return  # the server closed already (QUIT, too many errors)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -144,8 +145,10 @@ def test_random_input_to_a_logged_in_session(live, chunks):
             except socket.timeout:
                 raise AssertionError(f"no reply within {SOCKET_TIMEOUT} s to {chunks!r}") from None
             if reply is None:
-                return  # the server ended the session: allowed
+                event("session ended by the server")
+                return  # allowed
             if token.encode() in reply:
+                event("marker answered")
                 return
         raise AssertionError(f"the marker's reply never came: {chunks!r}")
     finally:

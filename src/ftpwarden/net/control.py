@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import grp
-import hashlib
 import itertools
 import logging
 import os
@@ -19,7 +18,6 @@ import socket
 import ssl
 import stat as stat_mod
 import time
-import zlib
 from typing import Any, Awaitable, Callable
 
 from ..proto import paths
@@ -34,7 +32,7 @@ from ..policy.auth.local import userlist_filter
 from ..proto.listing import Entry
 from ..proto.replies import Reply
 from ..proto.session import Session
-from . import data, tls
+from . import data, files, tls
 from .jail import Jail
 from .limits import SessionLimits
 
@@ -42,7 +40,6 @@ __all__ = ["ServerContext", "ControlConnection"]
 
 log = logging.getLogger("ftpwarden.session")
 
-MESSAGE_MAX = 8192  # a directory message file is shown up to this size
 
 
 class ServerContext:
@@ -333,17 +330,17 @@ class ControlConnection:
             fd = jail.open(action.path, os.O_RDONLY | os.O_DIRECTORY)  # checks search permission
             os.close(fd)
             if action.message_file:
-                return _read_message(jail, paths.resolve(action.path, action.message_file))
+                return files.read_message(jail, paths.resolve(action.path, action.message_file))
             return None
         if isinstance(action, StatPath):
             return jail.stat(action.path)
         if isinstance(action, FsChange):
-            return _fs_change(jail, action)
+            return files.fs_change(jail, action)
         if isinstance(action, ControlListing):
-            entries = await asyncio.to_thread(_entries, jail, action.path, action.verb == "MLST")
+            entries = await asyncio.to_thread(files.entries, jail, action.path, action.verb == "MLST")
             return entries, time.time()
         if isinstance(action, ComputeHash):
-            return await asyncio.to_thread(_hash_file, jail, action.path, action.algorithm)
+            return await asyncio.to_thread(files.hash_file, jail, action.path, action.algorithm)
         raise AssertionError(f"unknown action {action!r}")
 
     async def _authenticate(self, action: Authenticate) -> Any:
@@ -400,9 +397,9 @@ class ControlConnection:
         payload = b""
         try:
             if isinstance(action, SendFile):
-                opened["fd"], size = _open_download(self.jail, action)
+                opened["fd"], size = files.open_download(self.jail, action)
             elif isinstance(action, ReceiveFile):
-                opened["fd"], opened["name"], opened["partial"] = _open_upload(
+                opened["fd"], opened["name"], opened["partial"] = files.open_upload(
                     self.jail, action, atomic=bool(self.cfg.atomic_uploads))
             else:
                 payload = await asyncio.to_thread(self._render_listing, self.jail, action)
@@ -471,7 +468,7 @@ class ControlConnection:
             if self.reader.at_eof():
                 return TransferDone("connection_lost", progress[0])
             try:
-                if not action.may_overwrite and _exists(self.jail, action.path):
+                if not action.may_overwrite and files.exists(self.jail, action.path):
                     raise FileExistsError(17, "File exists")
                 self.jail.rename(opened["partial"], action.path)
             except OSError as e:
@@ -575,142 +572,4 @@ def _close_data(sock: socket.socket) -> None:
     sock.close()
 
 
-def _open_download(jail: Jail, action: SendFile) -> tuple[int, int]:
-    fd = jail.open(action.path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat_mod.S_ISREG(st.st_mode):
-            raise IsADirectoryError(21, "Not a plain file") if stat_mod.S_ISDIR(st.st_mode) \
-                else PermissionError(13, "Not a plain file")
-        if action.world_readable_only and not st.st_mode & stat_mod.S_IROTH:
-            raise PermissionError(13, "File not world-readable")
-        if action.offset > st.st_size:
-            raise OSError(22, "Restart offset beyond end of file")
-        os.set_blocking(fd, True)
-        return fd, st.st_size
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-PARTIAL_PREFIX = ".ftpwarden-partial."  # atomic_uploads: hidden until complete
 ATOMIC_GRACE = 0.05  # seconds to wait for a dying client's control EOF
-
-
-def partial_path(vpath: str) -> str:
-    return paths.resolve(paths.parent(vpath), PARTIAL_PREFIX + paths.basename(vpath))
-
-
-def _exists(jail: Jail, vpath: str) -> bool:
-    try:
-        jail.lstat(vpath)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _open_upload(jail: Jail, action: ReceiveFile, *, atomic: bool = False) -> tuple[int, str, str | None]:
-    """(fd, name shown to the client, hidden partial path when writing atomically)."""
-    flags = os.O_WRONLY | os.O_CREAT
-    if action.append:
-        flags |= os.O_APPEND
-    elif not action.offset:
-        flags |= os.O_TRUNC
-    mode = action.file_mode & ~action.umask & 0o777
-    if action.unique:
-        base = action.path
-        for i in range(1000):
-            candidate = base if i == 0 else f"{base}.{i}"
-            try:
-                fd = jail.open(candidate, flags | os.O_EXCL, mode)
-            except FileExistsError:
-                continue
-            return fd, paths.basename(candidate), None
-        raise FileExistsError(17, "No unique name available")
-    partial = None
-    target = action.path
-    if atomic:
-        resuming = action.append or action.offset
-        candidate = partial_path(action.path)
-        # a fresh upload, or the continuation of an interrupted one, goes to the
-        # partial; continuing a complete file (no partial) happens in place
-        if not resuming or _exists(jail, candidate):
-            partial = target = candidate
-            if not action.may_overwrite and _exists(jail, action.path):
-                raise FileExistsError(17, "File exists")
-    if not action.may_overwrite and partial is None:
-        flags |= os.O_EXCL
-    fd = jail.open(target, flags, mode)
-    try:
-        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-            raise PermissionError(13, "Not a plain file")
-        if action.offset:
-            os.lseek(fd, action.offset, os.SEEK_SET)
-            os.ftruncate(fd, action.offset)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, paths.basename(action.path), partial
-
-
-def _fs_change(jail: Jail, a: FsChange) -> None:
-    if a.op == "mkdir":
-        jail.mkdir(a.path, a.mode)
-    elif a.op == "rmdir":
-        jail.rmdir(a.path)
-    elif a.op == "unlink":
-        if stat_mod.S_ISDIR(jail.lstat(a.path).st_mode):
-            raise IsADirectoryError(21, "Is a directory")
-        jail.unlink(a.path)
-    elif a.op == "rename":
-        jail.rename(a.path, a.target)
-    elif a.op == "chmod":
-        jail.chmod(a.path, a.mode)
-    elif a.op == "utime":
-        jail.utime(a.path, a.mtime)
-    else:
-        raise AssertionError(a.op)
-
-
-def _entries(jail: Jail, vpath: str, single: bool) -> list[Entry]:
-    """STAT path lists a directory's entries, or the one file; MLST one entry."""
-    st = jail.stat(vpath)
-    if stat_mod.S_ISDIR(st.st_mode) and not single:
-        entries = jail.listdir(vpath)
-        entries.sort(key=lambda e: e.name)
-        return entries
-    return [Entry.from_stat(paths.basename(vpath) or "/", st)]
-
-
-def _read_message(jail: Jail, vpath: str) -> str | None:
-    try:
-        fd = jail.open(vpath, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, MESSAGE_MAX).decode("utf-8", "replace")
-    finally:
-        os.close(fd)
-
-
-def _hash_file(jail: Jail, vpath: str, algorithm: str) -> tuple[str, int]:
-    fd = jail.open(vpath, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(21, "Not a plain file")
-        size = 0
-        if algorithm == "CRC32":
-            crc = 0
-            while chunk := os.read(fd, 1 << 20):
-                crc = zlib.crc32(chunk, crc)
-                size += len(chunk)
-            return f"{crc:08x}", size
-        h: Any = {"SHA-256": hashlib.sha256, "SHA-1": hashlib.sha1, "MD5": hashlib.md5}[algorithm]()
-        while chunk := os.read(fd, 1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-        return h.hexdigest(), size
-    finally:
-        os.close(fd)
