@@ -249,7 +249,7 @@ def _serve(args: argparse.Namespace) -> int:
     ctx.bans = _ban_list(cfg, [])  # before the workers are forked: they share it
     if cfg.max_clients or cfg.max_per_ip:
         from .net.limits import SessionLimits
-        ctx.limits = SessionLimits(int(cfg.max_clients or 0), int(cfg.max_per_ip or 0))
+        ctx.limits = SessionLimits(int(cfg.max_clients or 0), int(cfg.max_per_ip or 0), len(listeners))
     socks = listeners[0]
     shown = [s.getsockname() for s in socks]
     where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p, *_ in shown)

@@ -18,10 +18,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from .conftest import Server
+from .conftest import Server, start_server, stop_server
 
 TIMEOUT = 10
 REPLY_START = re.compile(rb"^\d{3}[ -]")
@@ -275,6 +276,23 @@ def serve(make_server, tmp_path: Path, *opts: str, workers: int = 1, root: Path 
     return make_server(root, *args)
 
 
+@pytest.fixture
+def quick_abuse(make_server, tmp_path) -> Server:
+    """A server of the test's own (for tests that stop or spoil it)."""
+    return serve(make_server, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Iterator[Server]:
+    """One server for the many short tests that leave it as they found it."""
+    tmp = tmp_path_factory.mktemp("abuse")
+    root = site(tmp)
+    srv = start_server([str(root), "--port", "0", "--bind", "127.0.0.1", "--workers", "1", "--user", "alice:secret",
+                        "-o", "delay_failed_login=0", "-o", "ban_threshold=0"], root, tmp)
+    yield srv
+    stop_server(srv)
+
+
 # ---------------------------------------------------------------- 1. timeouts
 
 def test_idle_session_timeout_421_and_close(make_server, tmp_path):
@@ -287,23 +305,24 @@ def test_idle_session_timeout_421_and_close(make_server, tmp_path):
     print(f"\nFIGURE idle timeout fired after {waited:.2f} s (idle_session_timeout=2)")
     assert 1.5 < waited < 5
     # another session is fine
-    with Prober(srv, "idle timeout check") as p:
+    with Prober(srv, "idle timeout check"):
         time.sleep(0.3)
     no_traceback(srv)
 
 
 def test_a_connection_that_never_logs_in_is_closed(make_server, tmp_path):
     srv = serve(make_server, tmp_path, "idle_session_timeout=2")
-    ctl = Ctl(srv.host, srv.port)
+    silent = Ctl(srv.host, srv.port)
     started = time.monotonic()
-    assert ctl.reply() == b"421 Timeout.\r\n"
-    assert ctl.closed(3)
+    dripping = Ctl(srv.host, srv.port)  # half a command line, a byte a while, never ended
+    for byte in b"USER ali":
+        dripping.send(bytes([byte]))
+        time.sleep(0.1)
+    assert silent.reply() == b"421 Timeout.\r\n"
+    assert silent.closed(3)
     assert 1.5 < time.monotonic() - started < 5
-    # half a command line does not keep the connection either
-    ctl = Ctl(srv.host, srv.port)
-    ctl.send(b"USER ali")
-    assert ctl.reply() == b"421 Timeout.\r\n"
-    assert ctl.closed(3)
+    assert dripping.reply() == b"421 Timeout.\r\n"
+    assert dripping.closed(3)
     no_traceback(srv)
 
 
@@ -356,48 +375,25 @@ def test_a_client_that_never_reads_its_replies_is_timed_out(make_server, tmp_pat
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect((srv.host, srv.port))
     s.setblocking(False)
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:  # until both directions' buffers are full
         try:
             s.send(b"HELP\r\n" * 1000)
         except BlockingIOError:
             time.sleep(0.05)
+        except ConnectionError:
+            break  # the server already gave up on us: what the test wants
     mine = s.getsockname()[1]
 
     def server_side_gone() -> bool:
         return not [i for i, (lport, rport, st) in tcp_table().items()
                     if lport == srv.port and rport == mine and st == "01"]
-    gone = wait_for(server_side_gone, timeout=4)
+    gone = wait_for(server_side_gone, timeout=4.5)
     s.close()
     if not gone:
-        pytest.xfail("DEFECT net/control.py _emit: writer.drain() has no timeout; a client that "
-                     "never reads holds its session (and its max_clients/max_per_ip slot) forever")
-
-
-def test_stor_without_a_data_connection_keeps_the_old_file(quick_abuse):
-    (quick_abuse.root / "keep.txt").write_bytes(b"precious\n")
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()  # nothing listens there: the active connect is refused at once
-    ctl = Ctl(quick_abuse.host, quick_abuse.port).login()
-    assert ctl.cmd(f"PORT 127,0,0,1,{port >> 8},{port & 255}").startswith(b"200")
-    r = ctl.cmd("STOR keep.txt")
-    assert r.startswith(b"425"), r
-    if (quick_abuse.root / "keep.txt").read_bytes() != b"precious\n":
-        pytest.xfail("DEFECT net/control.py _move: _open_upload truncates (O_TRUNC) before the data "
-                     "connection exists; a STOR that gets 425 has emptied the old file")
-
-
-def test_stopping_the_server_with_sessions_open_logs_no_traceback(quick_abuse):
-    ctl = Ctl(quick_abuse.host, quick_abuse.port).login()
-    assert ctl.cmd("NOOP").startswith(b"200")
-    quick_abuse.proc.send_signal(signal.SIGTERM)
-    assert quick_abuse.proc.wait(10) == 0
-    ctl.close()
-    if "Traceback" in quick_abuse.stderr():
-        pytest.xfail("DEFECT net/server.py _serve: sessions cancelled at SIGTERM end with CancelledError, "
-                     "which Python 3.11's start_server callback logs as an ERROR with a traceback")
+        pytest.xfail("DEFECT net/control.py: the server's socket to a client that never reads is never "
+                     "closed: drain() waits without a timeout, and _cleanup's writer.close() waits for the "
+                     "unsent replies forever (no transport.abort()): the fd and its buffers leak")
 
 
 def test_accept_timeout_without_a_data_connection_is_425(make_server, tmp_path):
@@ -424,8 +420,8 @@ def test_accept_timeout_without_a_data_connection_is_425(make_server, tmp_path):
     "EPRT |1|127.0.0.1|80|",
     "PORT 10,0,0,1,{hi},{lo}",
 ])
-def test_active_mode_only_to_the_client_and_never_below_1024(quick_abuse, line):
-    srv = quick_abuse
+def test_active_mode_only_to_the_client_and_never_below_1024(shared, line):
+    srv = shared
     trap = socket.socket()
     trap.bind(("127.0.0.2", 0))
     trap.listen(1)
@@ -442,8 +438,8 @@ def test_active_mode_only_to_the_client_and_never_below_1024(quick_abuse, line):
     assert ctl.cmd("NOOP").startswith(b"200")
 
 
-def test_a_passive_thief_is_refused_and_the_client_gets_its_data(quick_abuse):
-    srv = quick_abuse
+def test_a_passive_thief_is_refused_and_the_client_gets_its_data(shared):
+    srv = shared
     ctl = Ctl(srv.host, srv.port).login()
     host, port = ctl.pasv()
     thief = data_socket(host, port, source="127.0.0.2")  # first in the accept queue
@@ -477,18 +473,12 @@ def test_many_pasv_in_a_row_leave_no_listeners(quick_abuse):
     during = listening(srv.proc.pid)
     print(f"\nFIGURE listening sockets: before={len(before)} after 500 PASV={len(during)}")
     assert len(during - before) == 1  # only the last PASV's listener is open
-    _, port = ctl.pasv()
     assert ctl.cmd("QUIT").startswith(b"221")
     assert wait_for(lambda: listening(srv.proc.pid) == before), listening(srv.proc.pid) - before
     no_traceback(srv)
 
 
 # ---------------------------------------------------------------- 4. hostile input
-
-@pytest.fixture
-def quick_abuse(make_server, tmp_path) -> Server:
-    return serve(make_server, tmp_path)
-
 
 @pytest.mark.parametrize("line, code", [
     (b"A" * 5000 + b"\r\n", b"500"),              # over 4096 bytes
@@ -504,13 +494,13 @@ def quick_abuse(make_server, tmp_path) -> Server:
     (b"\n", b"500"),
     (b"PASS\r\n", b"230"),                       # PASS again while logged in (vsftpd: the same)
 ])
-def test_hostile_lines_get_an_answer_and_the_session_goes_on(quick_abuse, line, code):
-    ctl = Ctl(quick_abuse.host, quick_abuse.port).login()
+def test_hostile_lines_get_an_answer_and_the_session_goes_on(shared, line, code):
+    ctl = Ctl(shared.host, shared.port).login()
     r = ctl.cmd(line)
     assert r[:3] == code, r
     assert ctl.cmd("NOOP").startswith(b"200")
     assert ctl.cmd("PWD").startswith(b'257 "/"')
-    no_traceback(quick_abuse)
+    no_traceback(shared)
 
 
 def test_hostile_input_storm(quick_abuse):
@@ -561,16 +551,31 @@ def _rss_kib(pid: int) -> int:
 # ---------------------------------------------------------------- 5. integrity
 
 @pytest.mark.parametrize("size", [0, 1, 1000, 65_537, 5 * 1024 * 1024])
-def test_an_upload_answered_226_has_exactly_the_clients_bytes(quick_abuse, size):
+def test_an_upload_answered_226_has_exactly_the_clients_bytes(shared, size):
     payload = os.urandom(size)
-    ctl = Ctl(quick_abuse.host, quick_abuse.port).login()
+    ctl = Ctl(shared.host, shared.port).login()
     assert ctl.cmd("TYPE I").startswith(b"200")
     r = store(ctl, f"up-{size}.bin", payload)
     assert r.startswith(b"226"), r
-    on_disk = (quick_abuse.root / f"up-{size}.bin").read_bytes()
+    on_disk = (shared.root / f"up-{size}.bin").read_bytes()
     assert hashlib.sha256(on_disk).hexdigest() == hashlib.sha256(payload).hexdigest()
     data, r = retrieve(ctl, f"up-{size}.bin")
     assert r.startswith(b"226") and data == payload
+
+
+def test_stor_without_a_data_connection_keeps_the_old_file(quick_abuse):
+    (quick_abuse.root / "keep.txt").write_bytes(b"precious\n")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the active connect is refused at once
+    ctl = Ctl(quick_abuse.host, quick_abuse.port).login()
+    assert ctl.cmd(f"PORT 127,0,0,1,{port >> 8},{port & 255}").startswith(b"200")
+    r = ctl.cmd("STOR keep.txt")
+    assert r.startswith(b"425"), r
+    if (quick_abuse.root / "keep.txt").read_bytes() != b"precious\n":
+        pytest.xfail("DEFECT net/files.py open_upload + net/control.py _move: the file is opened with "
+                     "O_TRUNC before the data connection exists; a STOR that gets 425 has emptied the old file")
 
 
 @pytest.fixture
@@ -628,6 +633,19 @@ def test_disk_full_is_452_and_the_session_goes_on(make_server, tmp_path, small_d
     no_traceback(srv)
 
 
+# ---------------------------------------------------------------- processes ending
+
+def test_stopping_the_server_with_sessions_open_logs_no_traceback(quick_abuse):
+    ctl = Ctl(quick_abuse.host, quick_abuse.port).login()
+    assert ctl.cmd("NOOP").startswith(b"200")
+    quick_abuse.proc.send_signal(signal.SIGTERM)
+    assert quick_abuse.proc.wait(10) == 0
+    ctl.close()
+    if "Traceback" in quick_abuse.stderr():
+        pytest.xfail("DEFECT net/server.py _serve: sessions cancelled at SIGTERM end with CancelledError, "
+                     "which Python 3.11's start_server callback logs as an ERROR with a traceback")
+
+
 def test_a_killed_worker_takes_only_its_own_sessions(make_server, tmp_path):
     srv = serve(make_server, tmp_path, workers=2)
     workers = wait_for(lambda: len(descendants(srv.proc.pid)) == 2 and descendants(srv.proc.pid))
@@ -658,3 +676,31 @@ def test_a_killed_worker_takes_only_its_own_sessions(make_server, tmp_path):
     assert "Traceback" not in srv.stderr()
     for ctl, _ in sessions:
         ctl.close()
+
+
+def test_a_killed_worker_gives_back_its_sessions_slots(make_server, tmp_path):
+    """max_per_ip/max_clients count sessions in memory shared by the workers: the
+    sessions of a worker that died must not stay counted."""
+    srv = serve(make_server, tmp_path, "max_per_ip=4", workers=2)
+    workers = wait_for(lambda: len(descendants(srv.proc.pid)) == 2 and descendants(srv.proc.pid))
+    held = [Ctl(srv.host, srv.port).login() for _ in range(4)]
+    victim = owner_of(srv, held[0], workers)
+    lost = sum(owner_of(srv, c, workers) == victim for c in held)
+    os.kill(victim, signal.SIGKILL)
+    for c in held:
+        c.close()
+    assert wait_for(lambda: len(descendants(srv.proc.pid)) == 2 and victim not in descendants(srv.proc.pid))
+
+    def greetings() -> list[bytes]:
+        """Four connections at once: the address's whole max_per_ip."""
+        conns = [Ctl(srv.host, srv.port) for _ in range(4)]
+        out = [c.greeting[:3] for c in conns]
+        for c in conns:
+            c.close()
+        time.sleep(0.1)  # their slots are given back
+        return out
+    seen = wait_for(lambda: (g := greetings()) == [b"220"] * 4 and g, timeout=3) or greetings()
+    print(f"\nFIGURE after SIGKILL of a worker holding {lost} of 4 sessions: new greetings {seen}")
+    if seen != [b"220"] * 4:
+        pytest.xfail(f"DEFECT net/limits.py: the {lost} sessions of the killed worker stay counted "
+                     "forever (leave() never ran); the address is refused with 421")

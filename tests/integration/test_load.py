@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from .test_abuse import Ctl, data_socket, descendants, fd_count, recv_all, serve, wait_for
+from .test_abuse import Ctl, Prober, data_socket, descendants, fd_count, recv_all, serve, wait_for
 
 SESSIONS = 200
 BUDGET = 60.0  # seconds for the whole test
@@ -105,12 +105,13 @@ def test_200_concurrent_mixed_sessions(make_server, tmp_path):
     verified: list[int] = []
     clients = [threading.Thread(target=_session, args=(srv, i, barrier, errors, verified), daemon=True)
                for i in range(SESSIONS)]
-    t0 = time.monotonic()
-    for t in clients:
-        t.start()
-    for t in clients:
-        t.join(max(1.0, BUDGET - (time.monotonic() - started) - 10))
-    elapsed = time.monotonic() - t0
+    with Prober(srv, f"{SESSIONS} concurrent sessions"):
+        t0 = time.monotonic()
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(max(1.0, BUDGET - (time.monotonic() - started) - 10))
+        elapsed = time.monotonic() - t0
     assert not any(t.is_alive() for t in clients), "sessions still running at the time limit"
 
     def settled() -> bool:

@@ -16,7 +16,7 @@ import pytest
 from ..integration.conftest import start_server, stop_server
 from ..integration.test_abuse import REPLY_START, Ctl, Prober, data_socket, recv_all
 from .test_isolated import (  # noqa: F401 - fixture
-    accounts, children, holders, ids, session_processes, socket_inode, wait_for,
+    accounts, holders, ids, session_processes, socket_inode, wait_for,
 )
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")

@@ -57,8 +57,10 @@ def shared_maps(pid: int) -> list[str]:
 
 
 def test_monitors_count_and_the_listener_refuses(banning):
-    for _ in range(3):
+    for _ in range(2):
         fail_once(banning)
+    assert greeting(banning).startswith(b"220")  # counted once per failure, not yet banned
+    fail_once(banning)
     assert greeting(banning) == BANNED
     with pytest.raises(ftplib.error_temp, match="^421"):
         ftplib.FTP(timeout=TIMEOUT).connect(banning.host, banning.port)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import zlib
 
+from ftpwarden.logs.configured import ConfiguredEventLog
+from ftpwarden.logs.events import EventLog
+from ftpwarden.logs.sinks import LOG_FTP, LOG_WARNING, FileSink, JsonLinesSink, SyslogSink
 from ftpwarden.net import bans as bans_mod
 from ftpwarden.net.bans import BanList
 
@@ -166,3 +171,24 @@ def test_a_lock_held_by_a_dead_process_never_stalls_for_long(monkeypatch):
     finally:
         b._lock.release()
     assert b.is_banned("10.0.0.1")
+
+
+def test_a_ban_is_logged_in_every_format(tmp_path):
+    EventLog().ban("10.0.0.1", 600)  # the default logs nothing and never fails
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    daemon.bind(str(tmp_path / "log.sock"))
+    daemon.settimeout(2)
+    log = ConfiguredEventLog(vsftpd_log=FileSink(str(tmp_path / "v.log")),
+                             json=JsonLinesSink(str(tmp_path / "j.log")), clock=lambda: 1_800_000_000.0)
+    log.ban("10.0.0.1", 600)
+    log.close()
+    (line,) = (tmp_path / "v.log").read_text().splitlines()
+    assert line.endswith(f'[pid {os.getpid()}] BAN: Client "10.0.0.1", 600 seconds'), line
+    (event,) = [json.loads(l) for l in (tmp_path / "j.log").read_text().splitlines()]
+    assert (event["event"], event["client"], event["seconds"]) == ("ban", "10.0.0.1", 600)
+    syslog = ConfiguredEventLog(syslog=SyslogSink(str(tmp_path / "log.sock")))
+    syslog.ban("2001:db8::1", 30)
+    datagram = daemon.recv(4096).decode()
+    assert datagram.startswith(f"<{LOG_FTP * 8 + LOG_WARNING}>"), datagram
+    assert datagram.endswith('BAN: Client "2001:db8::1", 30 seconds'), datagram
+    daemon.close()

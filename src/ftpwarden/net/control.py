@@ -227,7 +227,7 @@ class ControlConnection:
                 if ev.close:
                     self.end_reason = f"closed by server ({ev.code})"
                     self.closing = True
-                    await self.writer.drain()
+                    await self._drain()
                     return
                 continue
             follow = await self._perform(ev)
@@ -235,7 +235,7 @@ class ControlConnection:
                 await self._emit(follow)
             if self.closing:
                 return
-        await self.writer.drain()
+        await self._drain()
 
     async def _start_tls(self) -> None:
         """AUTH TLS: the server side of the handshake on the control connection.
@@ -245,7 +245,7 @@ class ControlConnection:
         start_tls is called with server_side=True and the stream is re-pointed,
         as StreamWriter.start_tls itself does.
         """
-        await self.writer.drain()
+        await self._drain()
         loop = asyncio.get_running_loop()
         protocol = self.writer.transport.get_protocol()
         transport = await asyncio.wait_for(loop.start_tls(
@@ -260,6 +260,17 @@ class ControlConnection:
         buf.clear()
         return data_
 
+    async def _drain(self) -> None:
+        """Wait until the client has taken our replies, but not forever: one that
+        never reads would hold its session (and its max_clients slot) for good."""
+        try:
+            async with asyncio.timeout(float(self.session.idle_timeout or 300)):
+                await self.writer.drain()
+        except TimeoutError:
+            self.end_reason = "client stopped reading"
+            self.writer.transport.abort()  # what it has not taken is dropped with the connection
+            raise
+
     def _send(self, reply: Reply) -> None:
         data_ = reply.encode()
         self.writer.write(data_)
@@ -270,7 +281,7 @@ class ControlConnection:
     async def _perform(self, action: Action) -> list[Any]:
         s = self.session
         if isinstance(action, Transfer):
-            await self.writer.drain()
+            await self._drain()
             self.transfer_progress = [0]
             self.transfer_task = asyncio.create_task(self._transfer(action))
             return []
@@ -379,6 +390,8 @@ class ControlConnection:
             done = await self._move(action, progress, opened)
         except asyncio.CancelledError:
             done = TransferDone("aborted", progress[0])
+        except OSError:  # the control connection failed under us (or would not drain)
+            done = TransferDone("connection_lost", progress[0])
         finally:
             if opened.get("tls") is not None:
                 await opened["tls"].close()
@@ -388,7 +401,11 @@ class ControlConnection:
                 os.close(opened["fd"])
         if opened.get("moving") and isinstance(action, (SendFile, ReceiveFile)):
             self._log_transfer(action, done, started, opened.get("name", ""))
-        await self._emit(self.session.complete(action, done))
+        try:
+            await self._emit(self.session.complete(action, done))
+        except OSError:
+            self.closing = True
+            self.writer.transport.abort()  # the main loop sees the end and cleans up
 
     async def _move(self, action: Transfer, progress: list[int], opened: dict[str, Any]) -> TransferDone:
         s = self.session
@@ -409,6 +426,10 @@ class ControlConnection:
             sock = opened["sock"] = await self.data.connect(s.data_kind, s.port_target)
         except data.DataRefused:
             return TransferDone("no_data_connection")
+        if isinstance(action, ReceiveFile) and not (action.append or action.offset or action.unique):
+            # only now, with the data connection up, may an old file be emptied:
+            # a STOR answered 425 leaves it as it was
+            os.ftruncate(opened["fd"], 0)
         start = action
         if isinstance(action, ReceiveFile) and action.unique:
             start = ReceiveFile(paths.resolve(paths.parent(action.path), opened["name"]), unique=True)
@@ -416,7 +437,7 @@ class ControlConnection:
         if isinstance(start, (SendFile, ReceiveFile)):
             self.events.transfer_start(self.sid, self.remote_ip, self.user, start.path,
                                        "o" if isinstance(start, SendFile) else "i")
-        await self.writer.drain()
+        await self._drain()
         stall = float(self.cfg.data_connection_timeout or 0)
         if action.tls and self.ctx.tls_link is not None:  # isolated: the TLS helper does TLS
             try:

@@ -58,11 +58,11 @@ def exists(jail: Jail, vpath: str) -> bool:
 
 def open_upload(jail: Jail, action: ReceiveFile, *, atomic: bool = False) -> tuple[int, str, str | None]:
     """(fd, name shown to the client, hidden partial path when writing atomically)."""
+    # No O_TRUNC: a fresh STOR empties the file only once its data connection
+    # is up (net/control.py), so a failed STOR never destroys the old content.
     flags = os.O_WRONLY | os.O_CREAT
     if action.append:
         flags |= os.O_APPEND
-    elif not action.offset:
-        flags |= os.O_TRUNC
     mode = action.file_mode & ~action.umask & 0o777
     if action.unique:
         base = action.path

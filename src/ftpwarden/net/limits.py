@@ -21,17 +21,36 @@ _SLOT = struct.Struct("=q")
 
 
 class SessionLimits:
-    def __init__(self, max_clients: int, max_per_ip: int) -> None:
+    """Each worker process counts its own sessions in its own row; a limit is
+    checked against the sum.  When a worker dies, its supervisor clears its
+    row, so the sessions it held stop counting (no lost slots)."""
+
+    def __init__(self, max_clients: int, max_per_ip: int, workers: int = 1) -> None:
         self.max_clients = max_clients
         self.max_per_ip = max_per_ip
-        self._mem = mmap.mmap(-1, _SLOT.size * (_BUCKETS + 1))  # MAP_SHARED: survives fork
+        self.workers = max(1, workers)
+        self.row = 0  # this process's row; set by attach() after the fork
+        self._mem = mmap.mmap(-1, _SLOT.size * (_BUCKETS + 1) * self.workers)  # MAP_SHARED: survives fork
         self._lock = multiprocessing.Lock()
 
+    def attach(self, row: int) -> None:
+        self.row = row
+
+    def forget(self, row: int) -> None:
+        """The worker of `row` is gone: its sessions are gone with it."""
+        with self._lock:
+            start = row * (_BUCKETS + 1) * _SLOT.size
+            self._mem[start:start + (_BUCKETS + 1) * _SLOT.size] = bytes((_BUCKETS + 1) * _SLOT.size)
+
+    def _index(self, row: int, i: int) -> int:
+        return (row * (_BUCKETS + 1) + i) * _SLOT.size
+
     def _get(self, i: int) -> int:
-        return _SLOT.unpack_from(self._mem, i * _SLOT.size)[0]
+        return sum(_SLOT.unpack_from(self._mem, self._index(r, i))[0] for r in range(self.workers))
 
     def _add(self, i: int, n: int) -> None:
-        _SLOT.pack_into(self._mem, i * _SLOT.size, self._get(i) + n)
+        at = self._index(self.row, i)
+        _SLOT.pack_into(self._mem, at, _SLOT.unpack_from(self._mem, at)[0] + n)
 
     @staticmethod
     def _bucket(ip: str) -> int:

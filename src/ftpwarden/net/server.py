@@ -72,6 +72,8 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
         sessions.add(task)
         try:
             await ControlConnection(ctx, reader, writer).run()
+        except asyncio.CancelledError:
+            pass  # server shutdown: the session ends quietly
         finally:
             sessions.discard(task)
             if limits:
@@ -116,6 +118,8 @@ def _spawn(ctx: ServerContext, listeners: list[Listener], i: int) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until _serve installs its own handler
+        if ctx.limits is not None:
+            ctx.limits.attach(i)
         for j, other in enumerate(listeners):
             if j != i:
                 for s in other:
@@ -173,6 +177,8 @@ def serve_pooled(ctx: ServerContext, listeners: list[Listener], ready: Callable[
         if i is None:
             continue
         code = os.waitstatus_to_exitcode(st)
+        if ctx.limits is not None:
+            ctx.limits.forget(i)  # its sessions died with it
         if not stopping:
             print(f"ftpwarden: worker {pid} ended ({code}); starting a new one", file=sys.stderr)
             workers[_spawn(ctx, listeners, i)] = i
