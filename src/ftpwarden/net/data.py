@@ -178,6 +178,7 @@ class Stalled:
         self._cm: Any = None
 
     async def __aenter__(self) -> "Stalled":
+        self._time = asyncio.get_running_loop().time  # looked up once, not per chunk
         self._cm = asyncio.timeout(None)
         await self._cm.__aenter__()
         self.moved()
@@ -188,7 +189,7 @@ class Stalled:
 
     def moved(self) -> None:
         if self.seconds:
-            self._cm.reschedule(asyncio.get_running_loop().time() + self.seconds)
+            self._cm.reschedule(self._time() + self.seconds)
 
 
 class Throttle:
