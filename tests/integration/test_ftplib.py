@@ -337,3 +337,27 @@ def test_user_max_rate_is_shared_by_the_sessions_of_one_account(make_server, tmp
     took = time.monotonic() - started
     assert results == [(root / "u.bin").read_bytes()] * 3
     assert took >= 1.8  # 900 kB through one 400 kB/s budget, whichever worker serves each session
+
+
+def test_login_timeout_counts_from_connect_not_per_line(make_server, tmp_path):
+    root = tmp_path / "lt"
+    root.mkdir()
+    srv = make_server(root, str(root), "--port", "0", "--bind", "127.0.0.1", "--workers", "1",
+                      "-o", "login_timeout=2", "-o", "idle_session_timeout=60")
+    with socket.create_connection((srv.host, srv.port), timeout=TIMEOUT) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        started = time.monotonic()
+        closed_with = b""
+        while time.monotonic() - started < 8:
+            try:
+                s.sendall(b"NOOP\r\n")
+            except OSError:
+                break
+            line = f.readline()
+            if not line.startswith(b"200"):
+                closed_with = line
+                break
+            time.sleep(0.4)
+        took = time.monotonic() - started
+    assert closed_with.startswith(b"421") and 1.5 < took < 6, (closed_with, took)

@@ -202,7 +202,7 @@ def test_every_tsv_row_is_in_the_table(row):
 def test_table_order_and_count():
     vsftpd = [n for n, t in TUNABLES.items() if t.origin == "vsftpd"]
     assert vsftpd == [row.split(" ")[0] for row in _ROWS]
-    assert len(TUNABLES) == len(_ROWS) + 15
+    assert len(TUNABLES) == len(_ROWS) + 16
 
 
 def test_names_unique_and_keys_match():
@@ -224,6 +224,7 @@ def test_names_unique_and_keys_match():
     ("control_line_max", Kind.INT, 4096),
     ("implicit_ssl_port", Kind.INT, 0),
     ("user_max_rate", Kind.INT, 0),
+    ("login_timeout", Kind.INT, 60),
     ("ban_threshold", Kind.INT, 10),
     ("ban_seconds", Kind.INT, 600),
     ("ban_window", Kind.INT, 600),

@@ -135,6 +135,7 @@ class ControlConnection:
         self.events = ctx.events
         self.sid = ctx.session_id()
         self.end_reason = "client closed"
+        self.login_deadline = asyncio.get_event_loop().time() + float(self.cfg.login_timeout or 60)
 
     @property
     def user(self) -> str:
@@ -188,12 +189,14 @@ class ControlConnection:
         if self.transfer_task is None or self.transfer_task.done():
             timeout = self.session.idle_timeout or None
             if not self.session.logged_in:
-                timeout = min(timeout or 300, 300)  # login must happen soon
+                # login_timeout counts from the connection, whatever is sent meanwhile
+                left = self.login_deadline - asyncio.get_running_loop().time()
+                timeout = max(0.0, min(timeout or left, left))
         try:
             async with asyncio.timeout(timeout):  # no extra task per line, unlike wait_for
                 return await self._read_bounded_line()
         except asyncio.TimeoutError:
-            self.end_reason = "idle timeout"
+            self.end_reason = "idle timeout" if self.session.logged_in else "login timeout"
             await self._write_safely(b"421 Timeout.\r\n")
             return None
 

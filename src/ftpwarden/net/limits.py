@@ -7,12 +7,13 @@ a collision can only make the limit stricter, never looser).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import struct
 import time
 import zlib
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 __all__ = ["SessionLimits", "AccountRates"]
 
@@ -38,7 +39,7 @@ class SessionLimits:
 
     def forget(self, row: int) -> None:
         """The worker of `row` is gone: its sessions are gone with it."""
-        with self._lock:
+        with _held(self._lock):
             start = row * (_BUCKETS + 1) * _SLOT.size
             self._mem[start:start + (_BUCKETS + 1) * _SLOT.size] = bytes((_BUCKETS + 1) * _SLOT.size)
 
@@ -59,7 +60,7 @@ class SessionLimits:
     def enter(self, ip: str) -> str | None:
         """Count a new session; return the 421 text when it is over a limit."""
         b = self._bucket(ip)
-        with self._lock:
+        with _held(self._lock):
             if self.max_clients and self._get(0) >= self.max_clients:
                 return "There are too many connected users, please try later."
             if self.max_per_ip and self._get(b) >= self.max_per_ip:
@@ -69,7 +70,7 @@ class SessionLimits:
         return None
 
     def leave(self, ip: str) -> None:
-        with self._lock:
+        with _held(self._lock):
             self._add(0, -1)
             self._add(self._bucket(ip), -1)
 
@@ -89,16 +90,43 @@ class AccountRates:
         self._mem = mmap.mmap(-1, _RATE_SLOT.size * _BUCKETS)
         self._lock = multiprocessing.Lock()
 
+    def detach(self) -> None:
+        """A process that moves no user's bytes (pre-login worker, TLS helper) drops the table."""
+        self._mem.close()
+
     def reserve_for(self, account: str) -> Callable[[int], float]:
         """A function booking n bytes on the account's bucket; it returns the wait in seconds."""
-        key = zlib.crc32(account.encode("utf-8", "surrogateescape"))
-        offset = (key % _BUCKETS) * _RATE_SLOT.size
+        key = zlib.crc32(account.encode("utf-8", "surrogateescape")) or 1
 
         def reserve(n: int) -> float:
             now = time.monotonic()
-            with self._lock:
+            with _held(self._lock):
+                offset = self._slot(key, now)
                 _, booked = _RATE_SLOT.unpack_from(self._mem, offset)
                 start = max(now, booked)
                 _RATE_SLOT.pack_into(self._mem, offset, key, start + n / self.rate)
             return start + n / self.rate - now
         return reserve
+
+    def _slot(self, key: int, now: float) -> int:
+        """The account's slot: its own, or a free or expired one (probing), so two
+        accounts never share a budget while both are busy."""
+        first = key % _BUCKETS
+        for i in range(16):
+            offset = ((first + i) % _BUCKETS) * _RATE_SLOT.size
+            owner, booked = _RATE_SLOT.unpack_from(self._mem, offset)
+            if owner in (key, 0) or booked < now:
+                return offset
+        return first * _RATE_SLOT.size  # all 16 busy: share (stricter, never looser)
+
+
+@contextlib.contextmanager
+def _held(lock: Any) -> Iterator[None]:
+    """The shared lock, but never a wait without end: if a process died holding
+    it, counting goes on without it (fail open) rather than freeze every session."""
+    got = lock.acquire(timeout=1.0)
+    try:
+        yield
+    finally:
+        if got:
+            lock.release()

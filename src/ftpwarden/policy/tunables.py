@@ -382,6 +382,8 @@ _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
         ("mlsd_enable", _B, True, "Offer the MLST and MLSD commands (RFC 3659)."),
         ("control_line_max", _I, 4096,
          "Longest control line accepted, in bytes; a longer line is refused."),
+        ("login_timeout", _I, 60,
+         "Seconds from connecting to a successful login; then 421 and close, whatever was sent."),
         ("user_max_rate", _I, 0,
          "Bytes/second for all sessions of one account together, across processes (0 = unlimited)."),
         ("implicit_ssl_port", _I, 0,

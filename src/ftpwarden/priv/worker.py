@@ -119,6 +119,13 @@ def _detach_bans(site: Site) -> None:
         site.bans = None
 
 
+def _detach_rates(site: Site) -> None:
+    """Only the post-login worker books bytes on the shared account budgets."""
+    if site.account_rates is not None:
+        site.account_rates.detach()
+        site.account_rates = None
+
+
 def _prepare() -> None:
     set_parent_death_signal()
     time.tzset()
@@ -129,6 +136,7 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     cfg = site.cfg
     _prepare()
     _detach_bans(site)
+    _detach_rates(site)
     nobody = pwd.getpwnam(cfg.nopriv_user or "nobody")
     helper: list[Any] = []  # (plaintext end, request channel) once this process is the TLS helper
 
