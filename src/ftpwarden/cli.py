@@ -223,6 +223,9 @@ def _serve(args: argparse.Namespace) -> int:
         return _serve_isolated(args, cfg)
     if not quick and not cfg.listen and not cfg.listen_ipv6:
         raise StartupError(f"{args.config}: listen=NO (inetd mode) needs isolated mode: start as root without pooled=YES")
+    if cfg.local_enable and "local_enable" in cfg.explicit:
+        print("warning: local_enable: system users log in only in isolated mode (started as root "
+              "without pooled=YES); pooled mode serves anonymous and user_db_file users", file=sys.stderr)
     if os.geteuid() == 0 and quick:
         print("warning: quick mode as root runs pooled mode as root; prefer a normal user, "
               "or a config file for isolated mode", file=sys.stderr)
