@@ -94,6 +94,10 @@ class ServerContext:
 class ControlConnection:
     """Drives one Session over an asyncio stream pair."""
 
+    __slots__ = ("ctx", "cfg", "reader", "writer", "local_ip", "remote_ip", "session", "data", "jail",
+                 "start_account", "detached", "transfer_task", "transfer_progress", "closing", "events",
+                 "sid", "end_reason", "login_deadline")
+
     def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  *, account: Any = None, pending: bytes = b"", tls_state: str = "",
                  addresses: tuple[str, str] | None = None) -> None:

@@ -29,6 +29,8 @@ class DataRefused(Exception):
 class DataChannel:
     """The data side of one control connection: at most one listener or target."""
 
+    __slots__ = ("cfg", "broker", "local_ip", "remote_ip", "listener")
+
     def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str, broker: Any = None) -> None:
         self.cfg = cfg
         self.broker = broker  # isolated mode: the monitor makes active-mode sockets

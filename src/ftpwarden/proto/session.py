@@ -52,6 +52,13 @@ def _matches(patterns: tuple[str, ...], vpath: str) -> bool:
 class Session:
     """State of one control connection.  `cfg` is read by attribute only."""
 
+    # slots: a pooled server holds thousands of these
+    __slots__ = ("cfg", "name_of", "refuse_user", "local_ip", "remote_ip", "banner", "_deny", "_hide",
+                 "_allowed", "_denied", "idle_timeout", "tls", "account", "pending_user", "login_fails",
+                 "cwd", "ascii", "rest", "rename_from", "data_kind", "port_target", "epsv_all",
+                 "hash_algorithm", "mlst_facts", "umask", "transferring", "errors", "closed", "pbsz",
+                 "prot_private")
+
     def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str, banner: str | None = None,
                  names: Callable[[int, bool], str] | None = None,
                  refuse_user: Callable[[str], bool] | None = None) -> None:
