@@ -9,9 +9,11 @@ keeps replies, logs and permission checks about one spelling per file.
 
 from __future__ import annotations
 
+import fnmatch
+
 from .errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["MAX_PATH", "resolve", "parent", "basename", "to_relative", "quote_pwd"]
+__all__ = ["MAX_PATH", "resolve", "parent", "basename", "to_relative", "quote_pwd", "name_patterns", "matches_any"]
 
 MAX_PATH = 4096  # Linux PATH_MAX; vsftpd caps a command line at 4 KiB too
 _BAD_FILE_NAME = 553
@@ -63,3 +65,15 @@ def to_relative(vpath: str) -> str:
 def quote_pwd(vpath: str) -> str:
     """RFC 959 appendix II: the 257 path is quoted, inner quotes doubled."""
     return '"' + vpath.replace('"', '""') + '"'
+
+
+def name_patterns(value: str | None) -> tuple[str, ...]:
+    """vsftpd's deny_file/hide_file syntax: `{*.mp3,*.mov,.private}`."""
+    if not value:
+        return ()
+    return tuple(p for p in value.strip().strip("{}").split(",") if p)
+
+
+def matches_any(patterns: tuple[str, ...], vpath: str) -> bool:
+    """Does any component of `vpath` match any of the patterns?"""
+    return any(fnmatch.fnmatchcase(part, p) for part in vpath.split("/") if part for p in patterns)
