@@ -25,6 +25,8 @@ import time
 import zlib
 from typing import Any, Callable
 
+from .limits import held_lock
+
 __all__ = ["BanList"]
 
 _SLOTS = 4096
@@ -68,7 +70,7 @@ class BanList:
         if key is None or self.threshold <= 0 or self._mem is None:
             return False
         now = self.clock()
-        with _Held(self._lock) as held:
+        with held_lock(self._lock, _LOCK_WAIT) as held:
             if not held:
                 return False  # a dead holder: count nothing rather than stall the server
             i, slot = self._find(key, now, create=True)
@@ -91,7 +93,7 @@ class BanList:
         if key is None or self.threshold <= 0 or self._mem is None:
             return False
         now = self.clock()
-        with _Held(self._lock) as held:
+        with held_lock(self._lock, _LOCK_WAIT) as held:
             if not held:
                 return False
             found = self._find(key, now, create=False)
@@ -146,19 +148,3 @@ class BanList:
             assert best is not None
             i = best[1]
         return i, (True, key, 0, 0.0, 0.0)
-
-
-class _Held:
-    """`with _Held(lock) as held`: the lock, waited for at most _LOCK_WAIT seconds."""
-
-    def __init__(self, lock: Any) -> None:
-        self.lock = lock
-        self.held = False
-
-    def __enter__(self) -> bool:
-        self.held = self.lock is not None and self.lock.acquire(timeout=_LOCK_WAIT)
-        return self.held
-
-    def __exit__(self, *exc: object) -> None:
-        if self.held and self.lock is not None:
-            self.lock.release()

@@ -15,7 +15,7 @@ import time
 import zlib
 from typing import Any, Callable, Iterator
 
-__all__ = ["SessionLimits", "AccountRates"]
+__all__ = ["SessionLimits", "AccountRates", "held_lock"]
 
 _BUCKETS = 4096
 _SLOT = struct.Struct("=q")
@@ -39,7 +39,7 @@ class SessionLimits:
 
     def forget(self, row: int) -> None:
         """The worker of `row` is gone: its sessions are gone with it."""
-        with _held(self._lock):
+        with held_lock(self._lock):
             start = row * (_BUCKETS + 1) * _SLOT.size
             self._mem[start:start + (_BUCKETS + 1) * _SLOT.size] = bytes((_BUCKETS + 1) * _SLOT.size)
 
@@ -60,7 +60,7 @@ class SessionLimits:
     def enter(self, ip: str) -> str | None:
         """Count a new session; return the 421 text when it is over a limit."""
         b = self._bucket(ip)
-        with _held(self._lock):
+        with held_lock(self._lock):
             if self.max_clients and self._get(0) >= self.max_clients:
                 return "There are too many connected users, please try later."
             if self.max_per_ip and self._get(b) >= self.max_per_ip:
@@ -70,7 +70,7 @@ class SessionLimits:
         return None
 
     def leave(self, ip: str) -> None:
-        with _held(self._lock):
+        with held_lock(self._lock):
             self._add(0, -1)
             self._add(self._bucket(ip), -1)
 
@@ -100,7 +100,7 @@ class AccountRates:
 
         def reserve(n: int) -> float:
             now = time.monotonic()
-            with _held(self._lock):
+            with held_lock(self._lock):
                 offset = self._slot(key, now)
                 _, booked = _RATE_SLOT.unpack_from(self._mem, offset)
                 start = max(now, booked)
@@ -121,12 +121,13 @@ class AccountRates:
 
 
 @contextlib.contextmanager
-def _held(lock: Any) -> Iterator[None]:
-    """The shared lock, but never a wait without end: if a process died holding
-    it, counting goes on without it (fail open) rather than freeze every session."""
-    got = lock.acquire(timeout=1.0)
+def held_lock(lock: Any, wait: float = 1.0) -> Iterator[bool]:
+    """`with held_lock(lock) as got`: the shared lock, but never a wait without end.
+    If a process died holding it, `got` is False and the caller goes on without
+    it (fail open) rather than freeze every session."""
+    got = lock is not None and lock.acquire(timeout=wait)
     try:
-        yield
+        yield got
     finally:
         if got:
             lock.release()
