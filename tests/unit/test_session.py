@@ -312,3 +312,10 @@ def test_ftps_command_sequence():
 
 def test_auth_without_tls_configured():
     assert codes(new().feed(b"AUTH TLS")) == [502]
+
+
+def test_mlsd_of_a_file_is_501():
+    s = logged_in()
+    s.complete(s.feed(b"PASV")[0], ("127.0.0.1", 50000))
+    (ls,) = s.feed(b"MLSD f")
+    assert codes(s.complete(ls, A.TransferDone("local_error", error=NotADirectoryError(20, "x")))) == [501]

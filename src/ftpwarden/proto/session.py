@@ -10,6 +10,7 @@ what each verb then does is in `verbs.py`.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import stat as stat_mod
 from typing import Any, Callable, Iterable
 
@@ -298,6 +299,8 @@ class Session(VerbHandlers):
         if done.status == "connection_lost":
             return [Reply(Code.TRANSFER_ABORTED, "Connection closed; transfer aborted.")]
         if done.error is not None:
+            if isinstance(action, SendListing) and action.kind == "MLSD" and done.error.errno == errno.ENOTDIR:
+                return [Reply(Code.ARGUMENT_ERROR, "MLSD needs a directory; use MLST for a file.")]  # RFC 3659 7.2
             reply = reply_for_oserror(done.error)
             if isinstance(action, SendListing) and reply.code == Code.FILE_UNAVAILABLE:
                 return [reply]
