@@ -194,7 +194,11 @@ def test_curl_ssl_reqd_up_and_down(tls_server, tmp_path):
 @pytest.mark.skipif(not shutil.which("lftp"), reason="scripts/test-setup installs lftp")
 def test_lftp_with_ssl_forced(tls_server, tmp_path):
     srv = tls_server()
+    # Like curl (see above), lftp can close a TLS 1.3 upload without reading the
+    # server's session ticket, and the reset destroys the file's tail now and then
+    # (seen twice in ~25 runs, as 426 + "max-retries exceeded").  TLS 1.2 avoids it.
     script = (f"set ssl:verify-certificate no; set ftp:ssl-force yes; set ftp:ssl-protect-data yes; "
+              f"set ssl:priority NORMAL:-VERS-TLS1.3; "
               f"set net:max-retries 1; set net:timeout 10; set cmd:fail-exit yes; "
               f"get /blob.bin -o {tmp_path / 'l.bin'}; put {tmp_path / 'l.bin'} -o /back.bin; bye")
     r = subprocess.run(["lftp", "-u", "alice,secret", "-p", str(srv.port), "-e", script, srv.host],

@@ -40,7 +40,7 @@ SYSLOG = re.compile(r"^<(?P<pri>\d+)>(?P<stamp>\w{3} [ \d]\d \d\d:\d\d:\d\d) (?P
 
 def record(**kw) -> TransferRecord:
     base = dict(session="1.1", remote_ip="192.0.2.7", user="ftp", user_class="anonymous",
-                anon_password="me@example.org", path="/pub/file.txt", real_path="/srv/pub/file.txt",
+                anon_password="me@example.org", path="/pub/file.txt",
                 direction="o", ascii=False, size=12345, seconds=2.4, complete=True,
                 started_at=NOW - 2.4)
     base.update(kw)

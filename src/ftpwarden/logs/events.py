@@ -22,7 +22,6 @@ class TransferRecord:
     user_class: str       # "real", "guest" or "anonymous"
     anon_password: str    # what an anonymous user gave as password (their e-mail), else ""
     path: str             # virtual path inside the user's root
-    real_path: str        # the path on the server's filesystem
     direction: str        # "o" download, "i" upload
     ascii: bool
     size: int             # bytes actually moved

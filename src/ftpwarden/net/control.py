@@ -524,12 +524,10 @@ class ControlConnection:
         path = action.path
         if isinstance(action, ReceiveFile) and action.unique and name:
             path = paths.resolve(paths.parent(action.path), name)
-        root = self.jail.root if self.jail is not None else ""
         self.events.transfer(TransferRecord(
             session=self.sid, remote_ip=self.remote_ip, user=self.user,
             user_class=account.user_class.value if account is not None else "",
             anon_password=getattr(account, "anon_password", ""), path=path,
-            real_path=os.path.join(root, path.lstrip("/")) if root else path,
             direction="o" if isinstance(action, SendFile) else "i", ascii=action.ascii,
             size=done.size, seconds=time.time() - started, complete=done.status == "ok",
             started_at=started))

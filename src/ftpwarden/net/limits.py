@@ -74,9 +74,6 @@ class SessionLimits:
             self._add(0, -1)
             self._add(self._bucket(ip), -1)
 
-    def active(self) -> int:
-        return self._get(0)
-
 
 _RATE_SLOT = struct.Struct("=Id")  # account-name hash, time the account's bucket is booked until
 

@@ -22,6 +22,7 @@ class Arg(enum.Enum):
     REQUIRED = "required"  # free text, must be present
     PATH = "path"          # a path, must be present
     PATH_OPTIONAL = "path?"  # a path or nothing (defaults to the cwd)
+    LIST_PATH = "ls"       # ls flags ("-la"), then an optional path (LIST, NLST, STAT)
 
 
 class Perm(enum.Enum):
@@ -86,8 +87,8 @@ COMMANDS: dict[str, Spec] = {
     "XMKD": _L(arg=Arg.PATH, perm=Perm.MKDIR, doc="XMKD <dir>"),
     "PWD": _L(doc="PWD"),
     "XPWD": _L(doc="XPWD"),
-    "LIST": _L(arg=Arg.PATH_OPTIONAL, perm=Perm.LIST, doc="LIST [-a] [path]"),
-    "NLST": _L(arg=Arg.PATH_OPTIONAL, perm=Perm.LIST, doc="NLST [path]"),
+    "LIST": _L(arg=Arg.LIST_PATH, perm=Perm.LIST, doc="LIST [-a] [path]"),
+    "NLST": _L(arg=Arg.LIST_PATH, perm=Perm.LIST, doc="NLST [path]"),
     "SITE": _L(arg=Arg.REQUIRED, doc="SITE CHMOD|UMASK|IDLE|HELP"),
     "SYST": _L(login=False, doc="SYST"),
     "STAT": _L(login=False, arg=Arg.OPTIONAL, during_transfer=True, doc="STAT [path]"),

@@ -38,7 +38,7 @@ class Session(VerbHandlers):
     __slots__ = ("cfg", "name_of", "refuse_user", "local_ip", "remote_ip", "banner", "_deny", "_hide",
                  "_allowed", "_denied", "idle_timeout", "tls", "account", "pending_user", "login_fails",
                  "cwd", "ascii", "rest", "rename_from", "data_kind", "port_target", "epsv_all",
-                 "hash_algorithm", "mlst_facts", "umask", "transferring", "errors", "closed", "pbsz",
+                 "hash_algorithm", "mlst_facts", "umask", "transferring", "errors", "pbsz",
                  "prot_private")
 
     def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str, banner: str | None = None,
@@ -78,7 +78,6 @@ class Session(VerbHandlers):
         self.umask = 0o077
         self.transferring: Transfer | None = None
         self.errors = 0
-        self.closed = False
         self.pbsz = False
         self.prot_private = False
 
@@ -108,8 +107,7 @@ class Session(VerbHandlers):
         except RemoteProtocolError as e:
             return self._error(Reply(e.code, e.text, close=e.close))
         if cmd.verb in HTTP_VERBS:
-            self.closed = True
-            return [Reply(Code.SYNTAX_ERROR, "HTTP protocol commands not allowed.", close=True)]
+                return [Reply(Code.SYNTAX_ERROR, "HTTP protocol commands not allowed.", close=True)]
         try:
             events = self._dispatch(cmd)
         except RemoteProtocolError as e:
@@ -122,8 +120,7 @@ class Session(VerbHandlers):
     def _error(self, reply: Reply) -> list[Event]:
         self.errors += 1
         if self.errors >= MAX_ERRORS:
-            self.closed = True
-            return [Reply(Code.SYNTAX_ERROR, "Too many errors.", close=True)]
+                return [Reply(Code.SYNTAX_ERROR, "Too many errors.", close=True)]
         return [reply]
 
     # ------------------------------------------------------------------ the one gate
@@ -137,7 +134,9 @@ class Session(VerbHandlers):
         if spec.arg in (Arg.REQUIRED, Arg.PATH) and not arg:
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, f"{verb} needs an argument.")
         vpath = None
-        if spec.arg in (Arg.PATH, Arg.PATH_OPTIONAL):
+        if spec.arg is Arg.LIST_PATH:
+            _flags, arg = listing.parse_list_args(arg)
+        if spec.arg in (Arg.PATH, Arg.PATH_OPTIONAL, Arg.LIST_PATH):
             vpath = paths.resolve(self.cwd, arg) if arg else self.cwd
             if self._deny and matches_any(self._deny, vpath):
                 raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
@@ -179,14 +178,12 @@ class Session(VerbHandlers):
 
     def _done_authenticate(self, action: Authenticate, account: Any) -> list[Event]:
         if isinstance(account, OSError):  # the user's root cannot be opened
-            self.closed = True
-            return [Reply(Code.UNAVAILABLE, "Cannot change to the home directory.", close=True)]
+                return [Reply(Code.UNAVAILABLE, "Cannot change to the home directory.", close=True)]
         if account is None:
             self.login_fails += 1
             self.pending_user = None
             if self.login_fails >= max(1, int(getattr(self.cfg, "max_login_fails", 3) or 3)):
-                self.closed = True
-                return [Reply(Code.NOT_LOGGED_IN, "Login incorrect.", close=True)]
+                        return [Reply(Code.NOT_LOGGED_IN, "Login incorrect.", close=True)]
             return [Reply(Code.NOT_LOGGED_IN, "Login incorrect.")]
         self.account = account
         self.pending_user = None
@@ -373,8 +370,6 @@ class Session(VerbHandlers):
         cls = getattr(self.account, "user_class", None)
         return getattr(cls, "value", cls) == "anonymous"
 
-    def hidden(self, name: str) -> bool:
-        return bool(self._hide) and matches_any(self._hide, name)
 
 
 _HANDLER = {"XCWD": "CWD", "XCUP": "CDUP", "XMKD": "MKD", "XRMD": "RMD", "XPWD": "PWD"}

@@ -17,7 +17,6 @@ from .actions import (
 )
 from .commands import COMMANDS, Arg, Perm, Spec
 from .errors import FtpError, RemoteProtocolError
-from .paths import matches_any
 from .replies import Code, Reply
 
 __all__ = ["VerbHandlers", "HASH_ALGORITHMS", "ANONYMOUS_NAMES", "SITE_COMMANDS"]
@@ -95,7 +94,6 @@ class VerbHandlers:
         return [ResetSession(), Reply(Code.READY, "Service ready for new user.")]
 
     def _quit(self, arg: str, _p: str | None) -> list[Event]:
-        self.closed = True
         return [Reply(Code.CLOSING, "Goodbye.", close=True)]
 
     def _smnt(self, arg: str, _p: str | None) -> list[Event]:
@@ -274,29 +272,24 @@ class VerbHandlers:
         return self._store(vpath or "/", append=True)
 
     def _stou(self, arg: str, _p: str | None) -> list[Event]:
-        base = paths.resolve(self.cwd, arg) if arg else paths.resolve(self.cwd, "STOU")
-        if self._deny and matches_any(self._deny, base):
-            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
-        return self._store(base, unique=True)
+        # the name to make unique is the argument, or "STOU"; it passes the gate's path step
+        base = self._gate("STOU", Spec(arg=Arg.PATH, perm=Perm.UPLOAD), arg or "STOU")
+        return self._store(base or "/", unique=True)
 
-    def _list(self, arg: str, _p: str | None) -> list[Event]:
-        return self._listing("LIST", arg)
+    def _list(self, arg: str, vpath: str | None) -> list[Event]:
+        return self._listing("LIST", arg, vpath)
 
-    def _nlst(self, arg: str, _p: str | None) -> list[Event]:
-        return self._listing("NLST", arg)
+    def _nlst(self, arg: str, vpath: str | None) -> list[Event]:
+        return self._listing("NLST", arg, vpath)
 
     def _mlsd(self, arg: str, vpath: str | None) -> list[Event]:
         return self._start_transfer(SendListing("MLSD", vpath or self.cwd, show_hidden=True))
 
-    def _listing(self, kind: str, arg: str) -> list[Event]:
-        flags, rest = listing.parse_list_args(arg)
-        vpath = paths.resolve(self.cwd, rest) if rest else self.cwd
-        if self._deny and matches_any(self._deny, vpath):
-            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
-        if not getattr(self.cfg, "dirlist_enable", True):
-            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+    def _listing(self, kind: str, arg: str, vpath: str | None) -> list[Event]:
+        flags, rest = listing.parse_list_args(arg)  # the gate resolved `rest` into vpath
         show_hidden = "a" in flags or "A" in flags
-        return self._start_transfer(SendListing(kind, vpath, show_hidden=show_hidden, explicit_path=bool(rest)))
+        return self._start_transfer(SendListing(kind, vpath or self.cwd, show_hidden=show_hidden,
+                                                explicit_path=bool(rest)))
 
     def _abor(self, arg: str, _p: str | None) -> list[Event]:
         # With a transfer running, the I/O layer cancels it, sends its 426 and then
@@ -344,13 +337,11 @@ class VerbHandlers:
         return self._set_mtime(stamp, rest)
 
     def _set_mtime(self, stamp: str, arg: str) -> list[Event]:
-        if not self.may(Perm.SET_MTIME):
-            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        vpath = self._gate("MFMT", Spec(arg=Arg.PATH, perm=Perm.SET_MTIME), arg)
         try:
             mtime = listing.parse_mfmt_time(stamp)
         except ValueError:
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad time value.") from None
-        vpath = self._gate("MFMT", Spec(arg=Arg.PATH), arg)
         return [FsChange("utime", vpath or "/", mtime=mtime, verb="MFMT")]
 
     def _hash(self, arg: str, vpath: str | None) -> list[Event]:
@@ -432,11 +423,7 @@ class VerbHandlers:
             return [Reply(Code.SYSTEM_STATUS, "FTP server status:", tuple(lines))]
         if self.transferring is not None:
             return [Reply(Code.BAD_SEQUENCE, "STAT path not allowed during a transfer.")]
-        spec = Spec(arg=Arg.PATH, perm=Perm.LIST)
-        flags, rest = listing.parse_list_args(arg)
-        vpath = self._gate("STAT", spec, rest or ".")
-        if not getattr(self.cfg, "dirlist_enable", True):
-            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+        vpath = self._gate("STAT", Spec(login=True, arg=Arg.LIST_PATH, perm=Perm.LIST), arg)
         return [ControlListing("STAT", vpath or self.cwd)]
 
     # ------------------------------------------------------------------ SITE
