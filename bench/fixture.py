@@ -49,6 +49,7 @@ class Sizes:
     concurrent: int = 200       # concurrent
     concurrent_seconds: float = 8.0
     idle_sessions: int = 1000   # idle_sessions
+    failed_logins: int = 200    # failed_logins (parallel clients, each one wrong PASS)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from fixture import REPO, Fixture, Sizes  # noqa: E402
 from servers import ALL_SERVERS, VSFTPD, PortPlan, Server, Unavailable, server_version, start_server  # noqa: E402
 from workloads import WORKLOADS, Ctx, Sample  # noqa: E402
 
-QUICK = dict(big=64 << 20, small_files=200, list_entries=1000, idle_sessions=50, concurrent=20,
+QUICK = dict(big=64 << 20, small_files=200, list_entries=1000, idle_sessions=50, concurrent=20, failed_logins=50,
              login_seconds=1.0, concurrent_seconds=1.5)
 
 
@@ -65,6 +65,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--list-entries", type=int, help="list_big directory size (default 10000)")
     p.add_argument("--idle-sessions", type=int, help="idle_sessions count (default 1000)")
     p.add_argument("--concurrent", type=int, help="concurrent clients (default 200)")
+    p.add_argument("--failed-logins", type=int, help="failed_logins parallel clients (default 200)")
     p.add_argument("--login-seconds", type=float, help="login_rate duration per sample (default 5)")
     p.add_argument("--concurrent-seconds", type=float, help="concurrent duration per sample (default 8)")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run in under a minute")
@@ -97,7 +98,7 @@ def _servers(spec: str) -> list[str]:
 
 def _sizes(args: argparse.Namespace) -> Sizes:
     base = Sizes(**QUICK) if args.quick else Sizes()
-    for field in ("small_files", "list_entries", "idle_sessions", "concurrent", "login_seconds",
+    for field in ("small_files", "list_entries", "idle_sessions", "concurrent", "failed_logins", "login_seconds",
                   "concurrent_seconds"):
         if getattr(args, field) is not None:
             setattr(base, field, getattr(args, field))
@@ -109,7 +110,7 @@ def _sizes(args: argparse.Namespace) -> Sizes:
 def _sizes_text(s: Sizes) -> str:
     return (f"big {s.big / 2**20:.0f} MiB, {s.small_files} small files, {s.list_entries} list entries, "
             f"{s.login_clients} login clients x {s.login_seconds:g}s, {s.concurrent} concurrent x "
-            f"{s.concurrent_seconds:g}s, {s.idle_sessions} idle sessions")
+            f"{s.concurrent_seconds:g}s, {s.idle_sessions} idle sessions, {s.failed_logins} failed logins")
 
 
 def _meta(args: argparse.Namespace, sizes: Sizes, repeat: int) -> dict:

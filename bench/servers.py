@@ -156,6 +156,28 @@ class Server:
             pss, uss, procs = pss + p, uss + u, procs + 1
         return {"pss_kib": pss, "uss_kib": uss, "procs": procs}
 
+    def root_rss_kib(self, uss: bool = False) -> int:
+        """RSS summed over the tree's live processes running as root (uid 0): what
+        unauthenticated clients can make privileged processes hold. Shared pages count
+        in every process, as RSS does; read from /proc/PID/statm, fast enough to sample.
+        `uss`: the private memory (USS, from smaps_rollup) instead: slower, exact."""
+        total = 0
+        table = proc_table()
+        for pid in descendants(self.proc.pid, table):
+            if table[pid][1] == "Z":
+                continue
+            try:
+                if os.stat(f"/proc/{pid}").st_uid != 0:
+                    continue
+                if uss:
+                    total += _smaps_rollup(pid)[1]
+                    continue
+                with open(f"/proc/{pid}/statm", "rb") as f:
+                    total += int(f.read().split()[1]) * _PAGE_KIB
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
     def nprocs(self) -> int:
         table = proc_table()
         return sum(1 for pid in descendants(self.proc.pid, table) if table[pid][1] != "Z")

@@ -404,6 +404,104 @@ def idle_sessions(server: Server, ctx: Ctx) -> Sample:
     return s
 
 
+# -- unauthenticated clients' cost --------------------------------------------------------------
+def failed_logins(server: Server, ctx: Ctx) -> Sample:
+    """N clients connect, then all send USER + a wrong PASS at once; the root processes'
+    RSS is sampled throughout (a fresh server per sample: its ban table starts empty).
+    The clients keep their connections open until every 530 has come and the memory
+    kept after the checks has been read."""
+    import socket
+
+    n = ctx.fx.sizes.failed_logins
+    base_procs = server.nprocs()
+    base = server.memory()
+    conns: list[socket.socket] = []
+    errors: list[str] = []
+    try:
+        deadline = time.monotonic() + LOOP_LIMIT
+        for _ in range(n):  # one by one: the banner must come before the next connect
+            s = socket.create_connection((HOST, server.port), timeout=60)
+            conns.append(s)
+            if not _read_reply(s).startswith(b"220"):
+                raise FtpError("no 220 banner")
+            if time.monotonic() > deadline:
+                raise FtpError(f"only {len(conns)} of {n} connected in {LOOP_LIMIT:.0f}s")
+        time.sleep(0.5)
+        connected, connected_uss = server.root_rss_kib(), server.root_rss_kib(uss=True)
+        waiting = server.memory()  # every process of the tree: the pre-login cost per connection
+        peak = [connected]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], server.root_rss_kib())
+                done.wait(0.05)
+
+        answers: list[float] = []
+        go = threading.Barrier(n + 1, timeout=120)
+
+        def client(s: socket.socket) -> None:
+            try:
+                go.wait()
+                t = time.perf_counter()
+                s.sendall(f"USER {USER}\r\n".encode())
+                if _read_reply(s).startswith(b"331"):
+                    s.sendall(f"PASS wrong-{PASSWORD}\r\n".encode())
+                    reply = _read_reply(s)
+                    if reply.startswith(b"530"):
+                        answers.append(time.perf_counter() - t)
+                        return
+                    raise FtpError(f"PASS answered {reply[:60]!r}")
+                raise FtpError("USER not answered 331")
+            except (OSError, FtpError, threading.BrokenBarrierError) as e:
+                if len(errors) < 3:
+                    errors.append(f"{type(e).__name__}: {e}")
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        threads = [threading.Thread(target=client, args=(s,), daemon=True) for s in conns]
+        sampler.start()
+        for t in threads:
+            t.start()
+        go.wait()
+        for t in threads:
+            t.join(LOOP_LIMIT)
+        done.set()
+        sampler.join(10)
+        time.sleep(0.5)
+        after, after_uss = server.root_rss_kib(), server.root_rss_kib(uss=True)
+    finally:
+        for s in conns:
+            s.close()
+    _wait_procs(server, base_procs, 20)
+    mib = 1024.0
+    out = Sample({"answered": len(answers), "rss_connected_mib": connected / mib, "rss_peak_mib": peak[0] / mib,
+                  "checks_mib": (peak[0] - connected) / mib, "rss_after_mib": after / mib,
+                  "uss_connected_mib": connected_uss / mib, "uss_after_mib": after_uss / mib,
+                  "prelogin_pss_kib": (waiting["pss_kib"] - base["pss_kib"]) / n,
+                  "prelogin_procs": (waiting["procs"] - base["procs"]) / n}, {"answered": n})
+    if answers:
+        out.metrics["answer_max_s"] = max(answers)
+    if errors:
+        out.notes.append(f"{n - len(answers)} clients got no 530: {errors[0]}")
+    return out
+
+
+def _read_reply(s) -> bytes:
+    """One reply (all its lines), read a byte at a time: nothing of the next is consumed."""
+    text, line = b"", b""
+    while len(text) < 65536:
+        ch = s.recv(1)
+        if not ch:
+            raise FtpError("connection closed")
+        line += ch
+        if ch == b"\n":
+            text += line
+            if line[:3].isdigit() and line[3:4] == b" ":
+                return text
+            line = b""
+    raise FtpError("reply too long")
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -422,6 +520,7 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in [
     Workload("login_rate", login_rate, about="connect+USER+PASS+QUIT, 16 clients at once"),
     Workload("concurrent", concurrent, about="N clients each downloading a 10 MiB file in a loop"),
     Workload("idle_sessions", idle_sessions, fresh=True, about="N logged-in idle sessions"),
+    Workload("failed_logins", failed_logins, fresh=True, about="N parallel failed logins: root processes' RSS"),
     Workload("retr_big_tls", retr_big, tls=True, about="retr_big over TLS (AUTH TLS, PROT P)"),
     Workload("stor_big_tls", stor_big, tls=True, about="stor_big over TLS"),
 ]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pwd
 import socket
 import sys
 from typing import Any, Sequence
@@ -32,13 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", metavar="FILE", help="a vsftpd.conf-style file")
     s.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set one option, after the file (repeatable)")
-    s.add_argument("--port", type=int, help=f"control port (quick mode default {QUICK_PORT})")
+    s.add_argument("--port", help=f"control port, as -o listen_port (quick mode default {QUICK_PORT})")
     s.add_argument("--bind", help="address(es) to listen on, comma separated (quick mode default 127.0.0.1,::1)")
     s.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
                    help="quick mode: add a virtual user with write access to the directory")
     s.add_argument("--write", action="store_true", help="quick mode: let anonymous users upload, make directories, delete")
-    s.add_argument("--workers", type=int, help="worker processes (worker_processes; 0 = one per core)")
-    s.add_argument("-v", "--verbose", action="store_true", help="log sessions to stderr")
+    s.add_argument("--workers", help="pooled mode's processes, as -o worker_processes (0 = one per core)")
+    s.add_argument("-v", "--verbose", action="store_true",
+                   help="log sessions to stderr (connects, logins, transfers, deletes: vsftpd's log lines)")
 
     c = sub.add_parser("check-config", help="validate a config file without starting")
     c.add_argument("file")
@@ -56,34 +56,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "user":
         from .usercmd import main as user_main
         return user_main(argv[1:])
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # usage error (2) or --help/--version (0), already printed
+        return e.code if isinstance(e.code, int) else 2
     try:
         if args.command == "tunables":
-            from .policy.tunables import format_tunables
-            print(format_tunables(args.names or None))
-            return 0
+            return _tunables(args.names)
         if args.command == "check-config":
             return _check_config(args)
         return _serve(args)
     except (ConfigError, StartupError) as e:
-        print(f"ftpwarden: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # a ConfigError may carry several problems
+            print(f"ftpwarden: {line}", file=sys.stderr)
         return 2
 
 
+def _tunables(names: list[str]) -> int:
+    """`ftpwarden tunables [NAME...]`; names match whatever their case."""
+    import difflib
+    from .policy.tunables import TUNABLES, format_tunables
+    lower = {n.lower(): n for n in TUNABLES}
+    unknown = [n for n in names if n.lower() not in lower]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0].lower(), list(lower), n=1, cutoff=0.7)
+        hint = f" (did you mean {lower[close[0]]!r}?)" if close else ""
+        raise StartupError(f"tunables: unknown option {unknown[0]!r}{hint}")
+    print(format_tunables([lower[n.lower()] for n in names] if names else None))
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
+    """serve's own checks (preflight.py), all reported at once; nothing is started."""
     from .policy.config import load_config
+    from .preflight import check_site, isolated_mode
     cfg, warnings = load_config(args.file, args.overrides)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"{args.file}: OK ({len(cfg.explicit)} options set)")
+    isolated = isolated_mode(cfg)
+    report = check_site(cfg, args.file, isolated=isolated)
+    if report.errors:
+        raise ConfigError.several(report.errors)
+    mode = "isolated mode (root, pooled=NO)" if isolated else "pooled mode"
+    print(f"{args.file}: OK ({len(cfg.explicit)} options set; serve would run {mode})")
+    for note in report.notes:
+        print(f"  {note}")
     return 0
+
+
+def _flags(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """serve's flags that are options too, as (what was typed, "name=value")."""
+    def decimal(text: str) -> str:  # a flag is decimal: --port 021 is 21, not octal as in the file
+        return str(int(text, 10)) if text.isascii() and text.isdigit() else text
+
+    flags = []
+    if args.port is not None:
+        flags.append((f"--port {args.port}", f"listen_port={decimal(args.port)}"))
+    if args.workers is not None:
+        flags.append((f"--workers {args.workers}", f"worker_processes={decimal(args.workers)}"))
+    return flags
+
+
+def _check_bind(args: argparse.Namespace, cfg: Any) -> None:
+    """--bind names the addresses; -o listen_address too: both at once must not disagree."""
+    if not args.bind:
+        return
+    for name in ("listen_address", "listen_address6"):
+        where = cfg.where.get(name, "")
+        if where.startswith("-o ") and getattr(cfg, name) != args.bind:
+            raise StartupError(f"--bind {args.bind}: {where} says otherwise; give one of them")
 
 
 def _quick_config(args: argparse.Namespace) -> Any:
     from .policy.config import load_config
     root = os.path.abspath(args.directory or ".")
     if not os.path.isdir(root):
-        raise StartupError(f"{args.directory}: not a directory")
+        raise StartupError(f"{args.directory or root}: not a directory")
     base = [
         f"listen_port={QUICK_PORT}", "anonymous_enable=YES", "no_anon_password=YES",
         f"anon_root={root}", f"local_root={root}", "anon_world_readable_only=NO",
@@ -95,15 +143,20 @@ def _quick_config(args: argparse.Namespace) -> Any:
                  "anon_other_write_enable=YES"]
     elif args.user:
         base += ["write_enable=YES"]
-    cfg, warnings = load_config(None, base + list(args.overrides))
+    cfg, warnings = load_config(None, args.overrides, base=[("quick mode", line) for line in base],
+                                flags=_flags(args))
     return cfg, warnings, root
 
 
 def _addresses(cfg: Any, bind: str | None, quick: bool) -> list[tuple[str, bool | None]]:
     if bind:
         hosts = [h.strip().strip("[]") for h in bind.split(",") if h.strip()]
-    elif quick:
+        if not hosts:
+            raise StartupError(f"--bind {bind!r}: no address given")
+    elif quick and not (cfg.listen_address or cfg.listen_address6):
         hosts = ["127.0.0.1"] + (["::1"] if socket.has_ipv6 and _has_ipv6_loopback() else [])
+    elif quick:  # -o listen_address / listen_address6
+        hosts = [h for h in (cfg.listen_address, cfg.listen_address6) if h]
     elif cfg.listen_ipv6:
         return [(cfg.listen_address6 or "::", None if cfg.listen_address6 else False)]
     else:
@@ -120,28 +173,20 @@ def _has_ipv6_loopback() -> bool:
         return False
 
 
-def _home_of(user: str | None) -> str | None:
-    try:
-        return pwd.getpwnam(user).pw_dir if user else None
-    except KeyError:
-        return None
-
-
-def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str], extra: list[Any] = ()) -> Any:
+def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[tuple[str, str]],
+                   extra: list[Any] = ()) -> Any:
     from .policy.auth.anonymous import AnonymousAuthenticator
     from .policy.auth.base import chain
     from .policy.auth.userfile import MemoryUserAuthenticator, UserFileAuthenticator, UserRecord
     from .policy.passwords import hash_password
+    from .preflight import anon_root_of, user_root_of
 
-    anon_root = cfg.anon_root or quick_root or _home_of(cfg.ftp_username)
-    user_root = cfg.local_root or quick_root or anon_root
+    anon_root = anon_root_of(cfg, quick_root)
+    user_root = user_root_of(cfg, quick_root)
     auths: list[Any] = []
     if quick_users:
         records = {}
-        for spec in quick_users:
-            name, sep, password = spec.partition(":")
-            if not sep or not name or not password:
-                raise StartupError(f"--user {name or spec!r}: expected NAME:PASSWORD")
+        for name, password in quick_users:
             records[name] = UserRecord(name, hash_password(password), None, True, None)
         auths.append(MemoryUserAuthenticator(cfg, records, user_root))
     if cfg.user_db_file:
@@ -158,6 +203,27 @@ def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[str], ext
     return chain(*auths, *extra)
 
 
+def _quick_users(specs: list[str]) -> list[tuple[str, str]]:
+    """--user NAME:PASSWORD values, checked: a valid name, not an anonymous one, given once."""
+    from .policy.auth.anonymous import ANONYMOUS_NAMES
+    from .policy.auth.userfile import valid_user_name
+    users: dict[str, str] = {}
+    for spec in specs:
+        name, sep, password = spec.partition(":")
+        if not sep or not name or not password:
+            raise StartupError(f"--user {name or spec!r}: expected NAME:PASSWORD")
+        if name.lower() in ANONYMOUS_NAMES:
+            raise StartupError(f"--user {name}: {name!r} is reserved: it always logs in as anonymous; "
+                               "pick another name")
+        if not valid_user_name(name):
+            raise StartupError(f"--user {name!r}: use 1-128 of A-Z a-z 0-9 . _ @ -, "
+                               "starting with a letter, digit or _")
+        if name in users:
+            raise StartupError(f"--user {name}: given twice")
+        users[name] = password
+    return list(users.items())
+
+
 def _banner(cfg: Any) -> str | None:
     if not cfg.banner_file:
         return None
@@ -168,11 +234,11 @@ def _banner(cfg: Any) -> str | None:
         raise StartupError(f"banner_file: cannot read {cfg.banner_file}: {e.strerror}") from None
 
 
-def _events(cfg: Any) -> Any:
+def _events(cfg: Any, verbose: bool = False) -> Any:
     """The log sinks, with their files open before any session or jail exists."""
     from .logs.configured import LogFileError, build_event_log
     try:
-        return build_event_log(cfg)
+        return build_event_log(cfg, verbose=verbose)
     except LogFileError as e:
         raise StartupError(str(e)) from None
 
@@ -180,9 +246,9 @@ def _events(cfg: Any) -> Any:
 def _tls_context(cfg: Any) -> Any:
     if not cfg.ssl_enable:
         return None
-    from .net.tls import TlsSetupError, make_context
+    from .net.tls import Contexts, TlsSetupError
     try:
-        return make_context(cfg)
+        return Contexts.fresh(cfg)  # an SSLContext per control connection (require_ssl_reuse)
     except TlsSetupError as e:
         raise StartupError(str(e)) from None
 
@@ -203,8 +269,9 @@ def _tune_malloc() -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from .net.control import ServerContext
-    from .net.server import bind_listeners, serve_pooled
+    from .net.server import serve_pooled
     from .policy.config import load_config
+    from .preflight import check_site, isolated_mode
 
     _tune_malloc()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -215,36 +282,31 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         if args.directory or args.user or args.write:
             raise StartupError("DIR, --user and --write are for quick mode; use the config file")
-        cfg, warnings = load_config(args.config, args.overrides)
+        cfg, warnings = load_config(args.config, args.overrides, flags=_flags(args))
         root = None
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if os.geteuid() == 0 and not cfg.pooled and not quick:
+    _check_bind(args, cfg)
+    quick_users = _quick_users(args.user)
+    isolated = isolated_mode(cfg, quick)
+    # the same checks as check-config: every problem at once, at its line
+    report = check_site(cfg, args.config or "serve", isolated=isolated, quick_root=root)
+    if report.errors:
+        raise ConfigError.several(report.errors)
+    if isolated:
         return _serve_isolated(args, cfg)
-    if not quick and not cfg.listen and not cfg.listen_ipv6:
-        raise StartupError(f"{args.config}: listen=NO (inetd mode) needs isolated mode: start as root without pooled=YES")
     if cfg.local_enable and "local_enable" in cfg.explicit:
         print("warning: local_enable: system users log in only in isolated mode (started as root "
               "without pooled=YES); pooled mode serves anonymous and user_db_file users", file=sys.stderr)
     if os.geteuid() == 0 and quick:
         print("warning: quick mode as root runs pooled mode as root; prefer a normal user, "
               "or a config file for isolated mode", file=sys.stderr)
-    auth = _authenticator(cfg, root, args.user)
+    auth = _authenticator(cfg, root, quick_users)
     banner = _banner(cfg)
-    port = args.port if args.port is not None else cfg.listen_port
-    workers = args.workers if args.workers is not None else cfg.worker_processes
-    workers = workers or os.cpu_count() or 1
+    workers = int(cfg.worker_processes) or os.cpu_count() or 1
     addresses = _addresses(cfg, args.bind, quick)
-    try:
-        listeners = bind_listeners(addresses, port, workers)
-        if cfg.implicit_ssl_port:
-            if not cfg.ssl_enable:
-                raise StartupError("implicit_ssl_port: needs ssl_enable=YES")
-            extra = bind_listeners(addresses, cfg.implicit_ssl_port, workers)
-            listeners = [a + b for a, b in zip(listeners, extra)]
-    except OSError as e:
-        raise StartupError(f"cannot listen on port {port}: {e.strerror}") from None
-    ctx = ServerContext(cfg, auth, banner=banner, events=_events(cfg))
+    listeners = _listen(addresses, cfg, workers)
+    ctx = ServerContext(cfg, auth, banner=banner, events=_events(cfg, args.verbose))
     ctx.tls = _tls_context(cfg)
     if cfg.user_max_rate:
         from .net.limits import AccountRates
@@ -258,11 +320,31 @@ def _serve(args: argparse.Namespace) -> int:
     where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p, *_ in shown)
     host, bound_port = shown[0][0], shown[0][1]
     url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
-    what = f"{root} ({'writable' if args.write else 'read-only'}, anonymous)" if quick else args.config
+    what = args.config
+    if quick:  # say who may do what: anonymous, then each --user (always writable)
+        who = [f"anonymous {'writable' if args.write else 'read-only'}"]
+        who += [f"{name} writable" for name, _ in quick_users]
+        what = f"{root} ({', '.join(who)})"
     print(f"ftpwarden {__version__}: serving {what} on {where} ({workers} worker process(es))")
     print(f"  connect: curl ftp://{url_host}:{bound_port}/   or   lftp -p {bound_port} {url_host.strip('[]')}")
     sys.stdout.flush()
     return serve_pooled(ctx, listeners)
+
+
+def _listen(addresses: list[tuple[str, bool | None]], cfg: Any, workers: int) -> list[Any]:
+    """The listening sockets (control port, then implicit_ssl_port), bound once."""
+    from .net.server import bind_listeners
+    port = int(cfg.listen_port)
+    try:
+        listeners = bind_listeners(addresses, port, workers)
+        if cfg.implicit_ssl_port:
+            port = int(cfg.implicit_ssl_port)
+            extra = bind_listeners(addresses, port, workers)
+            listeners = [a + b for a, b in zip(listeners, extra)]
+    except OSError as e:
+        where = e.filename or f"port {port}"
+        raise StartupError(f"cannot listen on {where}: {e.strerror}") from None
+    return listeners
 
 
 def _ban_list(cfg: Any, kept: list[Any] | None) -> Any:
@@ -297,19 +379,12 @@ def _isolated_login(cfg: Any) -> Any:
 
 def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
     """Started as root: one monitor and unprivileged workers per session (priv/)."""
-    from .net.server import bind_listeners
     from .policy.config import load_config
+    from .preflight import prepare_secure_dir, secure_dir
     from .priv import worker  # noqa: F401 - imported before fork so sessions start fast
     from .priv.listener import Listener, run_one_session
 
-    secure = cfg.secure_chroot_dir
-    if not secure or not os.path.isdir(secure):
-        raise StartupError(f"secure_chroot_dir: {secure} must be an existing empty directory")
-    st = os.stat(secure)
-    if st.st_uid != 0 or st.st_mode & 0o022 or os.listdir(secure):
-        raise StartupError(f"secure_chroot_dir: {secure} must be empty, owned by root and not writable by others")
-    _home_of(cfg.nopriv_user) is not None or _no_user("nopriv_user", cfg.nopriv_user)
-
+    prepare_secure_dir(cfg)  # our default jail, made now if missing (checked by check_site)
     kept_bans: list[Any] | None = []  # the listener's one BanList, kept across SIGHUP
 
     account_rates = None
@@ -318,26 +393,18 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
         account_rates = AccountRates(int(cfg.user_max_rate))
 
     def load() -> Any:
-        fresh, _warnings = load_config(args.config, args.overrides)
-        return worker.Site(fresh, _isolated_login(fresh), banner=_banner(fresh), events=_events(fresh),
+        fresh, _warnings = load_config(args.config, args.overrides, flags=_flags(args))
+        # the pre-login jail actually used (ours unless the file names one)
+        fresh = fresh.replace(secure_chroot_dir=secure_dir(fresh))
+        return worker.Site(fresh, _isolated_login(fresh), banner=_banner(fresh),
+                           events=_events(fresh, args.verbose),
                            bans=_ban_list(fresh, kept_bans), account_rates=account_rates)
 
     if not cfg.listen and not cfg.listen_ipv6:  # inetd / systemd Accept=yes: the client is on stdin
         conn = socket.socket(fileno=os.dup(0))
         kept_bans = None  # inetd: one connection per process, no bans to share  # noqa: F841
         return run_one_session(load(), conn)
-    if cfg.ssl_enable:
-        _check_tls_apart(cfg)
-    port = args.port if args.port is not None else cfg.listen_port
-    try:
-        (socks,) = bind_listeners(_addresses(cfg, args.bind, False), port, 1)
-        if cfg.implicit_ssl_port:
-            if not cfg.ssl_enable:
-                raise StartupError("implicit_ssl_port: needs ssl_enable=YES")
-            (extra,) = bind_listeners(_addresses(cfg, args.bind, False), cfg.implicit_ssl_port, 1)
-            socks = socks + extra
-    except OSError as e:
-        raise StartupError(f"cannot listen on port {port}: {e.strerror}") from None
+    (socks,) = _listen(_addresses(cfg, args.bind, False), cfg, 1)
     listener = Listener(list(socks), load)
     shown = ", ".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p, *_ in (s.getsockname() for s in socks))
 
@@ -350,31 +417,6 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
         _daemonize()
         return listener.serve()
     return listener.serve(ready)
-
-
-def _check_tls_apart(cfg: Any) -> None:
-    """Load the TLS key in a short-lived child: the listener itself never holds
-    it, so no session process forked from it can (only each TLS helper loads it)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            _tls_context(cfg)
-            os._exit(0)
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            os.write(w, str(e).encode()[:4000])
-            os._exit(1)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        message = f.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise StartupError(message or "TLS set-up failed")
-
-
-def _no_user(option: str, name: str) -> None:
-    raise StartupError(f"{option}: no such system user {name!r}")
 
 
 def _daemonize() -> None:

@@ -15,6 +15,7 @@ import stat
 import sys
 import tempfile
 
+from .policy.auth.anonymous import ANONYMOUS_NAMES
 from .policy.auth.userfile import UserRecord, check_root, format_record, parse_userdb, valid_user_name
 from .policy.passwords import MAX_PASSWORD_BYTES, hash_password
 
@@ -110,6 +111,9 @@ def _check_name(name: str) -> None:
 
 def _add(args: argparse.Namespace) -> int:
     _check_name(args.name)
+    if args.name.lower() in ANONYMOUS_NAMES:  # the anonymous login would always win
+        raise _Fail(f"user name {args.name!r} is reserved: it always logs in as anonymous; "
+                    "pick another name")
     umask = None
     if args.umask is not None:
         if not args.umask or not set(args.umask) <= set("01234567") or int(args.umask, 8) > 0o777:
@@ -194,7 +198,11 @@ def main(argv: list[str]) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         return args.run(args)
-    except (_Fail, ValueError, OSError) as e:
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ftpwarden user: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except (_Fail, ValueError) as e:
         print(f"ftpwarden user: {e}", file=sys.stderr)
         return 1
 

@@ -174,3 +174,25 @@ def test_port_in_use_is_a_message(tmp_path):
         busy.close()
     err = r.stderr.decode()
     assert r.returncode == 2 and "cannot listen" in err and "Traceback" not in err, err
+
+
+def test_check_config_reports_all_that_serve_refuses_at_once(tmp_path):
+    """The issue's four: each named at its FILE:LINE, in one run; serve refuses with the same lines."""
+    (tmp_path / "bad.db").write_text("alice\n")
+    conf = tmp_path / "four.conf"
+    lines = ["listen=YES", "listen_address=127.0.0.1", "listen_port=0",
+             f"anon_root={tmp_path}/missing", "ssl_enable=YES", f"rsa_cert_file={tmp_path}/none.pem",
+             "nopriv_user=nosuchuser_ftpw", f"user_db_file={tmp_path}/bad.db", f"local_root={tmp_path}"]
+    conf.write_text("\n".join(lines) + "\n")
+    r = ftpwarden("check-config", str(conf))
+    assert r.returncode == 2 and r.stdout == b""
+    errors = [l for l in r.stderr.decode().splitlines() if l.startswith("ftpwarden: ")]
+    expected = [(4, "anon_root: "), (8, "user_db_file: "), (6, "rsa_cert_file/rsa_private_key_file: cannot load")]
+    if os.geteuid() == 0:  # started as root, serve would run isolated mode and need nopriv_user
+        expected.append((7, "nopriv_user: no such system user 'nosuchuser_ftpw'"))
+    assert len(errors) == len(expected), errors
+    for line, start in expected:
+        assert any(e.startswith(f"ftpwarden: {conf}:{line}: {start}") for e in errors), (line, errors)
+    served = ftpwarden("serve", "--config", str(conf))
+    assert served.returncode == 2
+    assert [l for l in served.stderr.decode().splitlines() if l.startswith("ftpwarden: ")] == errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 
@@ -137,13 +138,13 @@ def test_override_wins_over_file(conf):
     assert cfg.listen_port == 2121
 
 
-def test_override_errors_as_dash_o_index(conf):
+def test_override_errors_name_the_dash_o_as_typed(conf):
     with pytest.raises(ConfigError) as e:
         load_config(conf("listen=NO\n"), ["write_enable=maybe"])
-    assert str(e.value).startswith("-o:1: ")
+    assert str(e.value).startswith("-o write_enable=maybe: ")
     with pytest.raises(ConfigError) as e:
         load_config(None, ["listen_port=21", "anon_rot=/srv"])
-    assert str(e.value).startswith("-o:2: unknown option 'anon_rot'")
+    assert str(e.value).startswith("-o anon_rot=/srv: unknown option 'anon_rot'")
 
 
 def test_duplicate_in_file_warns_and_last_wins(conf):
@@ -170,7 +171,7 @@ def test_unimplemented_option_warns_only_when_not_default(conf):
 
 def test_unimplemented_option_via_override_warns(conf):
     _, warnings = load_config(None, ["listen_port=2121", "seccomp_sandbox=NO"])
-    assert warnings == ["-o:2: option 'seccomp_sandbox' is recognised but not implemented yet; "
+    assert warnings == ["-o seccomp_sandbox=NO: option 'seccomp_sandbox' is recognised but not implemented yet; "
                         "it has no effect"]
 
 
@@ -179,7 +180,7 @@ def test_pasv_port_order(conf):
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(e.value).startswith(f"{path}:3: pasv_min_port (50000) is above pasv_max_port")
-    with pytest.raises(ConfigError, match=r"^-o:1: pasv_min_port \(5001, the default\)"):
+    with pytest.raises(ConfigError, match=r"^-o pasv_max_port=3000: pasv_min_port \(5001, the default\)"):
         load_config(None, ["pasv_max_port=3000"])
 
 
@@ -310,3 +311,112 @@ def test_debian_default_conf_loads(conf):
     # ssl_enable=NO is the default: no warning for it.
     assert warned == []  # every option of Debian's stock file is implemented
     assert all(w.startswith(f"{path}:") for w in warnings)
+
+
+# ---------------------------------------------------------------- check-config = serve's checks
+
+def _bad_configs(tmp):
+    """(name, lines, expected message, the option whose line it is reported at)."""
+    (tmp / "bad.db").write_text("# users\nalice\n")
+    return [
+        ("anon_root missing", [f"anon_root={tmp}/nope"], f"anon_root: {tmp}/nope is not a directory",
+         "anon_root"),
+        ("cert missing", ["ssl_enable=YES", f"rsa_cert_file={tmp}/no.pem"],
+         f"rsa_cert_file/rsa_private_key_file: cannot load {tmp}/no.pem", "rsa_cert_file"),
+        ("user db malformed", [f"user_db_file={tmp}/bad.db", f"local_root={tmp}"],
+         f"user_db_file: {tmp}/bad.db:2: user alice: missing password hash", "user_db_file"),
+        ("user db missing", [f"user_db_file={tmp}/none.db"],
+         f"user_db_file: cannot read {tmp}/none.db: No such file or directory", "user_db_file"),
+        ("banner missing", [f"banner_file={tmp}/banner"],
+         f"banner_file: cannot read {tmp}/banner: No such file or directory", "banner_file"),
+        ("log dir missing", [f"vsftpd_log_file={tmp}/no/dir.log", "xferlog_enable=YES"],
+         f"vsftpd_log_file: cannot open {tmp}/no/dir.log: No such file or directory", "vsftpd_log_file"),
+        ("implicit port without TLS", ["implicit_ssl_port=9990"], "implicit_ssl_port: needs ssl_enable=YES",
+         "implicit_ssl_port"),
+        ("inetd in pooled mode", ["listen=NO"],
+         "listen=NO (inetd mode) needs isolated mode: start as root without pooled=YES", "listen"),
+    ]
+
+
+def _write(tmp, name, lines, pooled=True):
+    (tmp / "anon").mkdir(exist_ok=True)
+    path = tmp / (name.replace(" ", "_") + ".conf")
+    head = ["listen_address=127.0.0.1", f"anon_root={tmp}/anon"] + (["pooled=YES"] if pooled else [])
+    path.write_text("\n".join(["# test"] + head + lines) + "\n")
+    return path
+
+
+def _line_of(path, option):
+    """FILE:LINE of the last line setting `option`."""
+    numbers = [i for i, l in enumerate(path.read_text().split("\n"), 1) if l.startswith(option + "=")]
+    return f"{path}:{numbers[-1]}"
+
+
+def _errors(main, capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, [line for line in err.splitlines() if line.startswith("ftpwarden: ")]
+
+
+@pytest.fixture
+def no_listen(monkeypatch):
+    """cli.main, with serve stopped where it would bind: getting there fails the test."""
+    from ftpwarden import cli
+
+    def refuse(*_args):
+        raise AssertionError("serve went past its checks")
+    monkeypatch.setattr(cli, "_listen", refuse)
+    return cli.main
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_check_config_reports_what_serve_refuses(tmp_path, capsys, no_listen, case):
+    name, lines, message, option = _bad_configs(tmp_path)[case]
+    path = _write(tmp_path, name, lines)
+    code, checked = _errors(no_listen, capsys, "check-config", str(path))
+    assert code == 2
+    assert len(checked) == 1 and checked[0].startswith(f"ftpwarden: {_line_of(path, option)}: {message}")
+    assert _errors(no_listen, capsys, "serve", "--config", str(path)) == (2, checked)
+
+
+def test_check_config_reports_every_problem_at_once(tmp_path, capsys, no_listen):
+    table = _bad_configs(tmp_path)
+    lines = [l for i in (0, 3, 4) for l in table[i][1]]
+    path = _write(tmp_path, "several", lines)
+    code, checked = _errors(no_listen, capsys, "check-config", str(path))
+    assert code == 2
+    assert [l.split(": ")[1] for l in checked] == [_line_of(path, o) for o in ("anon_root", "user_db_file",
+                                                                              "banner_file")]
+    assert _errors(no_listen, capsys, "serve", "--config", str(path)) == (2, checked)
+
+
+def test_check_config_collects_bad_lines_too(tmp_path, capsys):
+    from ftpwarden.cli import main
+    path = tmp_path / "c.conf"
+    path.write_text("listen_prot=21\nwrite_enable=maybe\nlisten=YES\n")
+    code, checked = _errors(main, capsys, "check-config", str(path))
+    assert code == 2 and [l.split(": ")[1] for l in checked] == [f"{path}:1", f"{path}:2"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode (nopriv_user, secure_chroot_dir) needs root")
+def test_check_config_reports_what_isolated_serve_refuses(tmp_path, capsys, no_listen):
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o755)
+    full = tmp_path / "full"
+    full.mkdir(mode=0o755)
+    (full / "x").write_text("x")
+    cases = [
+        (["nopriv_user=nosuchuser_ftpw", f"secure_chroot_dir={empty}"],
+         "nopriv_user: no such system user 'nosuchuser_ftpw'", "nopriv_user"),
+        ([f"secure_chroot_dir={full}"],
+         f"secure_chroot_dir: {full} must be empty, owned by root and not writable by others",
+         "secure_chroot_dir"),
+        ([f"secure_chroot_dir={tmp_path}/none"],
+         f"secure_chroot_dir: {tmp_path}/none must be an existing empty directory", "secure_chroot_dir"),
+    ]
+    for i, (lines, message, option) in enumerate(cases):
+        path = _write(tmp_path, f"iso{i}", lines, pooled=False)
+        code, checked = _errors(no_listen, capsys, "check-config", str(path))
+        assert (code, checked) == (2, [f"ftpwarden: {_line_of(path, option)}: {message}"])
+        assert _errors(no_listen, capsys, "serve", "--config", str(path)) == (2, checked)

@@ -106,6 +106,8 @@ def test_nlst_line_is_the_name() -> None:
     ("-l my file", {"l"}, "my file"),
     ("dir -l", set(), "dir -l"),
     ("-la/x", set(), "-la/x"),
+    ("-1", {"1"}, ""),  # ncftpls -1 sends NLST -1 (vsftpd lists the directory)
+    ("-1 sub", {"1"}, "sub"),
 ])
 def test_parse_list_args(arg: str, flags: set[str], path: str) -> None:
     assert listing.parse_list_args(arg) == (flags, path)
@@ -181,7 +183,7 @@ def test_mlsx_type_override_and_no_facts() -> None:
 
 
 @pytest.mark.parametrize("mode,kind", [
-    (stat.S_IFLNK | 0o777, "OS.unix=symlink"), (stat.S_IFIFO | 0o600, "OS.unix=fifo"),
+    (stat.S_IFLNK | 0o777, "OS.unix=slink"), (stat.S_IFIFO | 0o600, "OS.unix=fifo"),
     (stat.S_IFSOCK | 0o600, "OS.unix=socket"), (stat.S_IFCHR | 0o600, "OS.unix=chr"),
 ])
 def test_mlsx_special_types(mode: int, kind: str) -> None:
@@ -236,3 +238,16 @@ def _perm(is_dir: bool, **over: bool) -> str:
 ])
 def test_perm_fact(is_dir: bool, over: dict, letters: str) -> None:
     assert _perm(is_dir, **over) == letters
+
+
+@pytest.mark.parametrize("target,kind", [
+    ("data.txt", "OS.unix=slink:data.txt"),
+    ("../up/x", "OS.unix=slink:../up/x"),
+    ("/abs/in/jail", "OS.unix=slink:/abs/in/jail"),
+    # a target that would break the line's syntax is left out, never half-sent
+    ("a;b", "OS.unix=slink"), ("a b", "OS.unix=slink"), ("a\r\nb", "OS.unix=slink"), ("", "OS.unix=slink"),
+])
+def test_mlsx_symlink_carries_its_target(target: str, kind: str) -> None:
+    e = entry(mode=stat.S_IFLNK | 0o777)._replace(link_target=target)
+    got = listing.mlsx_facts(e, perm="", owner="o", group="g", facts=frozenset({"type", "size"}))
+    assert got == f"type={kind};size={e.size}; name"

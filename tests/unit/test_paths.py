@@ -67,3 +67,36 @@ def test_parent_basename_relative(vpath: str, par: str, base: str, rel: str) -> 
 ])
 def test_quote_pwd(vpath: str, quoted: str) -> None:
     assert paths.quote_pwd(vpath) == quoted
+
+
+@pytest.mark.parametrize("arg,is_dir", [
+    ("keep.txt/", True), ("x/", True), ("a/b/", True), ("a/b/.", True), ("a//", True),
+    ("keep.txt", False), ("a/b", False), ("/", False), (".", False), ("./", False), ("", False),
+    ("a/..", False),
+])
+def test_names_directory(arg: str, is_dir: bool) -> None:
+    assert paths.names_directory(arg) is is_dir
+
+
+@pytest.mark.parametrize("arg,split", [
+    ("*.txt", ("", "*.txt")), ("sub/*.txt", ("sub/", "*.txt")), ("/sub/?.txt", ("/sub/", "?.txt")),
+    ("/[ab]*", ("/", "[ab]*")), ("d*r/file", None), ("plain.txt", None), ("", None), ("sub/", None),
+])
+def test_split_glob_only_in_the_last_component(arg: str, split: tuple[str, str] | None) -> None:
+    assert paths.split_glob(arg) == split
+
+
+@pytest.mark.parametrize("name,pattern,ok", [
+    ("a.txt", "*.txt", True), ("a.txt", "?.txt", True), ("ab.txt", "?.txt", False),
+    ("b1", "[ab][0-9]", True), ("c1", "[ab][0-9]", False), ("A.TXT", "*.txt", False),
+    ("a[1]", "a[1]", True),  # the literal name still matches itself
+])
+def test_glob_match(name: str, pattern: str, ok: bool) -> None:
+    assert paths.glob_match(name, pattern) is ok
+
+
+def test_glob_match_is_linear_on_hostile_patterns() -> None:
+    import time
+    t = time.monotonic()
+    assert not paths.glob_match("a" * 4000, "*a" * 60 + "*b")
+    assert time.monotonic() - t < 1.0

@@ -140,11 +140,82 @@ def test_retr_needs_a_data_channel_then_uses_rest_once():
     assert send2.offset == 0
 
 
-def test_rest_is_dropped_by_other_commands():
+def with_pasv(s: Session) -> Session:
+    (op,) = s.feed(b"PASV")
+    s.complete(op, ("127.0.0.1", 50000))
+    return s
+
+
+def active(s: Session) -> None:
+    s.feed(b"PORT 127,0,0,1,200,10")
+
+
+# (commands between REST and the transfer) -- the marker must reach the transfer,
+# as in vsftpd and pyftpdlib: only RETR/STOR/APPE/STOU take it, REIN drops it
+@pytest.mark.parametrize("between", [
+    [b"PASV"], [b"EPSV"], [b"PORT 127,0,0,1,200,10"], [b"EPRT |1|127.0.0.1|51210|"],
+    [b"TYPE I"], [b"TYPE A"], [b"MODE S"], [b"STRU F"], [b"NOOP"], [b"PWD"], [b"SIZE f"], [b"FEAT"],
+    [b"TYPE I", b"PASV"], [b"PASV", b"TYPE I", b"MODE S", b"STRU F"],
+])
+@pytest.mark.parametrize("verb,field", [(b"STOR", "offset"), (b"RETR", "offset")])
+def test_rest_survives_until_the_transfer(between, verb, field):
     s = logged_in()
-    s.feed(b"REST 5")
-    s.feed(b"NOOP")
+    assert codes(s.feed(b"REST 307200")) == [350]
+    for line in between:
+        for ev in s.feed(line):
+            if isinstance(ev, A.OpenPassive):
+                s.complete(ev, ("127.0.0.1", 50000))
+    if s.data_kind is None:
+        with_pasv(s)
+    events = s.feed(verb + b" f")
+    (xfer,) = [e for e in events if isinstance(e, A.Transfer)]
+    assert getattr(xfer, field) == 307200
+    assert s.rest == 0  # used once
+
+
+@pytest.mark.parametrize("line,code", [
+    (b"RETR f", 425), (b"STOR f", 425), (b"APPE f", 425),  # refused: the marker goes with it
+])
+def test_rest_is_consumed_by_a_refused_transfer(line, code):
+    s = logged_in()
+    s.feed(b"REST 10")
+    assert codes(s.feed(line)) == [code]
     assert s.rest == 0
+
+
+def test_rest_is_cleared_by_rein():
+    s = logged_in()
+    s.feed(b"REST 10")
+    s.feed(b"REIN")
+    assert s.rest == 0
+
+
+def test_rest_then_appe_appends_and_stou_starts_fresh():
+    s = with_pasv(logged_in())
+    s.feed(b"REST 5")
+    (appe,) = s.feed(b"APPE log.txt")
+    assert appe == A.ReceiveFile("/log.txt", append=True, offset=0, umask=0o022, file_mode=0o666)
+    s.complete(appe, A.TransferDone("ok", 4))
+    with_pasv(s)
+    s.feed(b"REST 5")
+    (stou,) = s.feed(b"STOU")
+    assert stou.unique and stou.offset == 0
+
+
+def test_rest_then_stor_writes_from_the_marker():
+    s = with_pasv(logged_in())
+    s.feed(b"REST 4")
+    (stor,) = s.feed(b"STOR t.txt")
+    assert stor.offset == 4 and not stor.append
+
+
+def test_rest_past_the_end_says_where_and_how_big():
+    s = with_pasv(logged_in())
+    s.feed(b"REST 1000")
+    (send,) = s.feed(b"RETR small.txt")
+    (r,) = s.complete(send, A.TransferDone("local_error", error=A.RestartBeyondEnd(1000, 42)))
+    assert r.code == 554
+    assert "1000" in r.text and "42 bytes" in r.text
 
 
 def test_pasv_reply_format():
@@ -319,3 +390,120 @@ def test_mlsd_of_a_file_is_501():
     s.complete(s.feed(b"PASV")[0], ("127.0.0.1", 50000))
     (ls,) = s.feed(b"MLSD f")
     assert codes(s.complete(ls, A.TransferDone("local_error", error=NotADirectoryError(20, "x")))) == [501]
+
+
+# ---------------------------------------------------------------- trailing slash
+
+@pytest.mark.parametrize("line", [
+    b"DELE keep.txt/", b"RETR keep.txt/", b"STOR keep.txt/", b"APPE keep.txt/", b"SIZE keep.txt/",
+    b"MDTM keep.txt/", b"HASH keep.txt/", b"STOU keep.txt/", b"DELE sub/keep.txt/.",
+])
+def test_a_file_verb_refuses_a_name_ending_in_slash(line):
+    s = with_pasv(logged_in())
+    events = s.feed(line)
+    assert codes(events) == [550] and not any(isinstance(e, A.Action) for e in events)
+
+
+@pytest.mark.parametrize("line,action", [
+    (b"MKD new/", A.FsChange("mkdir", "/new", mode=0o755, verb="MKD")),
+    (b"RMD old/", A.FsChange("rmdir", "/old", verb="RMD")),
+    (b"CWD sub/", A.ChangeDir("/sub", None)),
+    (b"DELE keep.txt", A.FsChange("unlink", "/keep.txt", verb="DELE")),
+])
+def test_directory_verbs_take_the_slash(line, action):
+    (ev,) = logged_in().feed(line)
+    assert ev == action
+
+
+@pytest.mark.parametrize("line,op", [
+    (b"MFMT 20200102030405 keep.txt/", "utime"), (b"SITE CHMOD 644 keep.txt/", "chmod"),
+    (b"MDTM 20200102030405 keep.txt", "utime"),
+])
+def test_chmod_and_mtime_carry_the_slash(line, op):
+    (ev,) = logged_in().feed(line)
+    assert (ev.op, ev.path, ev.dir_only) == (op, "/keep.txt", line.endswith(b"/"))
+
+
+def test_rnfr_with_slash_needs_a_directory():
+    s = logged_in()
+    (st,) = s.feed(b"RNFR keep.txt/")
+    assert st == A.StatPath("RNFR", "/keep.txt", dir_only=True)
+    regular = os.stat(__file__)
+    (r,) = s.complete(st, regular)
+    assert r.code == 550 and s.rename_from is None
+    (st,) = s.feed(b"RNFR sub/")
+    assert codes(s.complete(st, os.stat("/"))) == [350]
+
+
+def test_rnto_with_slash_renames_only_a_directory():
+    s = logged_in()
+    s.complete(s.feed(b"RNFR a")[0], os.stat("/"))
+    (ren,) = s.feed(b"RNTO x/")
+    assert ren == A.FsChange("rename", "/a", target="/x", verb="RNTO", dir_only=True)
+    (r,) = s.complete(ren, NotADirectoryError(20, "Not a directory"))
+    assert r.code == 550
+
+
+# ---------------------------------------------------------------- NLST / LIST names and globs
+
+@pytest.mark.parametrize("line,path,given,pattern", [
+    (b"NLST", "/sub", "", ""),
+    (b"NLST inner.txt", "/sub/inner.txt", "inner.txt", ""),
+    (b"NLST sub2/inner.txt", "/sub/sub2/inner.txt", "sub2/inner.txt", ""),
+    (b"NLST *.txt", "/sub", "*.txt", "*.txt"),
+    (b"NLST /sub/*.txt", "/sub", "/sub/*.txt", "*.txt"),
+    (b"NLST ../[ab]?.txt", "/", "../[ab]?.txt", "[ab]?.txt"),
+    (b"NLST -a *.txt", "/sub", "*.txt", "*.txt"),
+    (b"LIST *.txt", "/sub", "*.txt", "*.txt"),
+    (b"LIST -la", "/sub", "", ""),
+])
+def test_listing_keeps_the_spelling_and_splits_globs(line, path, given, pattern):
+    s = with_pasv(logged_in())
+    s.cwd = "/sub"
+    (ev,) = s.feed(line)
+    assert isinstance(ev, A.SendListing)
+    assert (ev.path, ev.given, ev.pattern) == (path, given, pattern)
+
+
+def _entries(*names):
+    from ftpwarden.proto.listing import Entry
+    st = os.stat(__file__)
+    return [Entry.from_stat(n, st) for n in names]
+
+
+@pytest.mark.parametrize("pattern,prefix,expected", [
+    ("*.txt", "", ["a.txt", "b.txt"]),
+    ("*.txt", "/sub/", ["/sub/a.txt", "/sub/b.txt"]),
+    ("?.bin", "sub/", ["sub/c.bin"]),
+    ("[ab].txt", "", ["a.txt", "b.txt"]),
+    (".*", "", [".hidden"]),  # a pattern starting with "." shows dot files (vsftpd)
+    ("nomatch*", "", []),
+    ("", "sub/", ["sub/a.txt", "sub/b.txt", "sub/c.bin"]),
+])
+def test_nlst_render_filters_and_prefixes(pattern, prefix, expected):
+    s = logged_in()
+    got = s.render_lines("NLST", _entries("a.txt", "b.txt", "c.bin", ".hidden"), 0.0,
+                         pattern=pattern, prefix=prefix)
+    assert got == expected
+
+
+def test_glob_matches_are_bounded():
+    from ftpwarden.proto import paths
+    s = logged_in()
+    many = _entries(*(f"f{i}" for i in range(paths.GLOB_MAX + 1)))
+    with pytest.raises(OSError) as e:
+        s.render_lines("NLST", many, 0.0, pattern="f*")
+    assert e.value.errno == __import__("errno").E2BIG
+    assert len(s.render_lines("NLST", many[:paths.GLOB_MAX], 0.0, pattern="f*")) == paths.GLOB_MAX
+
+
+# ---------------------------------------------------------------- banner
+
+def test_banner_file_replaces_ftpd_banner():
+    s = Session(default_config(ftpd_banner="from ftpd_banner"), local_ip="127.0.0.1", remote_ip="127.0.0.1",
+                banner="Line one\nLine two\n")
+    (r,) = s.greeting()
+    text = r.encode().decode()
+    assert "Line one" in text and "Line two" in text and "from ftpd_banner" not in text
+    (r,) = new(ftpd_banner="only this").greeting()
+    assert r.encode() == b"220 only this\r\n"

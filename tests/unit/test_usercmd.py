@@ -181,3 +181,19 @@ def test_real_subprocess_pipe(tmp_path):
     assert (rec.root, rec.write) == (root, True)
     assert verify_password("secret", rec.hash)
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("name", ["ftp", "FTP", "anonymous", "Anonymous"])
+def test_add_refuses_the_anonymous_names(run, tmp_path, name):
+    """`ftp` and `anonymous` (any case) always log in as anonymous: never a user of the DB."""
+    db = tmp_path / "users.db"
+    code, _, err = run("add", "--db", str(db), name, stdin_text="secretpw\n")
+    assert code == 1
+    assert f"user name {name!r} is reserved: it always logs in as anonymous" in err
+    assert "Traceback" not in err and not db.exists()
+
+
+def test_os_errors_name_the_file_not_errno(run, tmp_path):
+    code, _, err = run("list", "--db", str(tmp_path))
+    assert code == 1
+    assert err == f"ftpwarden user: {tmp_path}: Is a directory\n"

@@ -8,6 +8,8 @@ vsftpd's rules (logging.c), kept so that a vsftpd.conf logs as it did:
 - syslog_enable: the vsftpd-format lines go to syslog instead of vsftpd_log_file;
 - log_ftp_protocol adds every command and reply to the vsftpd-format lines.
 
+`serve -v` (ours) copies the vsftpd-format lines to stderr, whatever the rest.
+
 json_log_file (ours) receives every event as one JSON object, whatever the rest.
 Log times are local, as in vsftpd (use_localtime is about listings and MDTM).
 """
@@ -22,10 +24,10 @@ from typing import Any, Callable
 
 from .events import EventLog, TransferRecord
 from .protolog import command_text, reply_texts, transfer_tail, vsftpd_line, vsftpd_message
-from .sinks import LOG_INFO, LOG_WARNING, FileSink, JsonLinesSink, SyslogSink
+from .sinks import LOG_INFO, LOG_WARNING, FileSink, JsonLinesSink, StderrSink, SyslogSink
 from .xferlog import xferlog_line
 
-__all__ = ["ConfiguredEventLog", "LogFileError", "build_event_log"]
+__all__ = ["ConfiguredEventLog", "LogFileError", "build_event_log", "check_log_file", "log_files"]
 
 log = logging.getLogger("ftpwarden.logs")
 
@@ -62,13 +64,14 @@ class ConfiguredEventLog(EventLog):
 
     def __init__(self, *, xferlog: FileSink | None = None, vsftpd_log: FileSink | None = None,
                  syslog: SyslogSink | None = None, json: JsonLinesSink | None = None,
-                 protocol: bool = False, localtime: bool = True,
+                 stderr: StderrSink | None = None, protocol: bool = False, localtime: bool = True,
                  clock: Callable[[], float] = time.time) -> None:
         self.xferlog = xferlog
         self.vsftpd_log = vsftpd_log
         self.syslog = syslog
         self.json = json
-        self.protocol = protocol and (vsftpd_log is not None or syslog is not None)
+        self.stderr = stderr  # serve -v: the vsftpd-format lines, also on stderr
+        self.protocol = protocol and (vsftpd_log is not None or syslog is not None or stderr is not None)
         self.localtime = localtime
         self.clock = clock
 
@@ -76,9 +79,12 @@ class ConfiguredEventLog(EventLog):
 
     def _vsftpd(self, now: float, user: str, kind: str, remote_ip: str, detail: str = "",
                 tail: str = "", severe: bool = False) -> None:
-        if self.vsftpd_log is not None:
-            self.vsftpd_log.write(vsftpd_line(now, os.getpid(), user, kind, remote_ip, detail,
-                                              tail=tail, localtime=self.localtime))
+        if self.vsftpd_log is not None or self.stderr is not None:
+            line = vsftpd_line(now, os.getpid(), user, kind, remote_ip, detail,
+                               tail=tail, localtime=self.localtime)
+            for sink in (self.vsftpd_log, self.stderr):
+                if sink is not None:
+                    sink.write(line)
         if self.syslog is not None:
             self.syslog.send(vsftpd_message(user, kind, remote_ip, detail, tail=tail),
                              severity=LOG_WARNING if severe else LOG_INFO, now=now)
@@ -189,15 +195,55 @@ def _file(option: str, path: str | None, make: Callable[[str], Any] = FileSink) 
         raise LogFileError(option, path, e.strerror or str(e)) from None
 
 
-def build_event_log(cfg: Any) -> EventLog:
-    """The sinks `cfg` asks for, opened now; the no-op EventLog when none.
-
-    Raises LogFileError when a log file cannot be opened.
-    """
+def _wanted(cfg: Any) -> tuple[bool, bool]:
+    """(xferlog file wanted, vsftpd-format file wanted), by vsftpd's rules."""
     files_on = cfg.xferlog_enable or cfg.dual_log_enable
     want_xferlog = files_on and (cfg.dual_log_enable or cfg.xferlog_std_format)
     want_vsftpd = files_on and (cfg.dual_log_enable or not cfg.xferlog_std_format) and not cfg.syslog_enable
-    if not (want_xferlog or want_vsftpd or cfg.syslog_enable or cfg.json_log_file):
+    return bool(want_xferlog), bool(want_vsftpd)
+
+
+def log_files(cfg: Any) -> list[tuple[str, str | None]]:
+    """(option, path) of every log file `cfg` would open, for start-up checks."""
+    want_xferlog, want_vsftpd = _wanted(cfg)
+    files = [("xferlog_file", cfg.xferlog_file)] if want_xferlog else []
+    files += [("vsftpd_log_file", cfg.vsftpd_log_file)] if want_vsftpd else []
+    files += [("json_log_file", cfg.json_log_file)] if cfg.json_log_file else []
+    return files
+
+
+def check_log_file(option: str, path: str | None) -> str | None:
+    """Why `path` could not be opened for appending (LogFileError's text), or None.
+
+    Creates nothing: an existing file is opened without O_CREAT, a missing
+    one needs a directory we may write.
+    """
+    if not path:
+        return str(LogFileError(option, "(unset)", "no path given"))
+    if path == "-":
+        return None
+    try:
+        if os.path.lexists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK))
+            return None
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(2, os.strerror(2))
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(13, os.strerror(13))
+    except OSError as e:
+        return str(LogFileError(option, path, e.strerror or str(e)))
+    return None
+
+
+def build_event_log(cfg: Any, *, verbose: bool = False) -> EventLog:
+    """The sinks `cfg` asks for, opened now; the no-op EventLog when none.
+
+    `verbose` (serve -v) also writes the vsftpd-format lines to stderr.
+    Raises LogFileError when a log file cannot be opened.
+    """
+    want_xferlog, want_vsftpd = _wanted(cfg)
+    if not (want_xferlog or want_vsftpd or cfg.syslog_enable or cfg.json_log_file or verbose):
         return EventLog()
     syslog = None
     if cfg.syslog_enable:
@@ -210,5 +256,6 @@ def build_event_log(cfg: Any) -> EventLog:
         vsftpd_log=_file("vsftpd_log_file", cfg.vsftpd_log_file) if want_vsftpd else None,
         syslog=syslog,
         json=_file("json_log_file", cfg.json_log_file, JsonLinesSink) if cfg.json_log_file else None,
+        stderr=StderrSink() if verbose else None,
         protocol=bool(cfg.log_ftp_protocol),
     )

@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Any
 
-__all__ = ["FileSink", "SyslogSink", "JsonLinesSink", "syslog_datagram",
+__all__ = ["FileSink", "StderrSink", "SyslogSink", "JsonLinesSink", "syslog_datagram",
            "LOG_FTP", "LOG_WARNING", "LOG_INFO"]
 
 log = logging.getLogger("ftpwarden.logs")
@@ -62,6 +62,14 @@ class FileSink:
         if self._fd > 2:
             os.close(self._fd)
         self._fd = -1  # a later write fails (EBADF) instead of hitting a reused number
+
+
+class StderrSink(FileSink):
+    """Lines to stderr (serve -v); fd 2 stays usable after a chroot."""
+
+    def __init__(self) -> None:
+        self.path = "-"
+        self._fd = 2
 
 
 def syslog_datagram(facility: int, severity: int, now: float, ident: str, pid: int, message: str) -> bytes:

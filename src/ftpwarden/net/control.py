@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import grp
 import itertools
 import logging
@@ -57,7 +56,7 @@ class ServerContext:
         # post-login process.  Pooled mode: both None (done in-process).
         self.broker = broker
         self.handover = handover
-        self.tls: ssl.SSLContext | None = None  # ssl_enable: made once, shared by every connection
+        self.tls: tls.Contexts | None = None  # ssl_enable: an SSLContext per control connection
         self.tls_link: Any = None  # isolated post-login: priv.tlshelper.TlsLink to the TLS helper
         # Temporary bans of addresses that keep failing logins (net/bans.py), shared
         # by every process of the server; None when the options leave it off.
@@ -96,7 +95,7 @@ class ControlConnection:
 
     __slots__ = ("ctx", "cfg", "reader", "writer", "local_ip", "remote_ip", "session", "data", "jail",
                  "start_account", "detached", "transfer_task", "transfer_progress", "closing", "events",
-                 "sid", "end_reason", "login_deadline")
+                 "sid", "end_reason", "login_deadline", "tls_ctx")
 
     def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  *, account: Any = None, pending: bytes = b"", tls_state: str = "",
@@ -140,6 +139,8 @@ class ControlConnection:
         self.sid = ctx.session_id()
         self.end_reason = "client closed"
         self.login_deadline = asyncio.get_event_loop().time() + float(self.cfg.login_timeout or 60)
+        # this connection's own SSLContext: its data connections must resume its session
+        self.tls_ctx: ssl.SSLContext | None = None
 
     @property
     def user(self) -> str:
@@ -149,8 +150,11 @@ class ControlConnection:
     # ------------------------------------------------------------ main loop
 
     async def run(self) -> None:
-        if self.writer.get_extra_info("ssl_object") is not None:
-            self.session.tls_started()  # implicit TLS: protected from the first byte
+        sslobj = self.writer.get_extra_info("ssl_object")
+        if sslobj is not None:
+            self.tls_ctx = sslobj.context  # implicit TLS (tls.Contexts made it for this connection)
+            tls.control_done(self.tls_ctx)
+            self.session.tls_started()  # protected from the first byte
         if self.start_account is None:
             self.events.connect(self.sid, self.remote_ip)
         try:
@@ -177,7 +181,19 @@ class ControlConnection:
             if line is None:
                 return
             if line is _TOO_LONG:
+                # answered as soon as the line passes the limit; its rest is then
+                # read and dropped up to the newline, within the idle timeout
                 await self._emit(self.session.feed(_TOO_LONG))
+                if self.closing:
+                    return
+                try:
+                    async with asyncio.timeout(self.session.idle_timeout or None):
+                        if await self._read_bounded_line(discard=True) is None:
+                            return
+                except asyncio.TimeoutError:
+                    self.end_reason = "idle timeout"
+                    await self._write_safely(b"421 Timeout.\r\n")
+                    return
                 continue
             line = line.rstrip(b"\n")
             if line.endswith(b"\r"):
@@ -204,20 +220,22 @@ class ControlConnection:
             await self._write_safely(b"421 Timeout.\r\n")
             return None
 
-    async def _read_bounded_line(self) -> bytes | None:
-        """A line up to the reader's limit; a longer one is dropped as it arrives
-        (never buffered whole) and reported as _TOO_LONG."""
-        too_long = False
+    async def _read_bounded_line(self, discard: bool = False) -> bytes | None:
+        """A line up to the reader's limit, or _TOO_LONG as soon as one passes it
+        (so the client has its 500 at once, not when the line ends).  With
+        `discard`, read and drop the rest of such a line as it arrives (never
+        buffered whole); b"" once its newline came.  None: the client left."""
         while True:
             try:
                 line = await self.reader.readuntil(b"\n")
             except asyncio.IncompleteReadError as e:
-                return None if too_long or not e.partial else e.partial
+                return None if discard or not e.partial else e.partial
             except asyncio.LimitOverrunError as e:
+                if not discard:
+                    return _TOO_LONG
                 await self.reader.readexactly(e.consumed)
-                too_long = True
                 continue
-            return _TOO_LONG if too_long else line
+            return b"" if discard else line
 
     async def _write_safely(self, data_: bytes) -> None:
         try:
@@ -253,12 +271,27 @@ class ControlConnection:
         as StreamWriter.start_tls itself does.
         """
         await self._drain()
+        # Bytes that came after "AUTH TLS" and before the handshake travelled in
+        # clear: run as commands inside the protected session they would be a
+        # man-in-the-middle's injection (CVE-2011-0411).  No client may send
+        # them (RFC 4217 waits for 234), so they end the session; discarding
+        # them would carry on a session whose clear part was tampered with.
+        # Reading stops first, with no await in between, so nothing slips in.
+        self.writer.transport.pause_reading()
+        if self.reader._buffer:  # noqa: SLF001 - asyncio has no public accessor
+            raise ConnectionError("bytes pipelined after AUTH TLS, before the handshake")
+        assert self.ctx.tls is not None
+        self.tls_ctx = self.ctx.tls.new()
         loop = asyncio.get_running_loop()
         protocol = self.writer.transport.get_protocol()
-        transport = await asyncio.wait_for(loop.start_tls(
-            self.writer.transport, protocol, self.ctx.tls, server_side=True), 30)
+        left = self.login_deadline - loop.time() if not self.session.logged_in else tls.HANDSHAKE_MAX
+        deadline = max(0.1, min(tls.handshake_deadline(self.cfg), left))
+        async with asyncio.timeout(deadline):  # in this task: no other reader runs meanwhile
+            transport = await loop.start_tls(self.writer.transport, protocol, self.tls_ctx, server_side=True,
+                                             ssl_handshake_timeout=deadline)
         self.writer._transport = transport  # noqa: SLF001 - see the docstring
         protocol._replace_writer(self.writer)  # noqa: SLF001
+        tls.control_done(self.tls_ctx)
 
     def pending_bytes(self) -> bytes:
         """Take what the client sent that we have not read yet (handed over after login)."""
@@ -310,9 +343,10 @@ class ControlConnection:
         if isinstance(action, StartTls):
             try:
                 await self._start_tls()
-            except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
-                self.end_reason = "TLS handshake failed"
+            except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, tls.TlsSetupError) as e:
+                self.end_reason = f"TLS handshake failed ({e.__class__.__name__})"
                 self.closing = True
+                self.writer.transport.abort()  # nothing more may be said in clear
                 return []
             s.tls_started()
             return []
@@ -400,8 +434,8 @@ class ControlConnection:
         except OSError:  # the control connection failed under us (or would not drain)
             done = TransferDone("connection_lost", progress[0])
         finally:
-            if opened.get("tls") is not None:
-                await opened["tls"].close()
+            if opened.get("conn") is not None:  # a failed transfer: no close_notify
+                opened["conn"].abort()
             if opened.get("sock") is not None:
                 opened["sock"].close()
             if opened.get("fd") is not None:
@@ -446,48 +480,57 @@ class ControlConnection:
                                        "o" if isinstance(start, SendFile) else "i")
         await self._drain()
         stall = float(self.cfg.data_connection_timeout or 0)
-        if action.tls and self.ctx.tls_link is not None:  # isolated: the TLS helper does TLS
+        link = self.ctx.tls_link if action.tls else None
+        upload = isinstance(action, ReceiveFile)
+        if link is not None:  # isolated: the TLS helper does TLS, we see plaintext
             try:
-                sock = opened["sock"] = await asyncio.to_thread(self.ctx.tls_link.wrap, sock)
+                sock = opened["sock"] = await asyncio.to_thread(link.wrap, sock, upload)
             except Exception as e:  # TlsRefused, or the helper is gone
                 opened["sock"] = None
                 return TransferDone("tls_refused", detail=str(e) or e.__class__.__name__)
-            action = dataclasses.replace(action, tls=False)  # plaintext from here on
-        if action.tls:  # the handshake follows the 150, as clients expect (and vsftpd does)
-            opened["sock"] = None
+            conn: Any = data.PlainConn(sock)
+        elif action.tls:  # the handshake follows the 150, as clients expect (and vsftpd does)
+            assert self.tls_ctx is not None
             try:
-                stream = opened["tls"] = await tls.wrap_data(sock, self.ctx.tls, float(self.cfg.accept_timeout or 60))
+                conn = await tls.accept_data(sock, self.tls_ctx, float(self.cfg.accept_timeout or 60),
+                                             strict_eof=bool(self.cfg.strict_ssl_read_eof))
             except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
-                sock.close()
                 return TransferDone("tls_refused", detail=f"handshake failed ({e.__class__.__name__})")
-            if self.cfg.require_ssl_reuse and not stream.reused:
+            opened["sock"] = None
+            if self.cfg.require_ssl_reuse and not conn.reused:
+                await conn.close()  # no data was promised: a clean TLS end, the reply says why
                 return TransferDone("tls_refused", detail=tls.REUSE_REQUIRED)
+        else:
+            conn = data.PlainConn(sock)
+        opened["sock"], opened["conn"] = None, conn
         opened["moving"] = True
         throttle = self._throttle()
         fd = opened.get("fd")
         try:
-            if action.tls:
-                if isinstance(action, SendFile):
-                    await data.send_file_tls(stream, fd, action.offset, action.ascii, progress, stall, throttle)
-                elif isinstance(action, ReceiveFile):
-                    await data.receive_file_tls(stream, fd, action.ascii, progress, stall, throttle)
-                else:
-                    progress[0] = await data.send_bytes_tls(stream, payload)
-            elif isinstance(action, SendFile):
-                await data.send_file(sock, fd, action.offset, action.ascii, progress, stall, throttle)
+            if isinstance(action, SendFile):
+                await data.send_file(conn, fd, action.offset, action.ascii, progress, stall, throttle)
             elif isinstance(action, ReceiveFile):
-                await data.receive_file(sock, fd, action.ascii, progress, stall, throttle)
+                await data.receive_file(conn, fd, action.ascii, progress, stall, throttle)
             else:
-                progress[0] = await data.send_bytes(sock, payload)
+                progress[0] = await data.send_bytes(conn, payload)
         except (ConnectionError, TimeoutError, ssl.SSLError):
             return TransferDone("connection_lost", progress[0])
         except OSError as e:  # the local file failed (disk full, quota)
             return TransferDone("local_error", progress[0], error=e)
-        if action.tls:
-            await opened.pop("tls").close()  # close_notify: the client knows the file is whole
-        else:
-            opened["sock"] = None
-            _close_data(sock)
+        if link is not None and not upload:  # whole: the helper may send close_notify
+            try:
+                await asyncio.to_thread(link.sent)
+            except Exception:  # the helper is gone
+                return TransferDone("connection_lost", progress[0])
+        # close_notify (TLS): the client knows the data is whole; strict_ssl_write_shutdown
+        # wants the client's close_notify back on a download
+        confirm = 0.0 if upload or not action.tls else self._confirm_seconds()
+        if not await opened.pop("conn").close(confirm=confirm):
+            return TransferDone("connection_lost", progress[0])
+        if link is not None:  # how the helper saw the TLS stream end decides
+            ended = await asyncio.to_thread(link.ended, self._confirm_seconds() + 30)
+            if ended is not None:
+                return TransferDone("connection_lost", progress[0])
         if opened.get("partial"):  # atomic_uploads: the name appears only now, complete
             # A client that died closed both connections; the end of the data is
             # then no proof of a complete file.  Give the control EOF a moment to
@@ -507,6 +550,12 @@ class ControlConnection:
             except OSError as e:
                 return TransferDone("local_error", progress[0], error=e)
         return TransferDone("ok", progress[0], name=opened.get("name", ""))
+
+    def _confirm_seconds(self) -> float:
+        """strict_ssl_write_shutdown: how long a download waits for the client's close_notify."""
+        if not self.cfg.strict_ssl_write_shutdown:
+            return 0.0
+        return float(self.cfg.data_connection_timeout or 60)
 
     def _throttle(self) -> data.Throttle | None:
         """This session's rate limits, or None (the zero-copy path) when there are none."""
@@ -534,16 +583,27 @@ class ControlConnection:
 
     def _render_listing(self, jail: Jail, action: SendListing) -> bytes:
         st = jail.stat(action.path)
+        given = action.given
+        # NLST prints names as the client spelled the directory (vsftpd):
+        # "NLST sub" -> "sub/a.txt", "NLST /sub/*.txt" -> "/sub/a.txt", "NLST" -> "a.txt"
+        prefix = ""
+        show_hidden = action.show_hidden
         if stat_mod.S_ISDIR(st.st_mode):
             entries = jail.listdir(action.path)
             entries.sort(key=lambda e: e.name)
-        elif action.kind == "MLSD":
+            if action.pattern:
+                prefix = given[:len(given) - len(action.pattern)]
+            elif given not in ("", "."):
+                prefix = given if given.endswith("/") else given + "/"
+        elif action.kind == "MLSD" or action.pattern or paths.names_directory(given):
             raise NotADirectoryError(20, "Not a directory")
         else:
             entries = [Entry.from_stat(paths.basename(action.path), jail.lstat(action.path))]
-            if action.kind == "NLST" and action.explicit_path:
-                entries = [Entry.from_stat(action.path, st)]
-        lines = self.session.render_lines(action.kind, entries, time.time(), action.show_hidden)
+            if action.kind == "NLST":  # one file: its name exactly as given
+                entries = [entries[0]._replace(name=given or entries[0].name)]
+            show_hidden = True  # named outright: shown even if it is a dot file
+        lines = self.session.render_lines(action.kind, entries, time.time(), show_hidden,
+                                          pattern=action.pattern, prefix=prefix)
         if not lines:
             return b""
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
@@ -588,14 +648,6 @@ def _password_checks() -> concurrent.futures.ThreadPoolExecutor:
 
 # Stands for an over-long line; longer than any limit, so parse_line refuses it.
 _TOO_LONG = b"X" * (1 << 16)
-
-
-def _close_data(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-    sock.close()
 
 
 ATOMIC_GRACE = 0.05  # seconds to wait for a dying client's control EOF

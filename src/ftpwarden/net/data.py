@@ -1,7 +1,9 @@
 """Data connections: passive listeners, active connects, and moving the bytes.
 
-Binary downloads use sendfile (zero copy); uploads read into one large buffer
-per transfer; TYPE A converts line endings on the way (RFC 959 3.1.1.1).
+Binary downloads use sendfile (zero copy) on plain connections; uploads read
+into one large buffer per transfer; TYPE A converts line endings on the way
+(RFC 959 3.1.1.1).  One mover serves plain and TLS connections (`PlainConn`,
+`tls.TlsConn`: the same non-blocking recv_into/send).
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ import errno
 import os
 import random
 import socket
+import ssl
 from typing import Any, Callable
 
 from ..proto import addr
+from .tls import wait_socket
 
-__all__ = ["DataChannel", "DataRefused", "AsciiEncoder", "AsciiDecoder", "send_file", "receive_file", "send_bytes"]
+__all__ = ["DataChannel", "DataRefused", "AsciiEncoder", "AsciiDecoder", "PlainConn", "send_file", "receive_file",
+           "send_bytes", "relay"]
 
 RECV_BUFFER = 1 << 20  # uploads: one 1 MiB buffer per transfer
 READ_CHUNK = 1 << 16   # ASCII downloads read this much at a time
 SENDFILE_CHUNK = 1 << 20  # one sendfile call moves at most this much, so other sessions get a turn
+TLS_CHUNK = 256 * 1024  # downloads over TLS: file bytes read and encrypted at a time
 
 
 class DataRefused(Exception):
@@ -167,9 +173,63 @@ class AsciiDecoder:
         return b"\r" if held else b""
 
 
-async def send_bytes(sock: socket.socket, data: bytes) -> int:
-    await asyncio.get_running_loop().sock_sendall(sock, data)
+class PlainConn:
+    """A plain data connection, with the interface of tls.TlsConn."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv_into(self, view: memoryview) -> int:
+        return self.sock.recv_into(view)
+
+    def send(self, data: Any) -> int:
+        return self.sock.send(data)
+
+    def buffered(self) -> bool:
+        return False
+
+    async def close(self, *, confirm: float = 0.0) -> bool:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.sock.close()
+        return True
+
+    def abort(self) -> None:
+        self.sock.close()
+
+
+Conn = Any  # PlainConn or tls.TlsConn: recv_into, send, buffered, sock, close
+
+
+async def _recv_some(conn: Conn, view: memoryview) -> int:
+    while True:
+        try:
+            return conn.recv_into(view)
+        except BlockingIOError:
+            await wait_socket(conn.sock, writing=False)
+
+
+async def _send_all(conn: Conn, data: Any) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[conn.send(view):]
+        except BlockingIOError:
+            await wait_socket(conn.sock, writing=True)
+
+
+async def send_bytes(conn: Conn, data: bytes) -> int:
+    await _send_all(conn, data)
     return len(data)
+
+
+async def relay(src: Conn, dst: Conn, chunk: int = 256 * 1024) -> None:
+    """Copy `src` to `dst` until `src` ends cleanly; a cut raises (tls.Truncated)."""
+    view = memoryview(bytearray(chunk))
+    while n := await _recv_some(src, view):
+        await _send_all(dst, view[:n])
 
 
 class Stalled:
@@ -221,51 +281,61 @@ class Throttle:
             await asyncio.sleep(wait)
 
 
-async def send_file(sock: socket.socket, fd: int, offset: int, ascii_mode: bool, progress: list[int],
+async def send_file(conn: Conn, fd: int, offset: int, ascii_mode: bool, progress: list[int],
                     stall_timeout: float = 0, throttle: Throttle | None = None) -> None:
     """Send the file from `offset`; `progress[0]` counts bytes sent (for aborts and logs)."""
-    loop = asyncio.get_running_loop()
     async with Stalled(stall_timeout) as stall:
         if not ascii_mode and throttle is None:
             pos = [offset]
-
-            def step(sfd: int) -> bool:
-                sent = os.sendfile(sfd, fd, pos[0], SENDFILE_CHUNK)
-                pos[0] += sent
-                progress[0] += sent
-                return sent == 0
-            await _pump(sock, step, stall, writing=True)
+            if isinstance(conn, PlainConn):
+                def step(sfd: int) -> bool:
+                    sent = os.sendfile(sfd, fd, pos[0], SENDFILE_CHUNK)
+                    pos[0] += sent
+                    progress[0] += sent
+                    return sent == 0
+            else:  # no sendfile through TLS in Python 3.11 (no kernel TLS): copy
+                def step(sfd: int) -> bool:
+                    if not conn.flush():
+                        raise BlockingIOError
+                    chunk = os.pread(fd, TLS_CHUNK, pos[0])
+                    if chunk:
+                        conn.send(chunk)  # takes it all (or raised before)
+                    pos[0] += len(chunk)
+                    progress[0] += len(chunk)
+                    return not chunk
+            await _pump(conn, step, stall, writing=True)
             return
         encoder = AsciiEncoder() if ascii_mode else None
         throttle = throttle or Throttle(0)
         size = throttle.chunk(READ_CHUNK)
         os.lseek(fd, offset, os.SEEK_SET)
         while chunk := os.read(fd, size):
-            await loop.sock_sendall(sock, encoder.feed(chunk) if encoder else chunk)
+            await _send_all(conn, encoder.feed(chunk) if encoder else chunk)
             progress[0] += len(chunk)
             stall.moved()
             await throttle.account(len(chunk))
 
 
-async def receive_file(sock: socket.socket, fd: int, ascii_mode: bool, progress: list[int],
+async def receive_file(conn: Conn, fd: int, ascii_mode: bool, progress: list[int],
                        stall_timeout: float = 0, throttle: Throttle | None = None) -> None:
-    """Read the data connection to EOF into `fd`; `progress[0]` counts bytes written."""
-    loop = asyncio.get_running_loop()
+    """Read the data connection to its end into `fd`; `progress[0]` counts bytes
+    written.  A TLS stream cut without close_notify raises tls.Truncated, after
+    every byte decrypted before the cut is written."""
     buf = bytearray(RECV_BUFFER)
     view = memoryview(buf)
     decoder = AsciiDecoder() if ascii_mode else None
     async with Stalled(stall_timeout) as stall:
         if decoder is None and throttle is None:
             def step(sfd: int) -> bool:
-                n = sock.recv_into(buf)
+                n = conn.recv_into(view)
                 _write_all(fd, view[:n])
                 progress[0] += n
                 return n == 0
-            await _pump(sock, step, stall, writing=False)
+            await _pump(conn, step, stall, writing=False)
             return
         throttle = throttle or Throttle(0)
         size = throttle.chunk(RECV_BUFFER)
-        while n := await loop.sock_recv_into(sock, view[:size]):
+        while n := await _recv_some(conn, view[:size]):
             _write_all(fd, decoder.feed(bytes(view[:n])) if decoder else view[:n])
             progress[0] += n
             stall.moved()
@@ -274,7 +344,7 @@ async def receive_file(sock: socket.socket, fd: int, ascii_mode: bool, progress:
         _write_all(fd, decoder.flush())
 
 
-async def _pump(sock: socket.socket, step: Callable[[int], bool], stall: Stalled, *, writing: bool) -> None:
+async def _pump(conn: Conn, step: Callable[[int], bool], stall: Stalled, *, writing: bool) -> None:
     """Call `step` whenever the socket is ready, until it returns True (EOF).
 
     asyncio's sock_sendfile/sock_recv_into re-register the fd with epoll on
@@ -283,7 +353,7 @@ async def _pump(sock: socket.socket, step: Callable[[int], bool], stall: Stalled
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    sfd = sock.fileno()
+    sfd = conn.sock.fileno()
 
     def ready() -> None:
         if done.done():
@@ -294,9 +364,11 @@ async def _pump(sock: socket.socket, step: Callable[[int], bool], stall: Stalled
                     done.set_result(None)
                     return
             stall.moved()
+            if conn.buffered():  # TLS records already read: the socket will not wake us for them
+                loop.call_soon(ready)
         except (BlockingIOError, InterruptedError):
             stall.moved()
-        except OSError as e:
+        except (OSError, ssl.SSLError) as e:  # ssl.SSLError is an OSError; named for the reader
             done.set_exception(e)
 
     (loop.add_writer if writing else loop.add_reader)(sfd, ready)
@@ -313,44 +385,3 @@ def _write_all(fd: int, data: Any) -> None:
         view = view[written:]
 
 
-# ---------------------------------------------------------------- over TLS (PROT P)
-# No sendfile through TLS in Python 3.11 (no kernel TLS): the bytes pass through
-# user space, in chunks large enough to keep the per-record cost low.
-
-TLS_CHUNK = 256 * 1024
-
-
-async def send_file_tls(stream: Any, fd: int, offset: int, ascii_mode: bool, progress: list[int],
-                        stall_timeout: float = 0, throttle: Throttle | None = None) -> None:
-    encoder = AsciiEncoder() if ascii_mode else None
-    throttle = throttle or Throttle(0)
-    size = throttle.chunk(TLS_CHUNK)
-    os.lseek(fd, offset, os.SEEK_SET)
-    async with Stalled(stall_timeout) as stall:
-        while chunk := os.read(fd, size):
-            stream.writer.write(encoder.feed(chunk) if encoder else chunk)
-            await stream.writer.drain()
-            progress[0] += len(chunk)
-            stall.moved()
-            await throttle.account(len(chunk))
-
-
-async def receive_file_tls(stream: Any, fd: int, ascii_mode: bool, progress: list[int],
-                           stall_timeout: float = 0, throttle: Throttle | None = None) -> None:
-    decoder = AsciiDecoder() if ascii_mode else None
-    throttle = throttle or Throttle(0)
-    size = throttle.chunk(RECV_BUFFER)
-    async with Stalled(stall_timeout) as stall:
-        while chunk := await stream.reader.read(size):
-            _write_all(fd, decoder.feed(chunk) if decoder else chunk)
-            progress[0] += len(chunk)
-            stall.moved()
-            await throttle.account(len(chunk))
-    if decoder is not None:
-        _write_all(fd, decoder.flush())
-
-
-async def send_bytes_tls(stream: Any, data: bytes) -> int:
-    stream.writer.write(data)
-    await stream.writer.drain()
-    return len(data)

@@ -13,7 +13,7 @@ import zlib
 from typing import Any
 
 from ..proto import paths
-from ..proto.actions import FsChange, ReceiveFile, SendFile
+from ..proto.actions import FsChange, ReceiveFile, RestartBeyondEnd, SendFile
 from ..proto.listing import Entry
 from .jail import Jail
 
@@ -33,7 +33,7 @@ def open_download(jail: Jail, action: SendFile) -> tuple[int, int]:
         if action.world_readable_only and not st.st_mode & stat_mod.S_IROTH:
             raise PermissionError(13, "File not world-readable")
         if action.offset > st.st_size:
-            raise OSError(22, "Restart offset beyond end of file")
+            raise RestartBeyondEnd(action.offset, st.st_size)
         os.set_blocking(fd, True)
         return fd, st.st_size
     except BaseException:
@@ -87,13 +87,21 @@ def open_upload(jail: Jail, action: ReceiveFile, *, atomic: bool = False) -> tup
                 raise FileExistsError(17, "File exists")
     if not action.may_overwrite and partial is None:
         flags |= os.O_EXCL
+    if action.offset:
+        flags &= ~os.O_CREAT  # a restart continues a file; it never makes one
     fd = jail.open(target, flags, mode)
     try:
-        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
             raise PermissionError(13, "Not a plain file")
+        if action.offset > st.st_size:
+            # a gap of zeros would look like a complete file: refused, as pyftpdlib
+            # does (vsftpd writes the hole)
+            raise RestartBeyondEnd(action.offset, st.st_size)
         if action.offset:
+            # a restarted upload overwrites from the marker and never shortens
+            # the file: what lies past the new bytes stays (vsftpd, pyftpdlib)
             os.lseek(fd, action.offset, os.SEEK_SET)
-            os.ftruncate(fd, action.offset)
     except BaseException:
         os.close(fd)
         raise
@@ -101,6 +109,10 @@ def open_upload(jail: Jail, action: ReceiveFile, *, atomic: bool = False) -> tup
 
 
 def fs_change(jail: Jail, a: FsChange) -> None:
+    if a.dir_only:  # the client wrote "name/": the kernel would act on a directory only
+        st = jail.lstat(a.path) if a.op == "rename" else jail.stat(a.path)
+        if not stat_mod.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(20, "Not a directory")
     if a.op == "mkdir":
         jail.mkdir(a.path, a.mode)
     elif a.op == "rmdir":

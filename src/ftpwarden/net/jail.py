@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import stat
+from typing import Callable
 
 from ..proto.listing import Entry
 from ..proto.paths import basename, parent, resolve, to_relative
@@ -43,6 +45,7 @@ class _OpenHow(ctypes.Structure):
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+log = logging.getLogger("ftpwarden.jail")
 
 
 def _openat2(dirfd: int, path: str, flags: int, mode: int = 0) -> int:
@@ -205,15 +208,20 @@ class Jail:
     # chmod and utime: there is no chmodat/utimensat that takes a path *and*
     # RESOLVE_IN_ROOT, and fchmod/futimens refuse O_PATH fds (a plain open
     # could block on a FIFO or need read permission).  So we resolve with
-    # openat2 to an O_PATH fd, then act on /proc/self/fd/N: the kernel follows
-    # that magic link straight to the inode we hold, with no second lookup of
-    # the client's path.  Needs /proc mounted (it always is in pooled mode).
+    # openat2 to an O_PATH fd and act on that inode, never on the client's path
+    # again: through /proc/self/fd/N when /proc really is procfs, else with the
+    # calls that take an O_PATH fd (fchmodat2 and utimensat with AT_EMPTY_PATH,
+    # Linux 6.6), else by the path only where the jail's root is the process's
+    # own root (an isolated-mode chroot: no lookup can leave it), else not at
+    # all (550).  Anywhere else a second lookup of the path would follow a
+    # planted symlink out of the root.
 
     def chmod(self, vpath: str, mode: int) -> None:
         fd = self._open_path(vpath, os.O_PATH)
         try:
-            path, kw = self._by_inode(vpath, fd)
-            os.chmod(path, mode & _MODE_MASK, **kw)
+            _on_inode(fd, self._by_path(vpath), "chmod",
+                      lambda name, kw: os.chmod(name, mode & _MODE_MASK, **kw),
+                      lambda: _fchmodat2_empty(fd, mode & _MODE_MASK))
         finally:
             os.close(fd)
 
@@ -221,16 +229,87 @@ class Jail:
         """Set the modification time; the access time is kept."""
         fd = self._open_path(vpath, os.O_PATH)
         try:
-            atime_ns = os.fstat(fd).st_atime_ns
-            path, kw = self._by_inode(vpath, fd)
-            os.utime(path, ns=(atime_ns, round(mtime * 1e9)), **kw)
+            times = (os.fstat(fd).st_atime_ns, round(mtime * 1e9))
+            _on_inode(fd, self._by_path(vpath), "utime", lambda name, kw: os.utime(name, ns=times, **kw),
+                      lambda: _utimensat_empty(fd, times))
         finally:
             os.close(fd)
 
-    def _by_inode(self, vpath: str, fd: int) -> tuple[str, dict]:
-        """A name for the inode `fd` holds, for calls that take no O_PATH fd."""
-        if os.path.isdir("/proc/self/fd"):
-            return f"/proc/self/fd/{fd}", {}
-        # Inside a kernel chroot (isolated mode) there is no /proc, and the
-        # chroot itself keeps every symlink inside: the path is safe there.
+    def _by_path(self, vpath: str) -> tuple[str, dict[str, int]] | None:
+        """(name, kw) to reach `vpath` by a plain lookup, only when that cannot
+        leave the root: the root is this process's "/" itself (a kernel chroot)."""
+        root, mine = os.fstat(self._fd), os.stat("/")
+        if (root.st_dev, root.st_ino) != (mine.st_dev, mine.st_ino):
+            return None
         return to_relative(_norm(vpath)), {"dir_fd": self._fd}
+
+
+# ------------------------------------------------------------ acting on an O_PATH fd
+
+_PROC_FDS = "/proc/self/fd"
+_PROC_SUPER_MAGIC = 0x9FA0  # statfs f_type of procfs: a user cannot fake a filesystem type
+_SYS_FCHMODAT2 = 452  # x86-64 and arm64 (Linux 6.6)
+_AT_EMPTY_PATH = 0x1000
+_refusal_logged = False
+
+
+def _proc_fds() -> int | None:
+    """An fd of our /proc/self/fd directory, or None when that is not procfs
+    (no /proc, or a directory a jailed user made to look like it)."""
+    try:
+        fd = os.open(_PROC_FDS, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type (a long) comes first
+    if _libc.fstatfs(fd, buf) != 0 or ctypes.c_long.from_buffer(buf).value != _PROC_SUPER_MAGIC:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _done(res: int) -> bool:
+    """The result of a call on an O_PATH fd: False when this kernel cannot do it."""
+    if res == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EBADF, errno.EOPNOTSUPP):
+        return False  # too old a kernel (or a seccomp policy without the call)
+    raise OSError(err, os.strerror(err))
+
+
+def _fchmodat2_empty(fd: int, mode: int) -> bool:
+    return _done(_syscall(ctypes.c_long(_SYS_FCHMODAT2), ctypes.c_int(fd), ctypes.c_char_p(b""),
+                          ctypes.c_uint(mode), ctypes.c_int(_AT_EMPTY_PATH)))
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _utimensat_empty(fd: int, times_ns: tuple[int, int]) -> bool:
+    ts = (_Timespec * 2)(*(_Timespec(*divmod(t, 10**9)) for t in times_ns))
+    return _done(_libc.utimensat(ctypes.c_int(fd), ctypes.c_char_p(b""), ts, ctypes.c_int(_AT_EMPTY_PATH)))
+
+
+def _on_inode(fd: int, path: tuple[str, dict[str, int]] | None, what: str,
+              by_name: Callable[[str, dict[str, int]], None], by_fd: Callable[[], bool]) -> None:
+    """Run `by_name(name, kw)` on /proc's link to the inode `fd` holds, or `by_fd()`,
+    or `by_name(*path)` when the caller found a lookup safe; else refuse (EPERM: 550)."""
+    global _refusal_logged
+    procfd = _proc_fds()
+    if procfd is not None:
+        try:
+            by_name(str(fd), {"dir_fd": procfd})  # the magic link: no lookup of the client's path
+            return
+        finally:
+            os.close(procfd)
+    if by_fd():
+        return
+    if path is not None:
+        by_name(*path)
+        return
+    if not _refusal_logged:
+        _refusal_logged = True
+        log.warning("%s refused: no procfs at %s and no fchmodat2/utimensat on O_PATH fds in this "
+                    "kernel; re-resolving the path could follow a symlink out of the root", what, _PROC_FDS)
+    raise OSError(errno.EPERM, f"{what} is not possible safely here")

@@ -1,12 +1,18 @@
 """Pooled mode: asyncio sessions, many per process, one process per core.
 
-Each worker process has its own listening socket bound with SO_REUSEPORT to
-the same address, so the kernel spreads connections across the workers.
+The listening sockets are bound once, in the parent, without SO_REUSEPORT,
+and every worker process accepts on those same sockets (inherited by fork).
+So a second server on the same port fails with "Address already in use", as
+vsftpd does, instead of silently sharing it: SO_REUSEPORT would let any
+process of the same user join the port and take a share of the clients.
+Whichever worker is idle takes the next connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import logging
 import os
 import signal
@@ -15,10 +21,12 @@ import sys
 from typing import Any, Callable
 
 from .control import ControlConnection, ServerContext
+from .tls import handshake_deadline
 
 __all__ = ["bind_listeners", "serve_pooled", "Listener"]
 
 log = logging.getLogger("ftpwarden.server")
+_PR_SET_PDEATHSIG = 1
 
 Listener = tuple[socket.socket, ...]  # one worker's sockets (one per address)
 
@@ -27,8 +35,7 @@ def _bind(host: str, port: int, *, v6only: bool | None = None) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart despite TIME_WAIT; never shares a listener
         if family == socket.AF_INET6 and v6only is not None:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind((host, port))
@@ -41,14 +48,25 @@ def _bind(host: str, port: int, *, v6only: bool | None = None) -> socket.socket:
 
 
 def bind_listeners(addresses: list[tuple[str, bool | None]], port: int, workers: int) -> list[Listener]:
-    """Bind `workers` sockets per address, all on one port (port 0: the kernel picks it once)."""
-    result: list[list[socket.socket]] = [[] for _ in range(workers)]
-    for host, v6only in addresses:
-        for w in range(workers):
-            sock = _bind(host, port, v6only=v6only)
+    """One socket per address, all on one port (port 0: the kernel picks it once);
+    the same sockets for each of the `workers`.  OSError.filename names the address."""
+    socks: list[socket.socket] = []
+    try:
+        for host, v6only in addresses:
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            try:
+                sock = _bind(host, port, v6only=v6only)
+            except OSError as e:
+                raise OSError(e.errno, e.strerror, shown) from None
+            except (TypeError, ValueError, UnicodeError):  # a NUL or a label IDNA refuses
+                raise OSError(errno.EINVAL, "not an address", repr(shown)) from None
             port = sock.getsockname()[1]
-            result[w].append(sock)
-    return [tuple(r) for r in result]
+            socks.append(sock)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return [tuple(socks)] * workers
 
 
 async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None) -> None:
@@ -87,7 +105,7 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
         return ctx.tls if cfg.implicit_ssl or sock.getsockname()[1] == cfg.implicit_ssl_port else None
 
     servers = [await asyncio.start_server(handle, sock=s, limit=limit, ssl=tls_for(s),
-                                          ssl_handshake_timeout=30 if tls_for(s) else None)
+                                          ssl_handshake_timeout=handshake_deadline(cfg) if tls_for(s) else None)
                for s in sockets]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -109,7 +127,16 @@ def _run_worker(ctx: ServerContext, sockets: Listener, ready: Callable[[], None]
     asyncio.run(_serve(ctx, sockets, ready))
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker never outlives its supervisor (SIGKILLed, say): it then gets SIGTERM,
+    as on a stop.  Checked against `parent` in case it died before the signal was set."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM), 0, 0, 0) != 0 or os.getppid() != parent:
+        os._exit(1)
+
+
 def _spawn(ctx: ServerContext, listeners: list[Listener], i: int) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
@@ -118,13 +145,10 @@ def _spawn(ctx: ServerContext, listeners: list[Listener], i: int) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until _serve installs its own handler
+        _die_with_parent(parent)
         if ctx.limits is not None:
             ctx.limits.attach(i)
-        for j, other in enumerate(listeners):
-            if j != i:
-                for s in other:
-                    s.close()
-        _run_worker(ctx, listeners[i])
+        _run_worker(ctx, listeners[i])  # the sockets every worker shares
     except BaseException:
         log.exception("worker failed")
         code = 1

@@ -14,40 +14,62 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 
-from .tunables import TUNABLES, Kind, Tunable, Value
+from .tunables import TUNABLES, Kind, Tunable, Value, format_value
 
 __all__ = ["ConfigError", "Config", "default_config", "load_config", "parse_value"]
 
 _SPACE = " \t\r\n\v\f"  # C isspace(), as vsftpd strips; not Python's Unicode set
 _BOOLS = {"YES": True, "TRUE": True, "1": True, "NO": False, "FALSE": False, "0": False}
 _UINT_MAX = 2**32 - 1  # vsftpd stores numbers in an unsigned int
-_PORTS = ("listen_port", "pasv_min_port", "pasv_max_port", "ftp_data_port")
+_MAX_ERRORS = 20  # bad lines reported at once
+_PORTS = ("listen_port", "pasv_min_port", "pasv_max_port", "ftp_data_port", "implicit_ssl_port")
 
 
 class ConfigError(Exception):
-    """A configuration mistake; str() is "WHERE: message", WHERE being FILE:LINE."""
+    """A configuration mistake; str() is "WHERE: message", WHERE being FILE:LINE.
+
+    One error may carry several (`problems`, from `ConfigError.several`): then
+    str() is one "WHERE: message" line per problem, so all are shown at once.
+    """
 
     def __init__(self, where: str, message: str) -> None:
         super().__init__(f"{where}: {message}")
         self.where = where
         self.message = message
+        self.problems: list[ConfigError] = [self]
+
+    @classmethod
+    def several(cls, problems: Sequence[ConfigError]) -> ConfigError:
+        """One error standing for `problems` (at least one), in the order given."""
+        first = problems[0]
+        if len(problems) == 1:
+            return first
+        e = cls(first.where, first.message)
+        e.problems = list(problems)
+        e.args = ("\n".join(str(p) for p in problems),)
+        return e
 
 
 class Config:
     """Immutable settings: one attribute per tunable (`cfg.anon_root`).
 
     `explicit` holds the names given a value other than by the table
-    default (by the file, `-o`, default_config() or replace()).
+    default (by the file, `-o`, default_config() or replace()); `where`
+    maps those set by load_config to where they were set ("FILE:LINE",
+    "-o NAME=VALUE", "--port"), for messages about them.
     """
 
-    __slots__ = ("_values", "explicit")
+    __slots__ = ("_values", "explicit", "where")
     _values: Mapping[str, Value]
     explicit: frozenset[str]
+    where: Mapping[str, str]
 
-    def __init__(self, values: Mapping[str, Value], explicit: frozenset[str]) -> None:
+    def __init__(self, values: Mapping[str, Value], explicit: frozenset[str],
+                 where: Mapping[str, str] | None = None) -> None:
         # Callers go through default_config()/load_config(), which validate.
         object.__setattr__(self, "_values", MappingProxyType(dict(values)))
         object.__setattr__(self, "explicit", frozenset(explicit))
+        object.__setattr__(self, "where", MappingProxyType(dict(where or {})))
 
     def __getattr__(self, name: str) -> Value:
         if not name.startswith("_"):  # guard: _values may be unset (copy, pickle)
@@ -67,14 +89,14 @@ class Config:
         """A copy with `changes` applied (validated like default_config)."""
         for name, value in changes.items():
             _check_type("replace", name, value)
-        return Config({**self._values, **changes}, self.explicit | changes.keys())
+        return Config({**self._values, **changes}, self.explicit | changes.keys(), self.where)
 
     def items(self) -> Iterator[tuple[str, Value]]:
         """(name, value) pairs in table order, e.g. for `check-config`."""
         return iter(self._values.items())
 
     def __reduce__(self) -> tuple[object, ...]:  # copy/pickle despite __setattr__
-        return Config, (dict(self._values), self.explicit)
+        return Config, (dict(self._values), self.explicit, dict(self.where))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and self._values == other._values
@@ -119,38 +141,77 @@ def default_config(**values: Value) -> Config:
     return Config({n: t.default for n, t in TUNABLES.items()} | values, frozenset(values))
 
 
-def load_config(path: str | None, overrides: Sequence[str] = ()) -> tuple[Config, list[str]]:
-    """Read `path` (if any), then each `-o` override ("name=value"), in order.
+def load_config(path: str | None, overrides: Sequence[str] = (), *,
+                base: Sequence[tuple[str, str]] = (),
+                flags: Sequence[tuple[str, str]] = ()) -> tuple[Config, list[str]]:
+    """Read `base`, then `path` (if any), then each `-o` override ("name=value"),
+    then the command line's `flags`, in that order.
+
+    `base` and `flags` are (where, "name=value") pairs: the caller's defaults
+    (quick mode) and options given by a flag (`--port` -> listen_port).  A flag
+    and an `-o` setting the same option to different values is an error, so
+    the two never silently disagree.  Each `-o` is named as typed.
 
     Returns the Config and warnings (option set twice in one source, or set
-    to a non-default value it has no effect for yet).  Raises ConfigError.
+    to a non-default value it has no effect for yet).  Raises ConfigError,
+    carrying every bad line at once (`ConfigError.problems`).
     """
     values = {n: t.default for n, t in TUNABLES.items()}
     where: dict[str, str] = {}  # name -> location of its last setting, in order set
     warnings: list[str] = []
-    sources = [_read_lines(path)] if path is not None else []
-    sources.append(((f"-o:{i}", line) for i, line in enumerate(overrides, 1)))
-    for lines in sources:
-        first: dict[str, str] = {}  # duplicates are looked for within one source
+    errors: list[ConfigError] = []
+    sources: list[tuple[str, Iterator[tuple[str, str]] | Sequence[tuple[str, str]]]] = [("base", base)]
+    if path is not None:
+        sources.append(("file", _read_lines(path)))
+    sources.append(("-o", [(_dash_o(line), line) for line in overrides]))
+    sources.append(("flag", flags))
+    by_source: dict[str, dict[str, tuple[str, Value]]] = {}
+    for kind, lines in sources:
+        first: dict[str, tuple[str, Value]] = {}  # duplicates are looked for within one source
         for loc, line in lines:
-            setting = _parse_line(loc, line)
+            try:
+                setting = _parse_line(loc, line)
+            except ConfigError as e:
+                errors.append(e)
+                if len(errors) == _MAX_ERRORS:  # not a config file at all, most likely
+                    errors.append(ConfigError(loc, f"stopped after {_MAX_ERRORS} errors"))
+                    raise ConfigError.several(errors) from None
+                continue
             if setting is None:
                 continue
             name, value = setting
-            if name in first:
+            if name in first and kind != "flag":
                 warnings.append(f"{loc}: option {name!r} is set again (first at "
-                                f"{first[name]}); the last value wins")
-            first[name] = loc
+                                f"{first[name][0]}); the last value wins")
+            dash_o = by_source.get("-o", {}).get(name)
+            if kind == "flag" and dash_o is not None and dash_o[1] != value:
+                errors.append(ConfigError(loc, f"says {name}={format_value(TUNABLES[name], value)} "
+                                               f"but {dash_o[0]} says otherwise; give one of them"))
+                continue
+            first[name] = (loc, value)
             values[name] = value
             where.pop(name, None)  # re-insert so dict order is "order last set"
             where[name] = loc
-    _check_combinations(values, where)
+        by_source[kind] = first
+    if not errors:
+        try:
+            _check_combinations(values, where)
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        raise ConfigError.several(errors)
     for name, loc in where.items():
         t = TUNABLES[name]
         if not t.implemented and values[name] != t.default:
             warnings.append(f"{loc}: option {name!r} is recognised but not implemented yet; "
                             "it has no effect")
-    return Config(values, frozenset(where)), warnings
+    return Config(values, frozenset(where), where), warnings
+
+
+def _dash_o(line: str) -> str:
+    """An `-o` option's location: what the user typed, shortened if long."""
+    text = line.strip(_SPACE)
+    return f"-o {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 def _read_lines(path: str) -> Iterator[tuple[str, str]]:
@@ -160,6 +221,8 @@ def _read_lines(path: str) -> Iterator[tuple[str, str]]:
             data = f.read()
     except OSError as e:
         raise ConfigError(path, f"cannot read: {e.strerror or e}") from None
+    except ValueError:  # a NUL in the name
+        raise ConfigError(repr(path), "cannot read: not a file name") from None
     for number, raw in enumerate(data.split(b"\n"), 1):
         try:
             yield f"{path}:{number}", raw.decode("utf-8")

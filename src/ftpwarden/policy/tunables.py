@@ -60,7 +60,7 @@ _IMPLEMENTED = frozenset("""
     ssl_enable rsa_cert_file rsa_private_key_file dsa_cert_file dsa_private_key_file
     allow_anon_ssl force_local_logins_ssl force_local_data_ssl force_anon_logins_ssl
     force_anon_data_ssl implicit_ssl require_ssl_reuse ssl_ciphers ca_certs_file require_cert
-    ssl_request_cert ssl_tlsv1 ssl_tlsv11 ssl_tlsv12 ssl_tlsv13
+    ssl_request_cert ssl_tlsv1 ssl_tlsv11 ssl_tlsv12 ssl_tlsv13 strict_ssl_read_eof strict_ssl_write_shutdown
     anon_max_rate local_max_rate allow_writeable_chroot
 """.split())
 
@@ -186,7 +186,7 @@ _VSFTPD: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
         ("passwd_chroot_enable", _B, False,
          "With chroot: a \"/./\" in the passwd home splits jail root from starting directory."),
         ("secure_chroot_dir", _S, "/usr/share/empty",
-         "Empty, non-writable directory used as the jail of unprivileged helper processes."),
+         "Empty, non-writable directory used as the jail of unprivileged helper processes (unset: ftpwarden makes and uses /run/ftpwarden/empty)."),
     ),
     "permissions/umask": (
         ("anon_umask", _I, 0o077,
@@ -369,7 +369,7 @@ _VSFTPD: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
 _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
     "ftpwarden": (
         ("worker_processes", _I, 0,
-         "Pooled mode: processes sharing the port with SO_REUSEPORT (0 = one per CPU core)."),
+         "Pooled mode: processes accepting on the one listening socket (0 = one per CPU core)."),
         ("user_db_file", _S, None, "Virtual user file, one `name:hash[:options]` per line."),
         ("pooled", _B, False, "Use pooled mode even when started as root."),
         ("atomic_uploads", _B, False,

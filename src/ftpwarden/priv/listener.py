@@ -2,11 +2,15 @@
 
 It never reads from a client: over-limit connections get a fixed 421 line and
 are closed.  SIGHUP re-reads the config for new sessions; SIGTERM stops the
-listener and the sessions; children are reaped as they end (no zombies).
+listener and the sessions (each monitor gets SIGTERM and ends its workers with
+a 421; a listener that dies any other way sends its monitors SIGTERM through
+their parent-death signal); children are reaped as they end (no zombies).
+Password checks are bounded across all monitors (checkslots.CheckSlots).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import gc
 import os
@@ -17,6 +21,9 @@ import sys
 import time
 from typing import Any, Callable
 
+from ..policy.passwords import dummy_verify
+from .checkslots import CheckSlots, default_slots
+from .creds import set_parent_death_signal
 from .monitor import Monitor
 
 __all__ = ["Listener", "run_one_session"]
@@ -24,10 +31,12 @@ __all__ = ["Listener", "run_one_session"]
 TOO_MANY = b"421 There are too many connected users, please try later.\r\n"
 TOO_MANY_FROM_YOU = b"421 There are too many connections from your internet address.\r\n"
 BANNED = b"421 Too many failed logins from your address; try again later.\r\n"
+_M_MMAP_THRESHOLD = -3
 
 
-def run_one_session(site: Any, conn: socket.socket) -> int:
-    """One session in this process (a forked child, or inetd mode)."""
+def run_one_session(site: Any, conn: socket.socket, slots: CheckSlots | None = None) -> int:
+    """One session in this process (a forked child, or inetd mode).
+    `slots`: the listener's bound on concurrent password checks."""
     from . import worker  # already imported by the caller in standalone mode (fork shares it)
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGCHLD):
@@ -35,7 +44,17 @@ def run_one_session(site: Any, conn: socket.socket) -> int:
     return Monitor(site.cfg, conn, authenticate=site.authenticate,
                    prelogin=functools.partial(worker.prelogin, site),
                    postlogin=functools.partial(worker.postlogin, site),
-                   bans=site.bans, events=site.events).run()
+                   bans=site.bans, events=site.events, slots=slots).run()
+
+
+def _hash_buffers_unmapped() -> None:
+    """Keep glibc's mmap threshold fixed (inherited by every monitor): a freed
+    16 MiB scrypt buffer would otherwise raise it, and the next ones would come
+    from the heap and stay with the process after its check."""
+    try:
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 4 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _drain(fd: int) -> bool:
@@ -51,6 +70,11 @@ class Listener:
         self.sockets = sockets
         self.load = load
         self.site = load()
+        self.slots = CheckSlots(default_slots())  # kept across SIGHUP: monitors of both configs share it
+        _hash_buffers_unmapped()
+        # One check here first: what the hashing library sets up on first use is
+        # then shared by every monitor (copy-on-write) instead of made in each.
+        dummy_verify("warm-up")
         self.children: dict[int, str] = {}  # pid -> client ip
         self.per_ip: dict[str, int] = {}
         self.stopping = False
@@ -129,16 +153,19 @@ class Listener:
             conn.close()
             return
         conn.setblocking(True)
+        me = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the listener's handler, before:
+                set_parent_death_signal(signal.SIGTERM, parent=me)  # the listener's end is the session's
                 for s in self.sockets:
                     s.close()
                 signal.set_wakeup_fd(-1)
                 for fd in self._wake:
                     os.close(fd)
-                code = run_one_session(self.site, conn)
+                code = run_one_session(self.site, conn, self.slots)
             except BaseException:  # noqa: BLE001 - never return into the accept loop
                 import traceback
                 traceback.print_exc()

@@ -17,7 +17,7 @@ from typing import ClassVar
 __all__ = [
     "Message", "ChannelError", "MAX_MESSAGE", "encode", "decode",
     "Login", "LoginOk", "LoginFailed", "Handover", "ActiveDataSocket", "DataSocket",
-    "ChownUpload", "Done", "Refused", "WrapData", "DataWrapped",
+    "ChownUpload", "Done", "Refused", "WrapData", "DataWrapped", "DataEnded", "DataSent",
 ]
 
 MAX_MESSAGE = 64 * 1024  # a login or a handover of pipelined commands fits easily
@@ -77,9 +77,22 @@ class ChownUpload(Message):
 @dataclass(frozen=True, slots=True)
 class WrapData(Message):
     """Post-login worker -> TLS helper: do the TLS handshake on the data socket
-    (first descriptor) and relay its plaintext through the second."""
+    (first descriptor) and relay its plaintext through the second; `upload` (1
+    or 0) says which way the bytes go, `serial` numbers the transfer."""
 
     kind: ClassVar[int] = 5
+    upload: int
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataSent(Message):
+    """Post-login worker -> TLS helper: every byte of download `serial` is in the
+    plaintext socket; only then may the helper end it with close_notify (a
+    download the worker gave up on ends without one)."""
+
+    kind: ClassVar[int] = 6
+    serial: int
 
 
 # --- monitor -> worker -------------------------------------------------------
@@ -111,6 +124,18 @@ class DataWrapped(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class DataEnded(Message):
+    """TLS helper -> worker, after the relay of transfer `serial` ended: `reason`
+    is empty for a clean end (the client's close_notify, or what
+    strict_ssl_read_eof/strict_ssl_write_shutdown accept), else why the stream
+    is not whole.  The worker's plaintext EOF alone never means success."""
+
+    kind: ClassVar[int] = 16
+    serial: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Done(Message):
     kind: ClassVar[int] = 13
 
@@ -124,8 +149,8 @@ class Refused(Message):
 
 
 KINDS: dict[int, type[Message]] = {
-    cls.kind: cls for cls in (Login, Handover, ActiveDataSocket, ChownUpload, WrapData, LoginOk,
-                              LoginFailed, DataSocket, DataWrapped, Done, Refused)
+    cls.kind: cls for cls in (Login, Handover, ActiveDataSocket, ChownUpload, WrapData, DataSent, LoginOk,
+                              LoginFailed, DataSocket, DataWrapped, DataEnded, Done, Refused)
 }
 _INT = struct.Struct(">q")
 _LEN = struct.Struct(">I")

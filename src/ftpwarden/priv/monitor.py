@@ -3,10 +3,17 @@
 It forks the pre-login worker, answers exactly one kind of request before
 login (Login) and a closed set after it (ActiveDataSocket, ChownUpload), and
 ends the session on anything else.  Imports neither asyncio nor `net`.
+
+Ending: SIGTERM (the listener stopping) asks the worker to say 421 and go,
+then kills whatever is left within a few seconds.  Each worker has a parent-
+death signal that outlives its privilege drop (creds.drop_privileges), so a
+monitor that dies any other way takes its workers with it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -16,6 +23,8 @@ from typing import Any, Callable
 
 from ..proto import addr
 from .channel import Channel, ChannelClosed, channel_pair
+from .checkslots import CheckSlots
+from .creds import set_parent_death_signal
 from .messages import (
     ActiveDataSocket, ChannelError, ChownUpload, DataSocket, Done, Handover, Login, LoginFailed,
     LoginOk, Refused,
@@ -28,14 +37,36 @@ __all__ = ["Monitor"]
 PreLogin = Callable[[socket.socket, Channel], None]
 PostLogin = Callable[..., None]  # (conn, chan, account, pending, *, tls_state, tls_fd, addresses)
 
+SLOT_WAIT = 30.0  # seconds a login may wait for a password-check slot before it is refused
+STOP_WORKER = 2.0  # seconds a worker has to say 421 and exit after SIGTERM
+STOP_HELPER = 1.0  # then the TLS helper, to relay that 421
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Stopped(BaseException):
+    """SIGTERM: end the session now (BaseException: no `except Exception` keeps it)."""
+
+
+_stop_asked = False  # one monitor per process: a module flag is this session's
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    global _stop_asked
+    _stop_asked = True  # for where the exception is swallowed (a PAM callback)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: we are ending
+    raise _Stopped()
+
 
 class Monitor:
     """One session.  `authenticate(user, password, remote_ip) -> account | None`."""
 
     def __init__(self, cfg: Any, conn: socket.socket, *, authenticate: Callable[[str, str, str], Any],
-                 prelogin: PreLogin, postlogin: PostLogin, bans: Any = None, events: Any = None) -> None:
-        """`bans`: the listener's net.bans.BanList (None: off); `events` logs a ban."""
+                 prelogin: PreLogin, postlogin: PostLogin, bans: Any = None, events: Any = None,
+                 slots: CheckSlots | None = None) -> None:
+        """`bans`: the listener's net.bans.BanList (None: off); `events` logs a ban;
+        `slots` bounds password checks across the listener's monitors (None: no bound)."""
         self.cfg = cfg
+        self.slots = slots
         self.bans = bans
         self.events = events
         self.conn = conn
@@ -50,6 +81,8 @@ class Monitor:
     # ------------------------------------------------------------------ phases
 
     def run(self) -> int:
+        stopped = False
+        signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             login = self._pre_login()
             if login is None:
@@ -57,19 +90,33 @@ class Monitor:
             account, handover, fds = login
             self._post_login(account, handover, fds)
             return 0
+        except _Stopped:
+            stopped = True
+            return 0
         except ChannelError:
             return 1  # the worker broke the protocol, crashed or left: end the session
         finally:
-            self._end_worker()
-            self.worker, self.helper = self.helper, 0
-            self._end_worker(wait=5.0)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the end is under way either way
+            if stopped:  # the worker says 421 (through the TLS helper, which then ends too)
+                self._end_worker(wait=STOP_WORKER, term=True)
+                self.worker, self.helper = self.helper, 0
+                self._end_worker(wait=STOP_HELPER)
+            else:
+                self._end_worker()
+                self.worker, self.helper = self.helper, 0
+                self._end_worker(wait=5.0)
 
     def _fork_worker(self, body: Callable[[Channel], None]) -> Channel:
         mine, theirs = channel_pair()
+        me = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the monitor's handler
+                set_parent_death_signal(parent=me)  # the worker sets its own SIGTERM handler
+                if self.slots is not None:
+                    self.slots.detach()  # a worker could hold every slot: it gets none
                 mine.close()
                 body(theirs)
                 code = 0
@@ -103,6 +150,9 @@ class Monitor:
                     time.sleep(max(0.0, started + float(self.cfg.delay_failed_login or 0) - time.monotonic()))
                     chan.send(LoginFailed())
                     if fails >= max_fails:
+                        # the worker answers this last failure with its 530 and
+                        # hangs up: give it the moment to do so before it is killed
+                        self._end_worker(wait=5.0)
                         return None
                     continue
                 chan.send(LoginOk(account.name, account.user_class.value))
@@ -123,10 +173,21 @@ class Monitor:
     def _check(self, msg: Login) -> Any:
         if not _plausible_name(msg.user) or len(msg.password.encode("utf-8", "surrogateescape")) > 128:
             return None
+        # Every check waits for a slot, known user or not: the wait depends on
+        # the load alone.  No slot in time: refused like a wrong password.
+        slot = self.slots.held(SLOT_WAIT) if self.slots is not None else contextlib.nullcontext(True)
         try:
-            return self.authenticate(msg.user, msg.password, self.remote_ip)
+            with slot as got:
+                if not got:
+                    return None
+                account = self.authenticate(msg.user, msg.password, self.remote_ip)
         except Exception:  # an authenticator bug refuses the login, never grants it
-            return None
+            account = None
+        finally:
+            _trim()
+        if _stop_asked:
+            raise _Stopped()
+        return account
 
     def _post_login(self, account: Any, handover: Handover, fds: list[int]) -> None:
         conn = socket.socket(fileno=fds[0]) if fds else self.conn
@@ -204,11 +265,17 @@ class Monitor:
 
     # ------------------------------------------------------------------ helpers
 
-    def _end_worker(self, wait: float = 0.0) -> None:
-        """Reap the current worker; after `wait` seconds (or at once) kill it."""
+    def _end_worker(self, wait: float = 0.0, *, term: bool = False) -> None:
+        """Reap the current worker; after `wait` seconds (or at once) kill it.
+        `term`: first ask it to end (SIGTERM: it says 421 and exits)."""
         pid, self.worker = self.worker, 0
         if not pid:
             return
+        if term:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -228,6 +295,15 @@ class Monitor:
                     pass
                 return
             time.sleep(0.005)
+
+
+def _trim() -> None:
+    """Give the check's big buffers (scrypt: 16 MiB) back to the kernel now: a
+    monitor may wait minutes for the next PASS of its client."""
+    try:
+        _libc.malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
 
 
 def _plausible_name(user: str) -> bool:

@@ -12,14 +12,17 @@ slave does, and keeps all TLS parsing away from the login user's process.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import select
 import socket
 import ssl
 import threading
 from typing import Any
 
-from ..net import tls
+from ..net import data, tls
 from .channel import Channel, ChannelClosed
-from .messages import ChannelError, DataWrapped, Refused, WrapData
+from .messages import ChannelError, DataEnded, DataSent, DataWrapped, Refused, WrapData
 
 __all__ = ["serve_helper", "TlsLink", "TlsRefused"]
 
@@ -31,18 +34,25 @@ class TlsRefused(Exception):
 
 
 class TlsLink:
-    """The post-login worker's side: hand a data socket over, get plaintext back."""
+    """The post-login worker's side: hand a data socket over, get plaintext back,
+    then learn from the helper how the TLS stream ended (`ended`)."""
 
     def __init__(self, chan: Channel) -> None:
         self.chan = chan
         self.lock = threading.Lock()
+        self._serials = itertools.count(1)
+        self.serial = 0  # the transfer being relayed
 
-    def wrap(self, sock: socket.socket) -> socket.socket:
+    def wrap(self, sock: socket.socket, upload: bool) -> socket.socket:
         mine, theirs = socket.socketpair()
         try:
             with self.lock:
-                self.chan.send(WrapData(), (sock.fileno(), theirs.fileno()))
-                msg, _ = self.chan.recv(DataWrapped, Refused)
+                self.serial = next(self._serials)
+                self.chan.send(WrapData(int(upload), self.serial), (sock.fileno(), theirs.fileno()))
+                while True:  # the end report of an abandoned transfer may come first
+                    msg, _ = self.chan.recv(DataWrapped, Refused, DataEnded)
+                    if not isinstance(msg, DataEnded):
+                        break
         except BaseException:
             mine.close()
             raise
@@ -55,12 +65,31 @@ class TlsLink:
         mine.setblocking(False)
         return mine
 
+    def sent(self) -> None:
+        """The download is written whole: the helper may end it with close_notify."""
+        with self.lock:
+            self.chan.send(DataSent(self.serial))
+
+    def ended(self, timeout: float) -> str | None:
+        """Wait for the helper's report on this transfer: None for a clean end, else why not."""
+        try:
+            with self.lock:
+                while True:
+                    if not select.select([self.chan.fileno()], [], [], timeout)[0]:
+                        return "the TLS helper did not report the end of the transfer"
+                    msg, _ = self.chan.recv(DataEnded)
+                    assert isinstance(msg, DataEnded)
+                    if msg.serial == self.serial:
+                        return msg.reason or None
+        except (ChannelError, OSError) as e:
+            return f"TLS helper gone ({e.__class__.__name__})"
+
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, eof: bool) -> None:
-    """Copy until EOF; then half-close (plaintext side) or close (TLS side)."""
+    """Control connection: copy until EOF; then half-close (plaintext side) or close (TLS side)."""
     try:
-        while data := await reader.read(RELAY_CHUNK):
-            writer.write(data)
+        while chunk := await reader.read(RELAY_CHUNK):
+            writer.write(chunk)
             await writer.drain()
     except (OSError, ssl.SSLError, ConnectionError):
         pass
@@ -74,29 +103,67 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, e
             pass
 
 
-async def _relay_data(cfg: Any, ctx: ssl.SSLContext, chan: Channel, tcp: socket.socket,
-                      plain: socket.socket) -> None:
-    timeout = float(cfg.accept_timeout or 60)
+WORKER_DONE_WAIT = 5.0  # seconds between the worker's plaintext EOF and its DataSent
+
+
+async def _move(cfg: Any, conn: tls.TlsConn, plain: data.PlainConn, upload: bool, sent: asyncio.Event) -> str:
+    """Relay one transfer; '' when the TLS stream ended whole, else why not."""
     try:
-        stream = await tls.wrap_data(tcp, ctx, timeout)
+        if upload:
+            # the worker writes nothing to us: its end becoming readable means it gave up
+            relay = asyncio.ensure_future(data.relay(conn, plain, RELAY_CHUNK))
+            gone = asyncio.ensure_future(tls.wait_socket(plain.sock, writing=False))
+            try:
+                await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not relay.done():
+                    relay.cancel()
+            if not relay.done() or relay.cancelled():
+                return "the worker ended the transfer"
+            relay.result()  # raises tls.Truncated and the like
+            await plain.close()  # the worker's EOF comes after every byte
+            await conn.close()  # our close_notify answers the client's
+            return ""
+        await data.relay(plain, conn, RELAY_CHUNK)
+        try:  # the worker's EOF alone may be an abort (ABOR, a failed read)
+            await asyncio.wait_for(sent.wait(), WORKER_DONE_WAIT)
+        except asyncio.TimeoutError:
+            return "the worker did not finish the transfer"
+        confirm = float(cfg.data_connection_timeout or 60) if cfg.strict_ssl_write_shutdown else 0.0
+        if not await conn.close(confirm=confirm):
+            return "the client did not confirm the end with close_notify (strict_ssl_write_shutdown)"
+        return ""
+    except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+        return str(e) or e.__class__.__name__
+    finally:
+        conn.abort()
+        plain.abort()
+
+
+async def _relay_data(cfg: Any, ctx: ssl.SSLContext, chan: Channel, tcp: socket.socket,
+                      plain: socket.socket, request: WrapData, sent: asyncio.Event) -> None:
+    timeout = float(cfg.accept_timeout or 60)
+    tcp.setblocking(False)
+    try:
+        conn = await tls.accept_data(tcp, ctx, timeout, strict_eof=bool(cfg.strict_ssl_read_eof))
     except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
         tcp.close()
         plain.close()
         chan.send(Refused(f"handshake failed ({e.__class__.__name__})"))
         return
-    if cfg.require_ssl_reuse and not stream.reused:
-        await stream.close()
+    if cfg.require_ssl_reuse and not conn.reused:
+        await conn.close()  # no data was promised: a clean TLS end, the reply says why
         plain.close()
         chan.send(Refused(tls.REUSE_REQUIRED))
         return
     chan.send(DataWrapped())
-    preader, pwriter = await asyncio.open_connection(sock=plain, limit=RELAY_CHUNK)
-    # client -> worker ends with a half-close (upload EOF); worker -> client
-    # ends with TLS close_notify (the client then knows the file is whole)
-    await asyncio.gather(_pump(stream.reader, pwriter, eof=True),
-                         _pump(preader, stream.writer, eof=False))
-    await stream.close()
-    pwriter.close()
+    plain.setblocking(False)
+    reason = await _move(cfg, conn, data.PlainConn(plain), bool(request.upload), sent)
+    try:
+        chan.send(DataEnded(request.serial, reason))
+    except ChannelClosed:
+        pass
 
 
 async def _readable(fd: int) -> None:
@@ -112,19 +179,28 @@ async def _readable(fd: int) -> None:
 
 async def _serve_requests(cfg: Any, ctx: ssl.SSLContext, chan: Channel) -> None:
     relays: set[asyncio.Task[None]] = set()
+    sent: dict[int, asyncio.Event] = {}  # serial -> set by the worker's DataSent
     try:
         while True:
             try:
                 await _readable(chan.fileno())
-                _msg, fds = chan.recv(WrapData, max_fds=2)
+                msg, fds = chan.recv(WrapData, DataSent, max_fds=2)
             except (ChannelClosed, ChannelError):
                 return
-            if len(fds) != 2:
+            if isinstance(msg, DataSent) and not fds:
+                if msg.serial in sent:  # else that relay is over already
+                    sent[msg.serial].set()
+                continue
+            if len(fds) != 2 or not isinstance(msg, WrapData):
+                for fd in fds:
+                    os.close(fd)
                 return  # a malformed request ends the session
             tcp, plain = socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1])
-            task = asyncio.create_task(_relay_data(cfg, ctx, chan, tcp, plain))
+            sent[msg.serial] = asyncio.Event()
+            task = asyncio.create_task(_relay_data(cfg, ctx, chan, tcp, plain, msg, sent[msg.serial]))
             relays.add(task)
             task.add_done_callback(relays.discard)
+            task.add_done_callback(lambda _t, serial=msg.serial: sent.pop(serial, None))
     finally:
         for task in relays:
             task.cancel()

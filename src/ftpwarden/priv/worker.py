@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures.thread  # noqa: F401 - asyncio.to_thread needs it; nothing can be imported after chroot
 import grp
+import logging
 import os
+import posixpath
 import pwd
+import signal
 import socket
+import ssl
 import stat
 import threading
 import time
@@ -22,7 +26,7 @@ from typing import Any, Callable
 from ..net.control import ControlConnection, ServerContext
 from ..policy.auth.base import LoginRefused, LoginRequest
 from .channel import Channel
-from ..net.tls import make_context
+from ..net.tls import Contexts, handshake_deadline, make_context
 from .creds import drop_privileges, set_parent_death_signal
 from .tlshelper import TlsLink, serve_helper
 from .messages import ActiveDataSocket, ChownUpload, DataSocket, Done, Handover, Login, LoginFailed, LoginOk, Refused
@@ -30,6 +34,8 @@ from .messages import ActiveDataSocket, ChownUpload, DataSocket, Done, Handover,
 __all__ = ["Site", "prelogin", "postlogin", "WORKER_MEMORY_LIMIT"]
 
 WORKER_MEMORY_LIMIT = 1 << 30  # address space of one session process (threads reserve stacks)
+
+log = logging.getLogger("ftpwarden.worker")
 
 
 @dataclass
@@ -126,7 +132,19 @@ def _detach_rates(site: Site) -> None:
         site.account_rates = None
 
 
-def _prepare() -> None:
+_SHUTTING_DOWN = b"421 Server shutting down.\r\n"
+
+
+def _prepare(conn: socket.socket | None = None) -> None:
+    """`conn`: where a last 421 may go in plain text when the monitor ends us (SIGTERM)."""
+    def stop(_signum: int, _frame: Any) -> None:
+        if conn is not None:
+            try:  # only what fits in the socket buffer now: a stop never waits on a client
+                conn.send(_SHUTTING_DOWN, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        os._exit(0)
+    signal.signal(signal.SIGTERM, stop)
     set_parent_death_signal()
     time.tzset()
     time.localtime()  # load the zone data now: /etc/localtime is gone after chroot
@@ -134,7 +152,7 @@ def _prepare() -> None:
 
 def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     cfg = site.cfg
-    _prepare()
+    _prepare(None if cfg.ssl_enable else conn)  # TLS may be on: no plain-text 421 then
     _detach_bans(site)
     _detach_rates(site)
     nobody = pwd.getpwnam(cfg.nopriv_user or "nobody")
@@ -163,7 +181,8 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     ctx = ServerContext(cfg, MonitorAuthenticator(chan), banner=site.banner, events=site.events,
                         handover=handover)
     if cfg.ssl_enable:
-        ctx.tls = make_context(cfg)
+        # one session per pre-login process, so one context: it is this session's alone
+        ctx.tls = Contexts.fixed(make_context(cfg))
     implicit = ctx.tls is not None and (cfg.implicit_ssl or conn.getsockname()[1] == cfg.implicit_ssl_port)
     drop_privileges(nobody.pw_uid, nobody.pw_gid, root=cfg.secure_chroot_dir,
                     memory_limit=WORKER_MEMORY_LIMIT)
@@ -174,20 +193,27 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
             loop = asyncio.get_running_loop()
             reader = asyncio.StreamReader(limit=limit)
             protocol = asyncio.StreamReaderProtocol(reader)
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=ctx.tls,
-                                                              ssl_handshake_timeout=30)
+            # nothing is read before the handshake: no clear byte can reach the session
+            try:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=ctx.tls,  # type: ignore[arg-type] # tls.Contexts stands in
+                    ssl_handshake_timeout=handshake_deadline(cfg))
+            except (OSError, ssl.SSLError, asyncio.TimeoutError):
+                return  # no handshake within the deadline, or a failed one: the session ends
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         else:
             reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
-        await ControlConnection(ctx, reader, writer).run()
+        control = ControlConnection(ctx, reader, writer)
+        await control.run()
         if helper:
-            await serve_helper(cfg, ctx.tls, reader, writer, helper[0], helper[1])
+            assert control.tls_ctx is not None
+            await serve_helper(cfg, control.tls_ctx, reader, writer, helper[0], helper[1])
 
     asyncio.run(main())
 
 
 def writable_root(account: Any) -> bool:
-    """Could the account change its own chroot's top directory?"""
+    """Could the account change its own chroot's top directory?  OSError if it cannot be seen."""
     st = os.stat(account.root)
     if st.st_mode & stat.S_IWOTH:
         return True
@@ -196,15 +222,30 @@ def writable_root(account: Any) -> bool:
     return st.st_gid == account.gid and bool(st.st_mode & stat.S_IWGRP)
 
 
+def _cannot_enter(conn: socket.socket, account: Any, error: OSError) -> None:
+    """vsftpd's answer when the account's directory cannot be entered; the cause goes to the log."""
+    where = posixpath.normpath(account.root + "/" + account.start_dir) if account.chroot else account.start_dir
+    log.warning("login %s: cannot change directory to %s: %s", account.name, where,
+                error.strerror or error)
+    try:
+        conn.sendall(f"500 OOPS: cannot change directory:{where}\r\n".encode("utf-8", "replace"))
+    except OSError:
+        pass  # the client left already
+
+
 def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pending: bytes, *,
               tls_state: str = "", tls_fd: int = -1, addresses: tuple[str, str] | None = None) -> None:
     cfg = site.cfg
-    _prepare()
+    _prepare(conn)  # with TLS, the plain-text end whose bytes the TLS helper relays
     # vsftpd's rule: a user who can write the top of its own chroot could plant
     # files that a process inside trusts (/etc, /lib).  Refused unless the
     # operator says otherwise (never for anonymous).
     anonymous = account.user_class.value == "anonymous"
-    if account.chroot and writable_root(account) and (anonymous or not cfg.allow_writeable_chroot):
+    try:
+        unsafe = account.chroot and writable_root(account)
+    except OSError as e:  # the root (home) is missing or unreachable, even for root
+        return _cannot_enter(conn, account, e)
+    if unsafe and (anonymous or not cfg.allow_writeable_chroot):
         conn.sendall(b"500 OOPS: refusing to run with writable root inside chroot(); "
                      b"see allow_writeable_chroot\r\n")
         return
@@ -218,7 +259,11 @@ def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pend
     ctx.preload_names(names)
     if tls_fd >= 0:
         ctx.tls_link = TlsLink(Channel(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=tls_fd)))
-    drop_privileges(account.uid, account.gid, groups=groups,
-                    root=account.root if account.chroot else None, memory_limit=WORKER_MEMORY_LIMIT)
+    try:
+        drop_privileges(account.uid, account.gid, groups=groups,
+                        root=account.root if account.chroot else None, memory_limit=WORKER_MEMORY_LIMIT)
+        os.chdir(account.start_dir)  # as the user, as vsftpd: a home it may not enter ends here
+    except OSError as e:  # this process exits after the reply: never runs half-dropped
+        return _cannot_enter(conn, account, e)
     _run(ctx, conn, account=replace(account, root="/") if account.chroot else account, pending=pending,
          tls_state=tls_state, addresses=addresses)

@@ -7,13 +7,14 @@ An outcome is the value named on the action, or an `OSError`.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
     "Action", "Authenticate", "StartTls", "ResetSession", "ChangeDir", "StatPath", "FsChange",
     "OpenPassive", "ClosePassive", "AbortTransfer", "SendFile", "ReceiveFile", "SendListing",
-    "ControlListing", "ComputeHash", "Transfer", "TransferDone", "TransferStatus",
+    "ControlListing", "ComputeHash", "Transfer", "TransferDone", "TransferStatus", "RestartBeyondEnd",
 ]
 
 
@@ -60,6 +61,7 @@ class StatPath(Action):
     verb: str
     path: str
     arg: str = ""  # the verb's other argument (e.g. the MFMT time)
+    dir_only: bool = False  # the client wrote "name/": only a directory will do
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class FsChange(Action):
     mode: int = 0         # mkdir/chmod mode
     mtime: float = 0.0    # utime
     verb: str = ""        # for the reply text
+    dir_only: bool = False  # the client wrote "name/": act only if `path` is a directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +133,12 @@ class SendListing(Transfer):
     path: str
     tls: bool = False
     show_hidden: bool = False
-    explicit_path: bool = False  # NLST of a file argument prints what was given
+    # The path argument as the client wrote it ("" for none): NLST prints names
+    # in that spelling, as vsftpd does ("sub/a.txt", not "/sub/a.txt").
+    given: str = ""
+    # A glob ("*", "?", "[...]") from the argument's last component: then `path`
+    # is the directory to list and only matching names are shown.
+    pattern: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +155,15 @@ class ComputeHash(Action):
 
     path: str
     algorithm: str
+
+
+class RestartBeyondEnd(OSError):
+    """RETR after a REST past the end of the file; the reply names both numbers."""
+
+    def __init__(self, offset: int, size: int) -> None:
+        super().__init__(errno.EINVAL, f"restart position {offset} is past the end ({size} bytes)")
+        self.offset = offset
+        self.size = size
 
 
 TransferStatus = Literal["ok", "no_data_connection", "aborted", "connection_lost", "local_error",

@@ -45,6 +45,7 @@ class Spec:
     arg: Arg = Arg.NONE
     perm: Perm | None = None
     during_transfer: bool = False  # answered while a transfer runs (ABOR, STAT, QUIT)
+    file_only: bool = False  # names a file: "name/" is refused (the kernel would say ENOTDIR)
     doc: str = ""
 
 
@@ -71,16 +72,16 @@ COMMANDS: dict[str, Spec] = {
     "STRU": _L(arg=Arg.REQUIRED, doc="STRU F"),
     "MODE": _L(arg=Arg.REQUIRED, doc="MODE S"),
     # service commands (4.1.3)
-    "RETR": _L(arg=Arg.PATH, perm=Perm.DOWNLOAD, doc="RETR <file>"),
-    "STOR": _L(arg=Arg.PATH, perm=Perm.UPLOAD, doc="STOR <file>"),
+    "RETR": _L(arg=Arg.PATH, file_only=True, perm=Perm.DOWNLOAD, doc="RETR <file>"),
+    "STOR": _L(arg=Arg.PATH, file_only=True, perm=Perm.UPLOAD, doc="STOR <file>"),
     "STOU": _L(arg=Arg.OPTIONAL, perm=Perm.UPLOAD, doc="STOU [name]"),
-    "APPE": _L(arg=Arg.PATH, perm=Perm.UPLOAD, doc="APPE <file>"),
+    "APPE": _L(arg=Arg.PATH, file_only=True, perm=Perm.UPLOAD, doc="APPE <file>"),
     "ALLO": _L(arg=Arg.OPTIONAL, doc="ALLO <size>"),
     "REST": _L(arg=Arg.REQUIRED, doc="REST <offset>"),
     "RNFR": _L(arg=Arg.PATH, perm=Perm.RENAME, doc="RNFR <path>"),
     "RNTO": _L(arg=Arg.PATH, perm=Perm.RENAME, doc="RNTO <path>"),
     "ABOR": _L(during_transfer=True, doc="ABOR"),
-    "DELE": _L(arg=Arg.PATH, perm=Perm.DELETE, doc="DELE <file>"),
+    "DELE": _L(arg=Arg.PATH, file_only=True, perm=Perm.DELETE, doc="DELE <file>"),
     "RMD": _L(arg=Arg.PATH, perm=Perm.DELETE, doc="RMD <dir>"),
     "XRMD": _L(arg=Arg.PATH, perm=Perm.DELETE, doc="XRMD <dir>"),
     "MKD": _L(arg=Arg.PATH, perm=Perm.MKDIR, doc="MKD <dir>"),
@@ -103,14 +104,14 @@ COMMANDS: dict[str, Spec] = {
     "PROT": _L(login=False, arg=Arg.REQUIRED, doc="PROT P|C"),
     "CCC": _L(login=False, doc="CCC"),
     # RFC 3659
-    "SIZE": _L(arg=Arg.PATH, perm=Perm.DOWNLOAD, doc="SIZE <file>"),
-    "MDTM": _L(arg=Arg.PATH, doc="MDTM <file>"),
+    "SIZE": _L(arg=Arg.PATH, file_only=True, perm=Perm.DOWNLOAD, doc="SIZE <file>"),
+    "MDTM": _L(arg=Arg.PATH, file_only=True, doc="MDTM <file>"),
     "MLST": _L(arg=Arg.PATH_OPTIONAL, perm=Perm.LIST, doc="MLST [path]"),
     "MLSD": _L(arg=Arg.PATH_OPTIONAL, perm=Perm.LIST, doc="MLSD [dir]"),
     # draft-somers-ftp-mfxx
     "MFMT": _L(arg=Arg.REQUIRED, perm=Perm.SET_MTIME, doc="MFMT <YYYYMMDDHHMMSS> <file>"),
     # draft-bryan-ftpext-hash
-    "HASH": _L(arg=Arg.PATH, perm=Perm.DOWNLOAD, doc="HASH <file>"),
+    "HASH": _L(arg=Arg.PATH, file_only=True, perm=Perm.DOWNLOAD, doc="HASH <file>"),
 }
 
 # HTTP verbs on the control port end the session (as vsftpd does): a browser or

@@ -122,14 +122,14 @@ def visible(name: str, *, show_hidden: bool) -> bool:
     return show_hidden or not name.startswith(".")
 
 
-_FLAGS = re.compile(r"-([A-Za-z]+)(?: +|$)")
+_FLAGS = re.compile(r"-([A-Za-z0-9]+)(?: +|$)")  # "-1" too (ncftpls -1)
 
 
 def parse_list_args(arg: str) -> tuple[set[str], str]:
     """Split LIST/NLST's argument into ls flags and a path.
 
     Clients send ls options ("-la", "-a -l dir").  Each leading token that is
-    "-" plus letters only, followed by a space or the end, is a flag group;
+    "-" plus letters or digits, followed by a space or the end, is a flag group;
     the rest is the path.  So "-foo.txt" or "-" are paths, and a file really
     named "-l" cannot be listed by name (as with vsftpd).
     """
@@ -185,14 +185,24 @@ def perm_fact(is_dir: bool, *, can_read: bool, can_write: bool, can_delete: bool
     return "".join(letter for letter, ok in pairs if ok)
 
 
-def _type_fact(mode: int) -> str:
+def _type_fact(mode: int, link_target: str | None) -> str:
     if stat.S_ISDIR(mode):
         return "dir"
     if stat.S_ISREG(mode):
         return "file"
-    kinds = {stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket",
-             stat.S_IFCHR: "chr", stat.S_IFBLK: "blk"}
+    if stat.S_ISLNK(mode):
+        # RFC 3659 7.7.4's example form, which clients parse (lftp, FileZilla,
+        # WinSCP) and pure-ftpd and proftpd send.  The target is the link's own
+        # text, as LIST shows it; one that would break the line's syntax (";",
+        # a space, CR/LF) is left out, as pure-ftpd does.
+        if link_target and not _FACT_BREAKERS.intersection(link_target):
+            return "OS.unix=slink:" + link_target
+        return "OS.unix=slink"
+    kinds = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "chr", stat.S_IFBLK: "blk"}
     return "OS.unix=" + kinds.get(stat.S_IFMT(mode), "unknown")
+
+
+_FACT_BREAKERS = frozenset("; \r\n")
 
 
 def mlsx_facts(e: Entry, *, perm: str, owner: str, group: str,
@@ -204,7 +214,7 @@ def mlsx_facts(e: Entry, *, perm: str, owner: str, group: str,
     """
     wanted = {f.lower() for f in facts}
     values = {
-        "type": type_override or _type_fact(e.mode),
+        "type": type_override or _type_fact(e.mode, e.link_target),
         "size": None if stat.S_ISDIR(e.mode) else str(e.size),
         "modify": _utc_stamp(e.mtime),
         "perm": perm,

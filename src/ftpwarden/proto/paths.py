@@ -13,10 +13,13 @@ import fnmatch
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["MAX_PATH", "resolve", "parent", "basename", "to_relative", "quote_pwd", "name_patterns", "matches_any"]
+__all__ = ["MAX_PATH", "GLOB_MAX", "resolve", "parent", "basename", "to_relative", "quote_pwd", "name_patterns",
+           "matches_any", "names_directory", "split_glob", "glob_match"]
 
 MAX_PATH = 4096  # Linux PATH_MAX; vsftpd caps a command line at 4 KiB too
 _BAD_FILE_NAME = 553
+GLOB_MAX = 10_000  # names one LIST/NLST pattern may match (the listing fails past it)
+_GLOB_CHARS = frozenset("*?[")
 
 
 def resolve(cwd: str, arg: str) -> str:
@@ -77,3 +80,25 @@ def name_patterns(value: str | None) -> tuple[str, ...]:
 def matches_any(patterns: tuple[str, ...], vpath: str) -> bool:
     """Does any component of `vpath` match any of the patterns?"""
     return any(fnmatch.fnmatchcase(part, p) for part in vpath.split("/") if part for p in patterns)
+
+
+def names_directory(arg: str) -> bool:
+    """Did the client write "name/" (or "name/.")?  The kernel then accepts only a
+    directory, and so do we, though `resolve` drops the slash."""
+    return arg.endswith(("/", "/.")) and arg.strip("/") not in ("", ".")
+
+
+def split_glob(arg: str) -> tuple[str, str] | None:
+    """"sub/*.txt" -> ("sub/", "*.txt"): the directory part as the client wrote
+    it, and the pattern.  None when the last component has no "*", "?" or "[".
+    Only the last component is a pattern; the directories before it are literal."""
+    head, sep, tail = arg.rpartition("/")
+    if not _GLOB_CHARS.intersection(tail):
+        return None
+    return head + sep, tail
+
+
+def glob_match(name: str, pattern: str) -> bool:
+    """Shell-style match of one name ("*", "?", "[...]"; case-sensitive).  A name
+    equal to the pattern matches too, so "a[1]" still finds a file of that name."""
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)

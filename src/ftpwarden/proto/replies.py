@@ -51,6 +51,7 @@ class Code(IntEnum):
     PAGE_TYPE_UNKNOWN = 551
     EXCEEDED_STORAGE = 552
     BAD_FILE_NAME = 553
+    INVALID_RESTART = 554  # RFC 1123 4.1.3.4: "invalid REST parameter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,7 @@ _ERRNO_REPLIES: dict[int, tuple[int, str]] = {
     errno.EMFILE: (Code.LOCAL_ERROR, "Too many open files."),
     errno.ENFILE: (Code.LOCAL_ERROR, "Too many open files."),
     errno.EIO: (Code.LOCAL_ERROR, "Input/output error."),
+    errno.E2BIG: (Code.FILE_UNAVAILABLE, "Too many names match; narrow the pattern."),
 }
 
 

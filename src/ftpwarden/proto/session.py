@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 from . import addr, listing, paths
 from .actions import (
     Action, Authenticate, ChangeDir, ComputeHash, ControlListing, FsChange, OpenPassive, ReceiveFile,
-    SendFile, SendListing, StatPath, Transfer, TransferDone,
+    RestartBeyondEnd, SendFile, SendListing, StatPath, Transfer, TransferDone,
 )
 from .commands import COMMANDS, HTTP_VERBS, Arg, Command, Perm, Spec, parse_line
 from .errors import FtpError, RemoteProtocolError
@@ -29,6 +29,10 @@ __all__ = ["Session", "Event", "HASH_ALGORITHMS", "ANONYMOUS_NAMES"]
 
 Event = Reply | Action
 MAX_ERRORS = 20  # unknown/bad commands in a row before we hang up (vsftpd does 10 pre-login)
+# The verbs that take the REST marker (and so end it), whatever their outcome.
+# Every other command leaves it alone, as in vsftpd and pyftpdlib: clients send
+# REST before or after PASV/PORT/TYPE, so only the transfer may consume it.
+_TAKES_REST = frozenset({"RETR", "STOR", "APPE", "STOU"})
 
 
 class Session(VerbHandlers):
@@ -88,11 +92,11 @@ class Session(VerbHandlers):
         return self.account is not None
 
     def greeting(self) -> list[Event]:
-        text = getattr(self.cfg, "ftpd_banner", None) or "(ftpwarden)"
-        if self.banner:
+        # banner_file replaces ftpd_banner (vsftpd: the file wins when both are set)
+        if self.banner and self.banner.strip("\n"):
             lines = tuple(self.banner.rstrip("\n").split("\n"))
-            return [Reply(Code.READY, lines[0], lines[1:] + (text,) if len(lines) > 1 else (text,))]
-        return [Reply(Code.READY, text)]
+            return [Reply(Code.READY, lines[0], lines[1:])]
+        return [Reply(Code.READY, getattr(self.cfg, "ftpd_banner", None) or "(ftpwarden)")]
 
     def runs_during_transfer(self, line: bytes) -> bool:
         """May this line be handled while a transfer runs (ABOR, STAT, QUIT)?"""
@@ -140,6 +144,9 @@ class Session(VerbHandlers):
             vpath = paths.resolve(self.cwd, arg) if arg else self.cwd
             if self._deny and matches_any(self._deny, vpath):
                 raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+            if spec.file_only and paths.names_directory(arg):
+                # resolve() dropped the slash; the kernel would refuse "file/" (ENOTDIR)
+                raise FtpError(Code.FILE_UNAVAILABLE, f"{verb} needs a file name; \"{arg}\" names a directory.")
         if spec.perm is not None and not self.may(spec.perm):
             raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
         return vpath
@@ -156,13 +163,15 @@ class Session(VerbHandlers):
         spec = COMMANDS.get(cmd.verb)
         if spec is None:
             raise RemoteProtocolError(Code.SYNTAX_ERROR, "Unknown command.")
-        vpath = self._gate(cmd.verb, spec, cmd.arg)
-        handler: Callable[[str, str | None], list[Event]] = getattr(self, "_" + _HANDLER.get(cmd.verb, cmd.verb).lower())
-        if cmd.verb not in ("REST", "RETR", "STOR", "APPE"):
-            self.rest = 0  # REST applies only to the transfer that follows it
-        if cmd.verb != "RNTO" and cmd.verb != "RNFR":
-            self.rename_from = None
-        return handler(cmd.arg, vpath)
+        try:
+            vpath = self._gate(cmd.verb, spec, cmd.arg)
+            handler: Callable[[str, str | None], list[Event]] = getattr(self, "_" + _HANDLER.get(cmd.verb, cmd.verb).lower())
+            if cmd.verb != "RNTO" and cmd.verb != "RNFR":
+                self.rename_from = None
+            return handler(cmd.arg, vpath)
+        finally:
+            if cmd.verb in _TAKES_REST:
+                self.rest = 0  # used (or refused) once; never left for a later transfer
 
     # ------------------------------------------------------------------ outcomes
 
@@ -217,6 +226,8 @@ class Session(VerbHandlers):
         return [Reply(Code.FILE_ACTION_OK, "Delete operation successful.")]
 
     def _done_statpath(self, action: StatPath, st: Any) -> list[Event]:
+        if not isinstance(st, OSError) and action.dir_only and not stat_mod.S_ISDIR(st.st_mode):
+            st = NotADirectoryError(errno.ENOTDIR, "Not a directory")  # "file/", as the kernel says
         if isinstance(st, OSError):
             if action.verb == "RNFR":
                 return [Reply(Code.FILE_UNAVAILABLE, "RNFR command failed.")]
@@ -295,6 +306,12 @@ class Session(VerbHandlers):
             return [Reply(Code.TRANSFER_ABORTED, "Transfer aborted.")]
         if done.status == "connection_lost":
             return [Reply(Code.TRANSFER_ABORTED, "Connection closed; transfer aborted.")]
+        if isinstance(done.error, RestartBeyondEnd):
+            # RFC 1123 4.1.3.4 (as pyftpdlib); vsftpd sends 0 bytes and a 226,
+            # which tells a resuming client nothing
+            e = done.error
+            return [Reply(Code.INVALID_RESTART,
+                          f"Restart position {e.offset} is past the end of the file ({e.size} bytes).")]
         if done.error is not None:
             if isinstance(action, SendListing) and action.kind == "MLSD" and done.error.errno == errno.ENOTDIR:
                 return [Reply(Code.ARGUMENT_ERROR, "MLSD needs a directory; use MLST for a file.")]  # RFC 3659 7.2
@@ -323,9 +340,19 @@ class Session(VerbHandlers):
         return bool(cfg.force_anon_data_ssl if self._is_anonymous() else cfg.force_local_data_ssl)
 
     def render_lines(self, kind: str, entries: Iterable[listing.Entry], now: float,
-                     show_hidden: bool = False) -> list[str]:
-        """Listing lines (no CRLF); pure, safe to call from a worker thread."""
+                     show_hidden: bool = False, *, pattern: str = "", prefix: str = "") -> list[str]:
+        """Listing lines (no CRLF); pure, safe to call from a worker thread.
+
+        `pattern`: only names matching this glob (a pattern starting with "."
+        shows dot files, as in vsftpd); more than paths.GLOB_MAX matches is an
+        error (E2BIG).  `prefix`: NLST prints it before each name (the directory
+        as the client wrote it)."""
         show_hidden = show_hidden or bool(getattr(self.cfg, "force_dot_files", False))
+        if pattern:
+            show_hidden = show_hidden or pattern.startswith(".")
+            entries = [e for e in entries if paths.glob_match(e.name, pattern)]
+            if len(entries) > paths.GLOB_MAX:
+                raise OSError(errno.E2BIG, f"more than {paths.GLOB_MAX} names match {pattern!r}")
         hide_ids = bool(getattr(self.cfg, "hide_ids", False))
         localtime = bool(getattr(self.cfg, "use_localtime", False))
         names = self.name_of
@@ -336,7 +363,7 @@ class Session(VerbHandlers):
             if self._hide and matches_any(self._hide, e.name):
                 continue
             if kind == "NLST":
-                out.append(e.name)
+                out.append(prefix + e.name)
             elif kind == "MLSD":
                 out.append(self._mlsx_line(e, name=e.name))
             else:

@@ -256,6 +256,10 @@ class VerbHandlers:
 
     def _store(self, vpath: str, *, append: bool = False, unique: bool = False) -> list[Event]:
         offset, self.rest = self.rest, 0
+        if append or unique:
+            # APPE always appends and STOU always makes a new file: a marker
+            # means nothing to them and is dropped (vsftpd ignores it for APPE)
+            offset = 0
         overwrite = self.may(Perm.OVERWRITE)
         if (append or offset) and not overwrite:
             raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
@@ -273,7 +277,7 @@ class VerbHandlers:
 
     def _stou(self, arg: str, _p: str | None) -> list[Event]:
         # the name to make unique is the argument, or "STOU"; it passes the gate's path step
-        base = self._gate("STOU", Spec(arg=Arg.PATH, perm=Perm.UPLOAD), arg or "STOU")
+        base = self._gate("STOU", Spec(arg=Arg.PATH, file_only=True, perm=Perm.UPLOAD), arg or "STOU")
         return self._store(base or "/", unique=True)
 
     def _list(self, arg: str, vpath: str | None) -> list[Event]:
@@ -286,10 +290,15 @@ class VerbHandlers:
         return self._start_transfer(SendListing("MLSD", vpath or self.cwd, show_hidden=True))
 
     def _listing(self, kind: str, arg: str, vpath: str | None) -> list[Event]:
-        flags, rest = listing.parse_list_args(arg)  # the gate resolved `rest` into vpath
+        flags, given = listing.parse_list_args(arg)  # the gate resolved `given` into vpath
         show_hidden = "a" in flags or "A" in flags
+        pattern = ""
+        glob = paths.split_glob(given)
+        if glob is not None:  # "sub/*.txt": list sub, keep the names matching "*.txt"
+            head, pattern = glob
+            vpath = paths.resolve(self.cwd, head) if head else self.cwd
         return self._start_transfer(SendListing(kind, vpath or self.cwd, show_hidden=show_hidden,
-                                                explicit_path=bool(rest)))
+                                                given=given, pattern=pattern))
 
     def _abor(self, arg: str, _p: str | None) -> list[Event]:
         # With a transfer running, the I/O layer cancels it, sends its 426 and then
@@ -312,13 +321,14 @@ class VerbHandlers:
         return [FsChange("mkdir", vpath or "/", mode=mode, verb="MKD")]
 
     def _rnfr(self, arg: str, vpath: str | None) -> list[Event]:
-        return [StatPath("RNFR", vpath or "/")]
+        return [StatPath("RNFR", vpath or "/", dir_only=paths.names_directory(arg))]
 
     def _rnto(self, arg: str, vpath: str | None) -> list[Event]:
         src, self.rename_from = self.rename_from, None
         if src is None:
             return [Reply(Code.BAD_SEQUENCE, "RNFR required first.")]
-        return [FsChange("rename", src, target=vpath or "/", verb="RNTO")]
+        # "RNTO x/" renames a directory only (rename(2) says ENOTDIR for a file)
+        return [FsChange("rename", src, target=vpath or "/", verb="RNTO", dir_only=paths.names_directory(arg))]
 
     def _size(self, arg: str, vpath: str | None) -> list[Event]:
         return [StatPath("SIZE", vpath or "/")]
@@ -342,7 +352,7 @@ class VerbHandlers:
             mtime = listing.parse_mfmt_time(stamp)
         except ValueError:
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad time value.") from None
-        return [FsChange("utime", vpath or "/", mtime=mtime, verb="MFMT")]
+        return [FsChange("utime", vpath or "/", mtime=mtime, verb="MFMT", dir_only=paths.names_directory(arg))]
 
     def _hash(self, arg: str, vpath: str | None) -> list[Event]:
         if not getattr(self.cfg, "hash_enable", True):
@@ -450,7 +460,8 @@ class VerbHandlers:
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, "SITE CHMOD needs <mode> <path>.")
         vpath = self._gate("SITE CHMOD", Spec(arg=Arg.PATH, perm=Perm.CHMOD), target)
         # setuid/setgid bits are never granted from the network
-        return [FsChange("chmod", vpath or "/", mode=mode & 0o1777, verb="SITE CHMOD")]
+        return [FsChange("chmod", vpath or "/", mode=mode & 0o1777, verb="SITE CHMOD",
+                         dir_only=paths.names_directory(target))]
 
     def _site_umask(self, arg: str) -> list[Event]:
         if not arg:

@@ -1,0 +1,239 @@
+"""Password checks are bounded across every monitor of a listener (issue 18.4).
+
+An scrypt check costs a root monitor 16 MiB; unauthenticated clients must not be able
+to run hundreds at once, and a monitor must not keep the buffer after its check.
+The bound itself (priv/checkslots.py) needs no root; the server tests do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ftpwarden.priv.checkslots import CheckSlots, default_slots
+
+from ..integration.conftest import REPO, start_server, stop_server
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+BIG = 10 << 20  # a monitor this much above its pre-PASS RSS holds a hashing buffer
+
+
+# ---------------------------------------------------------------- the slots, across processes
+
+def _in_child(fn) -> int:
+    """Run fn() in a forked child; its exit code (0: fn returned True)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if fn() else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _try(slots: CheckSlots, wait: float) -> bool:
+    with slots.held(wait) as got:
+        return got
+
+
+def _holder(slots: CheckSlots) -> int:
+    """A child process holding one slot until killed; its pid."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with slots.held(1) as got:
+                os.write(w, b"1" if got else b"0")
+                time.sleep(30)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"1"
+    finally:
+        os.close(r)
+    return pid
+
+
+def _end(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def test_no_more_holders_than_slots_across_processes(tmp_path: Path) -> None:
+    slots = CheckSlots(2, str(tmp_path))
+    holders = [_holder(slots), _holder(slots)]
+    try:
+        started = time.monotonic()
+        assert _in_child(lambda: _try(slots, 0.3)) == 3  # a third process waits, then is refused
+        assert 0.25 < time.monotonic() - started < 5
+        _end(holders[:1])  # SIGKILL: the kernel drops the dead holder's lock
+        assert _in_child(lambda: _try(slots, 2)) == 0
+    finally:
+        _end(holders)
+
+
+def test_a_detached_process_gets_no_slot(tmp_path: Path) -> None:
+    slots = CheckSlots(2, str(tmp_path))
+
+    def detached() -> bool:
+        slots.detach()
+        return _try(slots, 0.1)
+    assert _in_child(detached) == 3
+    assert _try(slots, 0.1)  # the parent keeps its own
+
+
+# ---------------------------------------------------------------- a real isolated server
+
+def _tree(root: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        kids.setdefault(int(text[text.rindex(")") + 2:].split()[1]), []).append(int(name))
+    out, todo = [], list(kids.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def _root_rss(pids: list[int]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != 0:
+                continue
+            out[pid] = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _reply(s: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = s.recv(1)
+        if not chunk:
+            raise EOFError("connection closed")
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def scrypt_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("prelogin")
+    os.chmod(base, 0o755)
+    (base / "empty").mkdir(mode=0o755)
+    data = base / "data"
+    data.mkdir(mode=0o755)
+    db = base / "users.db"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    r = subprocess.run([sys.executable, "-m", "ftpwarden", "user", "add", "--db", str(db), "carol",
+                        "--root", str(data)], input=b"carol-pw\n", capture_output=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    conf = base / "c.conf"
+    conf.write_text("\n".join([
+        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
+        f"user_db_file={db}", f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=1",
+        "ban_threshold=0", "max_per_ip=500", ""]))
+    srv = start_server(["--config", str(conf)], data, base)
+    yield srv
+    stop_server(srv)
+
+
+@needs_root
+def test_parallel_failed_logins_hash_at_most_slots_at_once(scrypt_server):
+    n, slots = 24, default_slots()
+    conns = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection((scrypt_server.host, scrypt_server.port), timeout=60)
+            conns.append(s)
+            assert _reply(s).startswith(b"220")
+        time.sleep(0.5)
+        before = _root_rss(_tree(scrypt_server.proc.pid))
+        most, answered, errors = 0, [], []
+        go = threading.Barrier(n + 1, timeout=30)
+
+        def client(s: socket.socket, i: int) -> None:
+            try:
+                go.wait()
+                s.sendall(b"USER carol\r\n" if i % 2 else b"USER nosuchuser\r\n")
+                assert _reply(s).startswith(b"331")
+                s.sendall(b"PASS wrong\r\n")
+                answered.append(_reply(s))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+        threads = [threading.Thread(target=client, args=(s, i), daemon=True) for i, s in enumerate(conns)]
+        for t in threads:
+            t.start()
+        go.wait()
+        deadline = time.monotonic() + 60
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            now = _root_rss(list(before))
+            most = max(most, sum(1 for pid, rss in now.items() if rss - before[pid] > BIG))
+            time.sleep(0.01)
+        for t in threads:
+            t.join(5)
+        assert not errors, errors[:3]
+        assert len(answered) == n and all(a.startswith(b"530") for a in answered), answered[:3]
+        assert 1 <= most <= slots, f"{most} monitors held a hashing buffer at once (slots: {slots})"
+        time.sleep(0.3)
+        after = _root_rss(list(before))
+        kept = [pid for pid, rss in after.items() if rss - before[pid] > BIG]
+        assert not kept, f"monitors still holding a hashing buffer after their check: {kept}"
+    finally:
+        for s in conns:
+            s.close()
+
+
+@needs_root
+def test_workers_hold_no_slot_file(scrypt_server):
+    with socket.create_connection((scrypt_server.host, scrypt_server.port), timeout=30) as s:
+        assert _reply(s).startswith(b"220")
+        time.sleep(0.3)
+        listener = scrypt_server.proc.pid
+        slot_files = set()
+        for fd in os.listdir(f"/proc/{listener}/fd"):
+            target = os.readlink(f"/proc/{listener}/fd/{fd}")
+            if target.endswith("(deleted)") and not target.startswith(("socket:", "pipe:", "anon_inode:")):
+                st = os.stat(f"/proc/{listener}/fd/{fd}")
+                slot_files.add((st.st_dev, st.st_ino))
+        assert slot_files, "the listener has no unnamed slot file"
+        tree = _tree(listener)
+        monitors = [p for p in tree if os.stat(f"/proc/{p}").st_uid == 0]
+        workers = [p for p in tree if os.stat(f"/proc/{p}").st_uid != 0]
+        assert monitors and workers
+
+        def holds(pid: int) -> bool:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) in slot_files:
+                    return True
+            return False
+        assert all(holds(p) for p in monitors)
+        assert not any(holds(p) for p in workers)

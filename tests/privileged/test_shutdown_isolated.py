@@ -1,0 +1,294 @@
+"""Isolated mode: stopping the server, or losing a monitor, ends every session (issue 18.3).
+
+Process trees are read from /proc/PID/stat (this kernel has no .../children
+files); every PID checked was recorded while the server ran.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ftpwarden.priv.creds import CredentialError, drop_privileges, set_parent_death_signal
+
+from ..integration.conftest import Server, start_server, stop_server
+from ..integration.test_tls import ReusingFTP_TLS, _client_ctx
+from .test_isolated import accounts  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
+TIMEOUT = 20
+END_BOUND = 8.0  # seconds for every session to end (the listener allows monitors 5 s)
+
+
+# ---------------------------------------------------------------- /proc
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(ppid, state) of a process, None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = text[text.rindex(")") + 2:].split()
+    return int(rest[1]), rest[0]
+
+
+def tree(root: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (st := _stat(int(name))) is not None:
+            kids.setdefault(st[0], []).append(int(name))
+    out, todo = [], list(kids.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if (st := _stat(p)) is not None and st[1] != "Z"]
+
+
+def by_cmdline(marker: str) -> list[int]:
+    """Every live process whose command line names `marker` (the test's config file):
+    a session re-parented to init is found this way too."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmd and (st := _stat(int(name))) is not None and st[1] != "Z":
+            found.append(int(name))
+    return found
+
+
+def wait_until(pred, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := pred():
+            return value
+        time.sleep(0.05)
+    return pred()
+
+
+def kill_all(pids: list[int]) -> None:
+    """Clean-up after a failure: only the PIDs this test recorded."""
+    for p in alive(pids):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def server(tmp_path_factory, accounts):  # noqa: F811 - the fixture imported above
+    base = tmp_path_factory.mktemp("shutdown")
+    os.chmod(base, 0o755)
+    (base / "empty").mkdir(mode=0o755)
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-keyout", str(base / "key.pem"), "-out", str(base / "cert.pem")],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    os.chmod(base / "key.pem", 0o600)
+    conf = base / "shutdown.conf"
+    conf.write_text("\n".join([
+        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
+        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden",
+        "allow_writeable_chroot=YES", f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=0",
+        "ssl_enable=YES", "allow_anon_ssl=YES", "force_local_logins_ssl=NO", "force_local_data_ssl=NO",
+        f"rsa_cert_file={base / 'cert.pem'}", f"rsa_private_key_file={base / 'key.pem'}", ""]))
+    srv = start_server(["--config", str(conf)], Path(accounts["alice"].pw_dir), base)
+    srv.extra["conf"] = str(conf)
+    recorded: list[int] = [srv.proc.pid]
+    srv.extra["recorded"] = recorded
+    yield srv
+    stop_server(srv)
+    kill_all(recorded + by_cmdline(str(conf)))
+
+
+def plain_login(srv: Server) -> ftplib.FTP:
+    ftp = ftplib.FTP(timeout=TIMEOUT)
+    ftp.connect(srv.host, srv.port)
+    ftp.login("ftpw_alice", "alice-pw-1")
+    return ftp
+
+
+def tls_login(srv: Server) -> ftplib.FTP_TLS:
+    ftp = ReusingFTP_TLS(context=_client_ctx(), timeout=TIMEOUT)
+    ftp.connect(srv.host, srv.port)
+    ftp.auth()
+    ftp.login("ftpw_alice", "alice-pw-1")
+    ftp.prot_p()
+    return ftp
+
+
+def sessions_ready(srv: Server, n_procs: int) -> list[int]:
+    """The listener's tree once it has `n_procs` session processes; recorded for clean-up."""
+    def enough() -> list[int]:
+        t = tree(srv.proc.pid)
+        return t if len(alive(t)) >= n_procs else []
+    pids = wait_until(enough, 10)
+    assert len(alive(pids)) >= n_procs, pids
+    srv.extra["recorded"].extend(pids)
+    return pids
+
+
+def ends_within(ftp: ftplib.FTP, bound: float) -> str:
+    """The client's view: the next reply after the server stops, within `bound` seconds.
+    Returns "421 ..." or "EOF"; fails if the session still answers."""
+    ftp.sock.settimeout(bound)
+    try:
+        reply = ftp.getline()
+    except (EOFError, ConnectionError, OSError) as e:
+        if isinstance(e, socket.timeout):
+            pytest.fail(f"the session was still open after {bound}s")
+        return "EOF"
+    if not reply:
+        return "EOF"
+    assert reply.startswith("421"), reply
+    return reply
+
+
+# ---------------------------------------------------------------- tests
+
+def test_sigterm_to_the_listener_ends_every_session(server):
+    plain = plain_login(server)
+    tls = tls_login(server)
+    waiting = socket.create_connection((server.host, server.port), timeout=TIMEOUT)  # before login
+    try:
+        assert waiting.recv(1024).startswith(b"220")
+        assert plain.sendcmd("NOOP").startswith("200")
+        assert tls.sendcmd("NOOP").startswith("200")
+        # 3 monitors; worker each; TLS helper; pre-login worker
+        pids = sessions_ready(server, 7)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        # what a client sees: a 421 (there is time to say it), then the end
+        assert ends_within(plain, END_BOUND).startswith("421")
+        assert ends_within(tls, END_BOUND).startswith("421")
+        waiting.settimeout(END_BOUND)
+        rest = b""
+        while chunk := waiting.recv(1024):
+            rest += chunk
+        assert rest in (b"", b"421 Server shutting down.\r\n"), rest
+        assert time.monotonic() - started < END_BOUND
+        server.proc.wait(END_BOUND)
+        left = wait_until(lambda: not alive(pids) and not by_cmdline(server.extra["conf"]), END_BOUND)
+        assert left, f"still running: {alive(pids)} {by_cmdline(server.extra['conf'])}"
+    finally:
+        for c in (plain, tls, waiting):
+            c.close()
+
+
+def test_sigkill_of_a_monitor_takes_its_workers(server):
+    plain = plain_login(server)
+    tls = tls_login(server)
+    try:
+        pids = sessions_ready(server, 5)  # 2 monitors, 2 workers, 1 TLS helper
+        monitors = [p for p in alive(pids) if _stat(p)[0] == server.proc.pid]
+        assert len(monitors) == 2
+        for monitor in monitors:
+            below = tree(monitor)
+            assert below, "a monitor without workers"
+            os.kill(monitor, signal.SIGKILL)
+            assert wait_until(lambda: not alive(below), END_BOUND), f"orphaned: {alive(below)}"
+        assert ends_within(plain, END_BOUND) == "EOF"
+        assert ends_within(tls, END_BOUND) == "EOF"
+        assert server.proc.poll() is None  # the listener serves on
+        with plain_login(server) as again:
+            assert again.sendcmd("NOOP").startswith("200")
+    finally:
+        plain.close()
+        tls.close()
+
+
+def test_sigkill_of_the_listener_ends_the_sessions(server):
+    plain = plain_login(server)
+    try:
+        pids = sessions_ready(server, 2)
+        server.proc.kill()  # no handler runs: the monitors learn it from their death signal
+        server.proc.wait(5)
+        assert ends_within(plain, END_BOUND).startswith("421")
+        assert wait_until(lambda: not alive(pids), END_BOUND), f"orphaned: {alive(pids)}"
+    finally:
+        plain.close()
+
+
+def test_death_signal_survives_the_privilege_drop():
+    """creds.drop_privileges keeps the parent-death signal the kernel clears on setresuid."""
+    nobody = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # the "monitor": forks a worker, waits for its drop, then dies without a word
+        try:
+            os.close(r)
+            me = os.getpid()
+            mr, mw = os.pipe()
+            worker = os.fork()
+            if worker == 0:
+                try:
+                    set_parent_death_signal(parent=me)
+                    drop_privileges(nobody.pw_uid, nobody.pw_gid)
+                    os.write(mw, b"dropped")
+                    time.sleep(30)
+                finally:
+                    os._exit(0)
+            os.close(mw)
+            said = os.read(mr, 16)
+            os.write(w, f"{worker} {said.decode()}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        line = f.readline().decode()
+    os.waitpid(middle, 0)
+    worker_text, said = line.split()
+    worker = int(worker_text)
+    assert said == "dropped"
+    try:
+        assert wait_until(lambda: _stat(worker) is None or _stat(worker)[1] == "Z", 5), "the worker outlived its parent"
+    finally:
+        kill_all([worker])
+
+
+def test_a_parent_gone_before_the_signal_is_armed_is_an_error():
+    with pytest.raises(CredentialError):
+        set_parent_death_signal(parent=os.getppid() + 1_000_000)
+    set_parent_death_signal(0)  # back to none for this test process
+
+
+def test_pooled_workers_end_with_their_supervisor(tmp_path):
+    """Pooled mode, several worker processes: SIGKILL of the supervisor ends them too."""
+    root = tmp_path / "root"
+    root.mkdir()
+    srv = start_server([str(root), "--port", "0", "--workers", "2"], root, tmp_path)
+    pids: list[int] = []
+    try:
+        ftp = ftplib.FTP(timeout=TIMEOUT)
+        ftp.connect(srv.host, srv.port)
+        ftp.login()
+        pids = wait_until(lambda: t if len(alive(t := tree(srv.proc.pid))) >= 2 else [], 10)
+        assert len(pids) == 2, pids
+        srv.proc.kill()
+        srv.proc.wait(5)
+        assert wait_until(lambda: not alive(pids), END_BOUND), f"orphaned pooled workers: {alive(pids)}"
+        with pytest.raises((EOFError, ConnectionError, OSError)):
+            ftp.sock.settimeout(END_BOUND)
+            ftp.sendcmd("NOOP")
+        ftp.close()
+    finally:
+        kill_all(pids)
+        stop_server(srv)
