@@ -25,7 +25,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["USER", "PASSWORD", "Sizes", "Fixture", "SRC", "REPO", "BENCH", "SECURE_CHROOT_DIR", "sha256_file", "first_line"]
+__all__ = ["USER", "PASSWORD", "Sizes", "Fixture", "SRC", "REPO", "BENCH", "SECURE_CHROOT_DIR", "sha256_file",
+           "first_line"]
 
 USER, PASSWORD = "benchuser", "benchpass"
 BENCH = Path(__file__).resolve().parent
@@ -148,7 +149,7 @@ class Fixture:
             elif PAM_FILE.read_text() != PAM_TEXT:
                 raise RuntimeError(f"{PAM_FILE} exists with other content; not touching it")
             uid, gid = pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid
-            for dirpath, dirnames, filenames in os.walk(self.data):
+            for dirpath, _dirnames, filenames in os.walk(self.data):
                 os.chown(dirpath, uid, gid)
                 for name in filenames:
                     os.chown(os.path.join(dirpath, name), uid, gid)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["METRICS", "CEILINGS", "percentile", "summarize", "fmt_num", "fmt_cell", "ratio",
            "fmt_ratio", "build_table", "render_text", "render_markdown", "to_json", "summarize_results"]
@@ -238,14 +239,14 @@ def ceiling_rows(results: dict[str, Any]) -> list[list[str]]:
 
 def render_text(headers: list[str], rows: list[list[str]], numeric_from: int = 3) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
            "  ".join("-" * w for w in widths)]
     last = None
     for r in rows:
         first = r[0] if r[0] != last else ""
         last = r[0]
         out.append("  ".join(c.ljust(w) if i < numeric_from else c.rjust(w)
-                             for i, (c, w) in enumerate(zip([first] + r[1:], widths))).rstrip())
+                             for i, (c, w) in enumerate(zip([first] + r[1:], widths, strict=False))).rstrip())
     return "\n".join(out)
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import report  # noqa: E402
-from ceiling import measure_ceilings  # noqa: E402
-from client import FtpError  # noqa: E402
-from fixture import REPO, Fixture, Sizes  # noqa: E402
-from servers import ALL_SERVERS, VSFTPD, PortPlan, Server, Unavailable, server_version, start_server  # noqa: E402
-from workloads import WORKLOADS, Ctx, Sample  # noqa: E402
+import report
+from ceiling import measure_ceilings
+from client import FtpError
+from fixture import REPO, Fixture, Sizes
+from servers import ALL_SERVERS, VSFTPD, PortPlan, Server, Unavailable, server_version, start_server
+from workloads import WORKLOADS, Ctx, Sample
 
 QUICK = dict(big=64 << 20, small_files=200, list_entries=1000, idle_sessions=50, concurrent=20, failed_logins=50,
              login_seconds=1.0, concurrent_seconds=1.5)
@@ -116,10 +116,11 @@ def _sizes_text(s: Sizes) -> str:
 def _meta(args: argparse.Namespace, sizes: Sizes, repeat: int) -> dict:
     cpu = "?"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     try:
@@ -184,7 +185,7 @@ class Run:
     # -- the run -------------------------------------------------------------------------------
     def ceilings(self) -> None:
         wants_tls = any(w.tls for w in self.workloads)
-        for i in range(self.repeat):
+        for _ in range(self.repeat):
             got = measure_ceilings(self.fx.data / "big.bin", self.fx.cert, self.fx.key, wants_tls)
             for k, v in got.items():
                 self.results["ceiling"].setdefault(k, []).append(v)

@@ -322,14 +322,9 @@ def _start(name: str, fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, 
         raise Unavailable(f"unknown server {name!r}")
     env["BENCH_PARENT_PID"] = str(os.getpid())
     logs = fx.tmp
-    out = open(logs / f"{stem}.stdout", "wb")
-    err = open(logs / f"{stem}.stderr", "wb")
-    try:
+    with open(logs / f"{stem}.stdout", "wb") as out, open(logs / f"{stem}.stderr", "wb") as err:
         proc = subprocess.Popen([sys.executable, str(BENCH / "reaper.py")] + argv, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, env=env, cwd=str(fx.tmp), start_new_session=True)
-    finally:
-        out.close()
-        err.close()
     server = Server(name, tls, port, pasv, proc, logs / stem, server_version(name))
     try:
         _check(server, fx, ready_timeout)

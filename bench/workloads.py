@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from client import Control, FtpError, login_once, tls_client_context
 from fixture import CONC_SIZE, PASSWORD, SMALL_SIZE, SRC, USER, Fixture, sha256_file
@@ -45,7 +45,7 @@ class Meter:
     def __init__(self, server: Server, settle: Callable[[], None] | None = None) -> None:
         self.server, self.settle = server, settle
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         self.cpu0 = self.server.cpu_seconds()
         self.c0, self.t0 = time.process_time(), time.perf_counter()
         return self
@@ -356,7 +356,7 @@ def concurrent(server: Server, ctx: Ctx) -> Sample:
     wall = max(ends) - t0[0]
     # A client that failed is measured over the whole window; one that never logged in got 0.
     rates = [g / MIB / (wall if i in failed or not g else e - t0[0])
-             for i, (g, e) in enumerate(zip(got, ends))]
+             for i, (g, e) in enumerate(zip(got, ends, strict=True))]
     s = Sample({"agg_mib_s": total / MIB / wall, "slowest_mib_s": min(rates) if len(sessions) == n else 0.0,
                 "cpu_s_per_gib": m.server_cpu / (total / GIB), "client_cores": m.client_cores,
                 "clients_ok": len(sessions) - len(fails)}, {"clients_ok": n})

@@ -7,7 +7,8 @@ import logging
 import os
 import socket
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .policy.config import ConfigError
@@ -35,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bind", help="address(es) to listen on, comma separated (quick mode default 127.0.0.1,::1)")
     s.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
                    help="quick mode: add a virtual user with write access to the directory")
-    s.add_argument("--write", action="store_true", help="quick mode: let anonymous users upload, make directories, delete")
+    s.add_argument("--write", action="store_true",
+                   help="quick mode: let anonymous users upload, make directories, delete")
     s.add_argument("--workers", help="pooled mode's processes, as -o worker_processes (0 = one per core)")
     s.add_argument("-v", "--verbose", action="store_true",
                    help="log sessions to stderr (connects, logins, transfers, deletes: vsftpd's log lines)")
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _tunables(names: list[str]) -> int:
     """`ftpwarden tunables [NAME...]`; names match whatever their case."""
     import difflib
+
     from .policy.tunables import TUNABLES, format_tunables
     lower = {n.lower(): n for n in TUNABLES}
     unknown = [n for n in names if n.lower() not in lower]
@@ -174,7 +177,7 @@ def _has_ipv6_loopback() -> bool:
 
 
 def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[tuple[str, str]],
-                   extra: list[Any] = ()) -> Any:
+                   extra: Sequence[Any] = ()) -> Any:
     from .policy.auth.anonymous import AnonymousAuthenticator
     from .policy.auth.base import chain
     from .policy.auth.userfile import MemoryUserAuthenticator, UserFileAuthenticator, UserRecord
@@ -185,6 +188,7 @@ def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[tuple[str
     user_root = user_root_of(cfg, quick_root)
     auths: list[Any] = []
     if quick_users:
+        assert user_root, "--user comes with quick mode, which serves a directory"
         records = {}
         for name, password in quick_users:
             records[name] = UserRecord(name, hash_password(password), None, True, None)
@@ -268,7 +272,7 @@ def _tune_malloc() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .net.control import ServerContext
+    from .net.context import ServerContext
     from .net.server import serve_pooled
     from .policy.config import load_config
     from .preflight import check_site, isolated_mode
@@ -307,25 +311,21 @@ def _serve(args: argparse.Namespace) -> int:
     addresses = _addresses(cfg, args.bind, quick)
     listeners = _listen(addresses, cfg, workers)
     ctx = ServerContext(cfg, auth, banner=banner, events=_events(cfg, args.verbose))
-    ctx.tls = _tls_context(cfg)
-    if cfg.user_max_rate:
-        from .net.limits import AccountRates
-        ctx.account_rates = AccountRates(int(cfg.user_max_rate))
-    ctx.bans = _ban_list(cfg, [])  # before the workers are forked: they share it
+    ctx.tls_contexts = _tls_context(cfg)
+    ctx.account_rates = _account_rates(cfg)  # before the workers are forked: they share it
+    ctx.bans = _ban_list(cfg, [])  # likewise
     if cfg.max_clients or cfg.max_per_ip:
         from .net.limits import SessionLimits
         ctx.limits = SessionLimits(int(cfg.max_clients or 0), int(cfg.max_per_ip or 0), len(listeners))
     socks = listeners[0]
-    shown = [s.getsockname() for s in socks]
-    where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p, *_ in shown)
-    host, bound_port = shown[0][0], shown[0][1]
+    host, bound_port = socks[0].getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
     what = args.config
     if quick:  # say who may do what: anonymous, then each --user (always writable)
         who = [f"anonymous {'writable' if args.write else 'read-only'}"]
         who += [f"{name} writable" for name, _ in quick_users]
         what = f"{root} ({', '.join(who)})"
-    print(f"ftpwarden {__version__}: serving {what} on {where} ({workers} worker process(es))")
+    _say_serving(what, socks, f"{workers} worker process(es)")
     print(f"  connect: curl ftp://{url_host}:{bound_port}/   or   lftp -p {bound_port} {url_host.strip('[]')}")
     sys.stdout.flush()
     return serve_pooled(ctx, listeners)
@@ -340,11 +340,25 @@ def _listen(addresses: list[tuple[str, bool | None]], cfg: Any, workers: int) ->
         if cfg.implicit_ssl_port:
             port = int(cfg.implicit_ssl_port)
             extra = bind_listeners(addresses, port, workers)
-            listeners = [a + b for a, b in zip(listeners, extra)]
+            listeners = [a + b for a, b in zip(listeners, extra, strict=True)]
     except OSError as e:
         where = e.filename or f"port {port}"
         raise StartupError(f"cannot listen on {where}: {e.strerror}") from None
     return listeners
+
+
+def _say_serving(what: str, socks: Sequence[socket.socket], mode: str) -> None:
+    """The line the tests and the user wait for: what is served, on which addresses."""
+    where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p, *_ in (s.getsockname() for s in socks))
+    print(f"ftpwarden {__version__}: serving {what} on {where} ({mode})")
+
+
+def _account_rates(cfg: Any) -> Any:
+    """user_max_rate's shared table (None when 0); made once, before any fork, so every session shares it."""
+    if not cfg.user_max_rate:
+        return None
+    from .net.limits import AccountRates
+    return AccountRates(int(cfg.user_max_rate))
 
 
 def _ban_list(cfg: Any, kept: list[Any] | None) -> Any:
@@ -381,16 +395,13 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
     """Started as root: one monitor and unprivileged workers per session (priv/)."""
     from .policy.config import load_config
     from .preflight import prepare_secure_dir, secure_dir
-    from .priv import worker  # noqa: F401 - imported before fork so sessions start fast
+    from .priv import worker  # imported before fork so sessions start fast
     from .priv.listener import Listener, run_one_session
 
     prepare_secure_dir(cfg)  # our default jail, made now if missing (checked by check_site)
     kept_bans: list[Any] | None = []  # the listener's one BanList, kept across SIGHUP
 
-    account_rates = None
-    if cfg.user_max_rate:  # made once, before any fork: every session shares it
-        from .net.limits import AccountRates
-        account_rates = AccountRates(int(cfg.user_max_rate))
+    account_rates = _account_rates(cfg)
 
     def load() -> Any:
         fresh, _warnings = load_config(args.config, args.overrides, flags=_flags(args))
@@ -402,14 +413,13 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
 
     if not cfg.listen and not cfg.listen_ipv6:  # inetd / systemd Accept=yes: the client is on stdin
         conn = socket.socket(fileno=os.dup(0))
-        kept_bans = None  # inetd: one connection per process, no bans to share  # noqa: F841
+        kept_bans = None  # inetd: one connection per process, no bans to share
         return run_one_session(load(), conn)
     (socks,) = _listen(_addresses(cfg, args.bind, False), cfg, 1)
     listener = Listener(list(socks), load)
-    shown = ", ".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p, *_ in (s.getsockname() for s in socks))
 
     def ready() -> None:
-        print(f"ftpwarden {__version__}: serving {args.config} on {shown} (isolated mode)")
+        _say_serving(args.config, socks, "isolated mode")
         sys.stdout.flush()
 
     if cfg.background:

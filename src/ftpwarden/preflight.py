@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import pwd
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .policy.config import ConfigError
 
@@ -25,6 +26,8 @@ __all__ = ["Report", "check_site", "isolated_mode", "secure_dir", "prepare_secur
 # /var/run/vsftpd/empty); ours is made at start, root's, empty and 0755.
 SECURE_DIR = "/run/ftpwarden/empty"
 MAX_WORKERS = 256  # pooled-mode processes: more is a typo, not a plan
+
+Problem = tuple[tuple[str, ...], str]  # (the options at fault, most relevant first; the message)
 
 
 @dataclass
@@ -60,8 +63,8 @@ def user_root_of(cfg: Any, quick_root: str | None) -> str | None:
 
 # ---------------------------------------------------------------- the checks
 
-def _listen(cfg: Any, isolated: bool) -> list[tuple[tuple[str, ...], str]]:
-    out = []
+def _listen(cfg: Any, isolated: bool) -> list[Problem]:
+    out: list[Problem] = []
     if not isolated and not cfg.listen and not cfg.listen_ipv6:
         out.append((("listen", "listen_ipv6", "pooled"),
                     "listen=NO (inetd mode) needs isolated mode: start as root without pooled=YES"))
@@ -72,7 +75,7 @@ def _listen(cfg: Any, isolated: bool) -> list[tuple[tuple[str, ...], str]]:
     return out
 
 
-def _anonymous(cfg: Any, quick_root: str | None) -> list[tuple[tuple[str, ...], str]]:
+def _anonymous(cfg: Any, quick_root: str | None) -> list[Problem]:
     if not cfg.anonymous_enable:
         return []
     root = anon_root_of(cfg, quick_root)
@@ -82,7 +85,7 @@ def _anonymous(cfg: Any, quick_root: str | None) -> list[tuple[tuple[str, ...], 
              f"anon_root: {root or '(unset)'} is not a directory")]
 
 
-def _user_db(cfg: Any, quick_root: str | None) -> list[tuple[tuple[str, ...], str]]:
+def _user_db(cfg: Any, quick_root: str | None) -> list[Problem]:
     if not cfg.user_db_file:
         return []
     from .policy.auth.userfile import UserFileAuthenticator
@@ -97,7 +100,7 @@ def _user_db(cfg: Any, quick_root: str | None) -> list[tuple[tuple[str, ...], st
     return []
 
 
-def _banner(cfg: Any) -> list[tuple[tuple[str, ...], str]]:
+def _banner(cfg: Any) -> list[Problem]:
     if not cfg.banner_file:
         return []
     try:
@@ -110,9 +113,9 @@ def _banner(cfg: Any) -> list[tuple[tuple[str, ...], str]]:
     return []
 
 
-def _logs(cfg: Any) -> list[tuple[tuple[str, ...], str]]:
+def _logs(cfg: Any) -> list[Problem]:
     from .logs.configured import check_log_file, log_files
-    out = []
+    out: list[Problem] = []
     for option, path in log_files(cfg):
         why = check_log_file(option, path)
         if why:
@@ -120,7 +123,7 @@ def _logs(cfg: Any) -> list[tuple[tuple[str, ...], str]]:
     return out
 
 
-def _tls(cfg: Any) -> list[tuple[tuple[str, ...], str]]:
+def _tls(cfg: Any) -> list[Problem]:
     if not cfg.ssl_enable:
         return []
     why = tls_problem(cfg)
@@ -144,7 +147,7 @@ def tls_problem(cfg: Any) -> str | None:
             code = 0
         except TlsSetupError as e:
             os.write(w, str(e).encode()[:4000])
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
+        except BaseException as e:  # reported to the parent
             os.write(w, f"TLS set-up failed: {e}".encode()[:4000])
         finally:
             os._exit(code)
@@ -157,8 +160,8 @@ def tls_problem(cfg: Any) -> str | None:
     return None
 
 
-def _isolated(cfg: Any, report: Report) -> list[tuple[tuple[str, ...], str]]:
-    out = []
+def _isolated(cfg: Any, report: Report) -> list[Problem]:
+    out: list[Problem] = []
     if home_of(cfg.nopriv_user) is None:
         out.append((("nopriv_user",), f"nopriv_user: no such system user {cfg.nopriv_user!r}"))
     path = secure_dir(cfg)
@@ -237,7 +240,7 @@ def prepare_secure_dir(cfg: Any) -> None:
 def check_site(cfg: Any, source: str, *, isolated: bool, quick_root: str | None = None) -> Report:
     """Every problem that stops `serve` with this config, each at its line."""
     report = Report()
-    checks: list[Callable[[], list[tuple[tuple[str, ...], str]]]] = [
+    checks: list[Callable[[], list[Problem]]] = [
         lambda: _listen(cfg, isolated),
         lambda: _anonymous(cfg, quick_root),
         lambda: _user_db(cfg, quick_root),

@@ -14,6 +14,7 @@ import os
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 
 from .policy.auth.anonymous import ANONYMOUS_NAMES
 from .policy.auth.userfile import UserRecord, check_root, format_record, parse_userdb, valid_user_name
@@ -196,8 +197,9 @@ def main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # usage error (2) or --help (0), already printed
         return e.code if isinstance(e.code, int) else 2
+    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return args.run(args)
+        return run(args)
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         print(f"ftpwarden user: {where}{e.strerror or e}", file=sys.stderr)

@@ -1,6 +1,5 @@
 """The suite every Authenticator must pass: anonymous, user file, memory, chain."""
 
-import hashlib
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -8,11 +7,9 @@ from types import SimpleNamespace
 import bcrypt
 import pytest
 
-from ftpwarden.policy import passwords
 from ftpwarden.policy.auth.anonymous import AnonymousAuthenticator
 from ftpwarden.policy.auth.base import Authenticator, LoginRefused, LoginRequest, chain
-from ftpwarden.policy.auth.userfile import (MemoryUserAuthenticator, UserFileAuthenticator, UserRecord,
-                                            format_record)
+from ftpwarden.policy.auth.userfile import MemoryUserAuthenticator, UserFileAuthenticator, UserRecord, format_record
 from ftpwarden.policy.passwords import hash_password
 from ftpwarden.policy.users import Account, UserClass
 from ftpwarden.proto.commands import Perm
@@ -89,19 +86,6 @@ def case(request, tmp_path):
     return build(request.param, tmp_path)
 
 
-@pytest.fixture
-def scrypt_calls(monkeypatch):
-    calls = []
-    real = hashlib.scrypt
-
-    def spy(*a, **k):
-        calls.append(k)
-        return real(*a, **k)
-
-    monkeypatch.setattr(passwords.hashlib, "scrypt", spy)
-    return calls
-
-
 def _assert_secret_kept(exc: LoginRefused, secret: str):
     for text in (str(exc), exc.reason, repr(exc), repr(exc.args)):
         assert secret not in text
@@ -161,7 +145,7 @@ def test_anonymous_names_and_switch():
     auth = AnonymousAuthenticator(make_cfg())
     for name in ("ftp", "FTP", "anonymous", "AnonYmous"):
         assert auth.wants(name)
-    for name in ("ftpuser", "anon", "", "ſtp"):
+    for name in ("ftpuser", "anon", "", "ſtp"):  # noqa: RUF001 - a long s: looks like "ftp", is not
         assert not auth.wants(name)
     off = AnonymousAuthenticator(make_cfg(anonymous_enable=False, anon_root=""))
     assert not off.wants("ftp")

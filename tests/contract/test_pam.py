@@ -23,7 +23,8 @@ from ftpwarden.policy.auth.pam import pam_check
 from ftpwarden.policy.config import default_config
 
 REPO = Path(__file__).resolve().parents[2]
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="PAM logins need root (pam_unix reads /etc/shadow); CI runs as root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="PAM logins need root (pam_unix reads /etc/shadow); CI runs as root")
 SERVICE = "ftpwarden"
 IP = "192.0.2.7"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -142,7 +142,7 @@ def test_random_input_to_a_logged_in_session(live, chunks):
         while time.monotonic() < deadline:
             try:
                 reply = r.reply()
-            except socket.timeout:
+            except TimeoutError:
                 raise AssertionError(f"no reply within {SOCKET_TIMEOUT} s to {chunks!r}") from None
             if reply is None:
                 event("session ended by the server")

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ftpwarden.policy.config import default_config
+from ftpwarden.policy.options import session_options
 from ftpwarden.proto.actions import Action, Authenticate
 from ftpwarden.proto.commands import COMMANDS, Perm
+from ftpwarden.proto.principal import Principal, UserClass
 from ftpwarden.proto.replies import Reply
 from ftpwarden.proto.session import Session
 
 REPLY = re.compile(rb"^(\d{3}) [^\r\n]*\r\n$|^(\d{3})-[^\r\n]*\r\n(?:[^\r\n]*\r\n)*?\2 [^\r\n]*\r\n$")
 
 
-@dataclass(frozen=True)
-class _Account:
-    name: str = "fuzz"
-    grants: frozenset = frozenset(Perm)
-    umask: int = 0o022
-    user_class: str = "guest"
+def _Account() -> Principal:
+    return Principal("fuzz", UserClass.GUEST, root="/", grants=frozenset(Perm), umask=0o022)
 
 
 verbs = st.sampled_from(sorted(COMMANDS) + ["GET", "XYZ", "SITE CHMOD", "OPTS HASH", "OPTS MLST"])
@@ -45,7 +42,7 @@ def _check(events: list) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.lists(lines, max_size=25), st.booleans())
 def test_any_input_gives_replies_or_actions(seq, log_in):
-    s = Session(default_config(), local_ip="127.0.0.1", remote_ip="127.0.0.1")
+    s = Session(session_options(default_config()), local_ip="127.0.0.1", remote_ip="127.0.0.1")
     _check(s.greeting())
     if log_in:
         s.feed(b"USER fuzz")

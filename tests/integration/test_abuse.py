@@ -10,103 +10,30 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import signal
 import socket
-import statistics
 import subprocess
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from .conftest import Server, start_server, stop_server
-
-TIMEOUT = 10
-REPLY_START = re.compile(rb"^\d{3}[ -]")
-BIG = 1 << 30  # sparse: costs no disk, takes far longer than any test to send
-
+from ..conftest import descendants, wait_for
+from .conftest import (
+    REPLY_START,
+    Ctl,
+    Prober,
+    Server,
+    data_socket,
+    recv_all,
+    sample_tree,
+    serve,
+    start_server,
+    stop_server,
+)
 
 # ---------------------------------------------------------------- clients
-
-class Ctl:
-    """A raw control connection: bytes out, whole replies in."""
-
-    def __init__(self, host: str, port: int, source: str = "127.0.0.1", timeout: float = TIMEOUT) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
-        self.file = self.sock.makefile("rb")
-        self.host = host
-        self.greeting = self.reply()
-
-    def reply(self) -> bytes:
-        """One whole reply (all lines of a multi-line one); b"" at end of stream."""
-        first = self.file.readline()
-        if not first:
-            return b""
-        assert REPLY_START.match(first) and first.endswith(b"\r\n"), first
-        out = first
-        if first[3:4] == b"-":
-            while True:
-                line = self.file.readline()
-                assert line, f"end of stream inside a multi-line reply: {out!r}"
-                out += line
-                if line.startswith(first[:3] + b" "):
-                    break
-        return out
-
-    def send(self, data: bytes | str) -> None:
-        self.sock.sendall(data if isinstance(data, bytes) else (data + "\r\n").encode())
-
-    def cmd(self, data: bytes | str) -> bytes:
-        self.send(data)
-        return self.reply()
-
-    def login(self, user: str = "alice", password: str = "secret") -> "Ctl":
-        assert self.cmd(f"USER {user}").startswith(b"331")
-        assert self.cmd(f"PASS {password}").startswith(b"230")
-        return self
-
-    def pasv(self) -> tuple[str, int]:
-        r = self.cmd("PASV")
-        assert r.startswith(b"227"), r
-        n = [int(x) for x in re.search(rb"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)", r).groups()]
-        return ".".join(map(str, n[:4])), n[4] * 256 + n[5]
-
-    def closed(self, timeout: float = TIMEOUT) -> bool:
-        """True when the server ends the connection within `timeout`."""
-        self.sock.settimeout(timeout)
-        try:
-            while self.sock.recv(65536):
-                pass
-            return True
-        except ConnectionResetError:
-            return True
-        except socket.timeout:
-            return False
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-def data_socket(host: str, port: int, source: str = "127.0.0.1", rcvbuf: int = 0) -> socket.socket:
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(TIMEOUT)
-    s.bind((source, 0))
-    s.connect((host, port))
-    return s
-
-
-def recv_all(s: socket.socket) -> bytes:
-    chunks = []
-    while chunk := s.recv(1 << 16):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
 
 def store(ctl: Ctl, name: str, payload: bytes) -> bytes:
     """PASV + STOR; the final reply."""
@@ -132,64 +59,7 @@ def retrieve(ctl: Ctl, name: str) -> tuple[bytes, bytes]:
     return data, ctl.reply()
 
 
-class Prober:
-    """Another logged-in session answering NOOP every 50 ms while an attack runs."""
-
-    def __init__(self, srv: Server, what: str, source: str = "127.0.0.2", user: str = "alice",
-                 password: str = "secret") -> None:
-        self.ctl = Ctl(srv.host, srv.port, source=source).login(user, password)
-        self.what = what
-        self.latencies: list[float] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            t = time.monotonic()
-            try:
-                r = self.ctl.cmd("NOOP")
-                if not r.startswith(b"200"):
-                    self.errors.append(repr(r))
-            except OSError as e:
-                self.errors.append(repr(e))
-                return
-            self.latencies.append(time.monotonic() - t)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> "Prober":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(TIMEOUT)
-        self.ctl.close()
-        if exc[0] is None:
-            self.check()
-
-    def check(self) -> None:
-        lat = self.latencies
-        assert lat, "the prober got no answer at all"
-        print(f"\nFIGURE noop-latency during {self.what}: n={len(lat)} median={statistics.median(lat) * 1000:.1f} ms "
-              f"max={max(lat) * 1000:.1f} ms errors={len(self.errors)}")
-        assert not self.errors, self.errors
-        assert max(lat) < 2.0
-
-
 # ---------------------------------------------------------------- the server seen from /proc
-
-def descendants(pid: int) -> list[int]:
-    out = []
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except FileNotFoundError:
-        return out
-    for c in map(int, kids):
-        out.append(c)
-        out.extend(descendants(c))
-    return out
-
 
 def socket_inodes(pid: int) -> set[int]:
     out = set()
@@ -223,16 +93,6 @@ def listening(pid: int) -> set[int]:
     return socket_inodes(pid) & set(tcp_table("0A"))
 
 
-def fd_count(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            total += len(os.listdir(f"/proc/{pid}/fd"))
-        except FileNotFoundError:
-            pass
-    return total
-
-
 def owner_of(srv: Server, ctl: Ctl, pids: list[int]) -> int:
     """The server process holding the server side of `ctl`'s connection."""
     mine = ctl.sock.getsockname()[1]
@@ -242,39 +102,12 @@ def owner_of(srv: Server, ctl: Ctl, pids: list[int]) -> int:
     return holders[0]
 
 
-def wait_for(pred, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := pred()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return value
-
-
 def no_traceback(srv: Server) -> None:
     err = srv.stderr()
     assert "Traceback" not in err and "ERROR" not in err, err[-3000:]
 
 
 # ---------------------------------------------------------------- servers
-
-def site(tmp_path: Path, root: Path | None = None) -> Path:
-    root = root or tmp_path / "pub"
-    root.mkdir(exist_ok=True)
-    (root / "hello.txt").write_bytes(b"hello world\n")
-    (root / "data.bin").write_bytes(os.urandom(300_000))
-    with open(root / "big.bin", "wb") as f:
-        f.truncate(BIG)
-    return root
-
-
-def serve(make_server, tmp_path: Path, *opts: str, workers: int = 1, root: Path | None = None) -> Server:
-    """Quick mode with alice:secret (write access) and the given `-o` options."""
-    root = site(tmp_path, root)
-    args = [str(root), "--port", "0", "--bind", "127.0.0.1", "--workers", str(workers),
-            "--user", "alice:secret", "-o", "delay_failed_login=0", "-o", "ban_threshold=0"]
-    for o in opts:
-        args += ["-o", o]
-    return make_server(root, *args)
-
 
 @pytest.fixture
 def quick_abuse(make_server, tmp_path) -> Server:
@@ -286,7 +119,7 @@ def quick_abuse(make_server, tmp_path) -> Server:
 def shared(tmp_path_factory) -> Iterator[Server]:
     """One server for the many short tests that leave it as they found it."""
     tmp = tmp_path_factory.mktemp("abuse")
-    root = site(tmp)
+    root = sample_tree(tmp)
     srv = start_server([str(root), "--port", "0", "--bind", "127.0.0.1", "--workers", "1", "--user", "alice:secret",
                         "-o", "delay_failed_login=0", "-o", "ban_threshold=0"], root, tmp)
     yield srv

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import wait_for
+
 TIMEOUT = 10
 
 
@@ -41,16 +43,9 @@ def greeting(srv, source: str = "127.0.0.1") -> bytes:
 def fail_once(srv, source: str = "127.0.0.1") -> None:
     ftp = ftplib.FTP(timeout=TIMEOUT)
     ftp.connect(srv.host, srv.port, source_address=(source, 0))
-    with pytest.raises(ftplib.error_perm, match="^530"):
+    with pytest.raises(ftplib.error_perm, match=r"^530"):
         ftp.login("nobody_here", "wrong-password")
     ftp.close()
-
-
-def wait_for(pred, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := pred()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return value
 
 
 def test_failed_logins_across_connections_ban_the_address(make_server, tmp_path):
@@ -61,7 +56,7 @@ def test_failed_logins_across_connections_ban_the_address(make_server, tmp_path)
     fail_once(srv)
     first = greeting(srv)
     assert first == b"421 Too many failed logins from your address; try again later.\r\n"
-    with pytest.raises(ftplib.error_temp, match="^421"):
+    with pytest.raises(ftplib.error_temp, match=r"^421"):
         ftplib.FTP(timeout=TIMEOUT).connect(srv.host, srv.port)
     # another address is untouched
     assert greeting(srv, "127.0.0.2").startswith(b"220")
@@ -71,10 +66,10 @@ def test_failed_logins_across_connections_ban_the_address(make_server, tmp_path)
     other.close()
     # logged once, in the vsftpd format and as a JSON event
     vlog = srv.extra["logs"] / "vsftpd.log"
-    bans = wait_for(lambda: [l for l in vlog.read_text().splitlines() if "BAN:" in l])
+    bans = wait_for(lambda: [line for line in vlog.read_text().splitlines() if "BAN:" in line])
     assert len(bans) == 1, bans
     assert bans[0].endswith('BAN: Client "127.0.0.1", 600 seconds'), bans[0]
-    events = [json.loads(l) for l in (srv.extra["logs"] / "events.json").read_text().splitlines()]
+    events = [json.loads(line) for line in (srv.extra["logs"] / "events.json").read_text().splitlines()]
     assert [(e["client"], e["seconds"]) for e in events if e["event"] == "ban"] == [("127.0.0.1", 600)]
     failed_in = {e["session"].split(".")[0] for e in events if e["event"] == "login" and not e["ok"]}
     print(f"failed logins were counted by worker process(es) {sorted(failed_in)}")

@@ -6,12 +6,12 @@ import ftplib
 import io
 import os
 import subprocess
-import time
 import sys
 from pathlib import Path
 
 import pytest
 
+from ..conftest import wait_for
 from .conftest import REPO
 
 
@@ -59,7 +59,7 @@ def test_typical_vsftpd_conf(make_server, site):
     buf = io.BytesIO()
     ftp.retrbinary("RETR pub/readme.txt", buf.write)
     assert buf.getvalue() == b"public\n"
-    with pytest.raises(ftplib.error_perm, match="^550"):
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
         ftp.storbinary("STOR pub/new.txt", io.BytesIO(b"x"))
     ftp.quit()
 
@@ -72,12 +72,12 @@ def test_typical_vsftpd_conf(make_server, site):
     with ftplib.FTP() as ftp:
         ftp.connect(srv.host, srv.port, timeout=20)
         ftp.login("bob", "bobpw")
-        with pytest.raises(ftplib.error_perm, match="^550"):
+        with pytest.raises(ftplib.error_perm, match=r"^550"):
             ftp.storbinary("STOR bob.txt", io.BytesIO(b"x"))
-        with pytest.raises(ftplib.error_perm, match="^530"):
-            ftp2 = ftplib.FTP()
+        with ftplib.FTP() as ftp2:
             ftp2.connect(srv.host, srv.port, timeout=20)
-            ftp2.login("alice", "wrong")
+            with pytest.raises(ftplib.error_perm, match=r"^530"):
+                ftp2.login("alice", "wrong")
 
 
 def test_passive_port_range_is_honoured(make_server, site):
@@ -129,27 +129,26 @@ def test_max_per_ip_and_max_clients_across_workers(make_server, tmp_path):
             f = ftplib.FTP()
             f.connect(srv.host, srv.port, timeout=20)
             held.append(f)
-        with pytest.raises(ftplib.error_temp, match="^421"):
+        with pytest.raises(ftplib.error_temp, match=r"^421"):
             ftplib.FTP().connect(srv.host, srv.port, timeout=20)
         # another address still gets in, up to max_clients in total
         for _ in range(2):
             f = ftplib.FTP()
             f.connect(srv.host, srv.port, timeout=20, source_address=("127.0.0.2", 0))
             held.append(f)
-        with pytest.raises(ftplib.error_temp, match="^421"):
+        with pytest.raises(ftplib.error_temp, match=r"^421"):
             ftplib.FTP().connect(srv.host, srv.port, timeout=20, source_address=("127.0.0.2", 0))
     finally:
         for f in held:
             f.close()
     # slots come back when sessions end
-    deadline = time.monotonic() + 10
-    while True:
+    def welcomed() -> bool:
         try:
-            ftplib.FTP().connect(srv.host, srv.port, timeout=20).startswith("220")
-            break
+            with ftplib.FTP() as ftp:
+                return ftp.connect(srv.host, srv.port, timeout=20).startswith("220")
         except ftplib.error_temp:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+            return False
+    assert wait_for(welcomed), "no session slot came back after the sessions ended"
 
 
 @pytest.mark.parametrize("args, words", [
@@ -186,7 +185,7 @@ def test_check_config_reports_all_that_serve_refuses_at_once(tmp_path):
     conf.write_text("\n".join(lines) + "\n")
     r = ftpwarden("check-config", str(conf))
     assert r.returncode == 2 and r.stdout == b""
-    errors = [l for l in r.stderr.decode().splitlines() if l.startswith("ftpwarden: ")]
+    errors = [line for line in r.stderr.decode().splitlines() if line.startswith("ftpwarden: ")]
     expected = [(4, "anon_root: "), (8, "user_db_file: "), (6, "rsa_cert_file/rsa_private_key_file: cannot load")]
     if os.geteuid() == 0:  # started as root, serve would run isolated mode and need nopriv_user
         expected.append((7, "nopriv_user: no such system user 'nosuchuser_ftpw'"))
@@ -195,4 +194,4 @@ def test_check_config_reports_all_that_serve_refuses_at_once(tmp_path):
         assert any(e.startswith(f"ftpwarden: {conf}:{line}: {start}") for e in errors), (line, errors)
     served = ftpwarden("serve", "--config", str(conf))
     assert served.returncode == 2
-    assert [l for l in served.stderr.decode().splitlines() if l.startswith("ftpwarden: ")] == errors
+    assert [line for line in served.stderr.decode().splitlines() if line.startswith("ftpwarden: ")] == errors

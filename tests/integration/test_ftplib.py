@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from ..conftest import wait_for
 from .conftest import Server
 
 TIMEOUT = 20
@@ -36,20 +37,20 @@ def test_anonymous_download(quick_server):
 
 def test_anonymous_is_read_only(quick_server):
     with connect(quick_server) as ftp:
-        with pytest.raises(ftplib.error_perm, match="^550"):
+        with pytest.raises(ftplib.error_perm, match=r"^550"):
             ftp.storbinary("STOR new.txt", io.BytesIO(b"x"))
-        with pytest.raises(ftplib.error_perm, match="^550"):
+        with pytest.raises(ftplib.error_perm, match=r"^550"):
             ftp.mkd("newdir")
-        with pytest.raises(ftplib.error_perm, match="^550"):
+        with pytest.raises(ftplib.error_perm, match=r"^550"):
             ftp.delete("hello.txt")
     assert not (quick_server.root / "new.txt").exists()
     assert (quick_server.root / "hello.txt").exists()
 
 
 def test_wrong_password_is_530(quick_server):
-    with pytest.raises(ftplib.error_perm, match="^530"):
+    with pytest.raises(ftplib.error_perm, match=r"^530"):
         connect(quick_server, "alice", "wrong")
-    with pytest.raises(ftplib.error_perm, match="^530"):
+    with pytest.raises(ftplib.error_perm, match=r"^530"):
         connect(quick_server, "nobody-here", "wrong")
 
 
@@ -99,8 +100,8 @@ def test_hidden_files_need_dash_a(quick_server):
         ftp.retrlines("LIST", plain.append)
         every: list[str] = []
         ftp.retrlines("LIST -a", every.append)
-    assert not any(".hidden" in l for l in plain)
-    assert any(l.endswith(" .hidden") for l in every)
+    assert not any(".hidden" in line for line in plain)
+    assert any(line.endswith(" .hidden") for line in every)
 
 
 def test_ascii_mode_converts_line_endings(quick_server):
@@ -173,7 +174,7 @@ def test_escapes_stay_inside_root(quick_server, tmp_path):
     with connect(quick_server) as ftp:
         for path in ("../outside.txt", "/../outside.txt", "link-out/outside.txt", "rel-out/outside.txt",
                      "rel-out" + str(outside)):
-            with pytest.raises(ftplib.error_perm, match="^550"):
+            with pytest.raises(ftplib.error_perm, match=r"^550"):
                 ftp.retrbinary(f"RETR {path}", lambda b: None)
         ftp.cwd("../../..")
         assert ftp.pwd() == "/"
@@ -247,7 +248,7 @@ def test_many_parallel_sessions(quick_server):
                 buf = io.BytesIO()
                 ftp.retrbinary("RETR hello.txt", buf.write)
                 assert buf.getvalue() == b"hello world\n"
-        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+        except BaseException as e:  # collected for the assertion
             errors.append(e)
 
     threads = [threading.Thread(target=worker) for _ in range(40)]
@@ -255,6 +256,7 @@ def test_many_parallel_sessions(quick_server):
         t.start()
     for t in threads:
         t.join(TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "sessions still running at the time limit"
     assert not errors
 
 
@@ -287,9 +289,7 @@ def test_atomic_uploads_hide_partial_files_until_complete(make_server, tmp_path)
     conn.close()
     ftp.close()  # closes the control socket and its file object
     partial = root / ".ftpwarden-partial.big.bin"
-    deadline = time.monotonic() + 10
-    while partial.stat().st_size < 1_000_000 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: partial.stat().st_size >= 1_000_000, timeout=10)  # asserted below
     time.sleep(0.3)
     assert not (root / "big.bin").exists()
     assert partial.stat().st_size == 1_000_000

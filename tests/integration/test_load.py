@@ -14,7 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from .test_abuse import Ctl, Prober, data_socket, descendants, fd_count, recv_all, serve, wait_for
+from ..conftest import descendants, wait_for
+from .conftest import Ctl, Prober, data_socket, fd_count, recv_all, serve
 
 SESSIONS = 200
 BUDGET = 60.0  # seconds for the whole test
@@ -80,7 +81,7 @@ def _session(srv, i: int, barrier: threading.Barrier, errors: list[str], verifie
         assert ctl.cmd(f"DELE {name}").startswith(b"250")
         assert ctl.cmd("QUIT").startswith(b"221")
         verified.append(len(payload))
-    except BaseException as e:  # noqa: BLE001 - every failure is counted
+    except BaseException as e:  # every failure is counted
         errors.append(f"session {i}: {e!r}")
         barrier.abort()
     finally:

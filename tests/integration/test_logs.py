@@ -16,12 +16,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from ..conftest import wait_for
 from .conftest import REPO
 
 TIMEOUT = 20
@@ -84,22 +84,12 @@ def connect(srv) -> ftplib.FTP:
     return ftp
 
 
-def wait_for(check, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            assert result, f"timed out waiting for {what}"
-            return result
-        time.sleep(0.05)
-
-
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
 def fail_login(srv, user: str, password: str) -> None:
-    with connect(srv) as ftp, pytest.raises(ftplib.error_perm, match="^530"):
+    with connect(srv) as ftp, pytest.raises(ftplib.error_perm, match=r"^530"):
         ftp.login(user, password)
 
 
@@ -115,7 +105,7 @@ def partial_download(ftp: ftplib.FTP, abor: bool) -> int:
             assert ftp.getline().startswith("226")
     else:
         conn.close()
-        with pytest.raises(ftplib.error_temp, match="^426"):
+        with pytest.raises(ftplib.error_temp, match=r"^426"):
             ftp.voidresp()
     return got
 
@@ -146,8 +136,8 @@ def test_transfer_and_protocol_logs(make_server, site):
         ftp.delete("d/moved.bin")
     assert not (site.alice / "d" / "moved.bin").exists()
 
-    wait_for(lambda: sum('"event":"disconnect"' in x for x in lines(logs / "events.json")) == 3,
-             "three disconnects")
+    assert wait_for(lambda: sum('"event":"disconnect"' in x for x in lines(logs / "events.json")) == 3), \
+        "three disconnects"
     events = [json.loads(x) for x in lines(logs / "events.json")]
 
     # No password anywhere; the anonymous e-mail only in the xferlog user field.
@@ -220,7 +210,8 @@ def test_default_xferlog_enable_writes_vsftpd_format_only(make_server, site):
     with connect(srv) as ftp:
         ftp.login("anonymous", ANON_EMAIL)
         ftp.retrbinary("RETR pub/readme.txt", lambda b: None)
-    got = wait_for(lambda: [x for x in lines(site.logs / "vsftpd.log") if "OK DOWNLOAD" in x], "download line")
+    got = wait_for(lambda: [x for x in lines(site.logs / "vsftpd.log") if "OK DOWNLOAD" in x])
+    assert got, "download line"
     assert VSFTPD.match(got[0])["detail"] == "/pub/readme.txt"
     assert not (site.logs / "xferlog").exists()
     assert not any("FTP command" in x for x in lines(site.logs / "vsftpd.log"))  # log_ftp_protocol=NO
@@ -271,8 +262,8 @@ def test_fail2ban_filter_matches_our_fail_login_lines(make_server, site):
         with pytest.raises(ftplib.error_perm):
             ftp.sendcmd('SITE x] FAIL LOGIN: Client "203.0.113.9"')
     log = site.logs / "vsftpd.log"
-    wait_for(lambda: sum("OK LOGIN" in x for x in lines(log)) == 1, "the good login")
-    wait_for(lambda: any("SITE x]" in x for x in lines(log)), "the SITE line")
+    assert wait_for(lambda: sum("OK LOGIN" in x for x in lines(log)) == 1), "the good login"
+    assert wait_for(lambda: any("SITE x]" in x for x in lines(log))), "the SITE line"
     fails = [x for x in lines(log) if " FAIL LOGIN: " in x and "FTP " not in x]
     assert len(fails) == 3
     assert _banned_hosts(fails[:2]) == ["127.0.0.1", "127.0.0.1"]
@@ -367,16 +358,16 @@ def test_sighup_reopens_log_files(make_server, site, workers):
         return [m["detail"] for m in map(VSFTPD.match, lines(path)) if m and m["kind"] == "OK MKDIR"]
 
     session(1)
-    wait_for(lambda: mkdirs(log) == ["/s1"], "session 1")
+    assert wait_for(lambda: mkdirs(log) == ["/s1"]), "session 1"
     os.rename(log, rotated)
     session(2)  # after logrotate's rename, before the HUP: goes on in the renamed file
-    wait_for(lambda: mkdirs(rotated) == ["/s1", "/s2"], "session 2 in the renamed file")
+    assert wait_for(lambda: mkdirs(rotated) == ["/s1", "/s2"]), "session 2 in the renamed file"
     srv.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: all(_open_logs(pid) == {str(log)} for pid in _workers(srv.proc.pid, workers)),
-             "every worker writing to the new file")
+    assert wait_for(lambda: all(_open_logs(pid) == {str(log)} for pid in _workers(srv.proc.pid, workers))), \
+        "every worker writing to the new file"
     for n in (3, 4, 5, 6):
         session(n)
-    wait_for(lambda: len(mkdirs(log)) == 4, "sessions 3-6 in the new file")
+    assert wait_for(lambda: len(mkdirs(log)) == 4), "sessions 3-6 in the new file"
     assert mkdirs(rotated) == ["/s1", "/s2"]
     assert sorted(mkdirs(log)) == ["/s3", "/s4", "/s5", "/s6"]
     assert log.stat().st_mode & 0o777 == 0o600

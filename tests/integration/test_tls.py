@@ -10,65 +10,12 @@ import shutil
 import socket
 import ssl
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from .conftest import Server
+from .conftest import ReusingFTP_TLS, client_ctx, tls_login
 
 TIMEOUT = 30
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("cert")
-    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=localhost", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return d / "cert.pem", d / "key.pem"
-
-
-@pytest.fixture
-def tls_server(make_server, tmp_path, cert):
-    root = tmp_path / "tlsroot"
-    root.mkdir()
-    (root / "hello.txt").write_text("hello over tls\n")
-    (root / "blob.bin").write_bytes(os.urandom(3_000_001))
-
-    def start(*extra: str) -> Server:
-        return make_server(root, str(root), "--port", "0", "--bind", "127.0.0.1", "--workers", "1",
-                           "--user", "alice:secret", "-o", "delay_failed_login=0", "-o", "ssl_enable=YES",
-                           "-o", f"rsa_cert_file={cert[0]}", "-o", f"rsa_private_key_file={cert[1]}", *extra)
-    return start
-
-
-def _client_ctx(**kw) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    for k, v in kw.items():
-        setattr(ctx, k, v)
-    return ctx
-
-
-class ReusingFTP_TLS(ftplib.FTP_TLS):
-    """ftplib does not resume the control session on data connections; this one does."""
-
-    def ntransfercmd(self, cmd, rest=None):
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:
-            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
-        return conn, size
-
-
-def tls_login(srv: Server, cls=ReusingFTP_TLS, user="alice", password="secret", **ctx_kw) -> ftplib.FTP_TLS:
-    ftp = cls(context=_client_ctx(**ctx_kw), timeout=TIMEOUT)
-    ftp.connect(srv.host, srv.port)
-    ftp.auth()
-    ftp.login(user, password)
-    ftp.prot_p()
-    return ftp
 
 
 def test_feat_advertises_tls(tls_server):
@@ -91,14 +38,14 @@ def test_ftplib_prot_p_byte_exact_both_ways(tls_server):
         ftp.retrlines("LIST", lines.append)
     assert buf.getvalue() == payload
     assert (srv.root / "up.bin").read_bytes() == payload
-    assert any(l.endswith(" hello.txt") for l in lines)
+    assert any(line.endswith(" hello.txt") for line in lines)
 
 
 def test_data_connection_without_session_reuse_is_refused(tls_server):
     srv = tls_server()
-    with tls_login(srv, cls=ftplib.FTP_TLS) as ftp:  # plain ftplib: a fresh TLS session per data connection
-        with pytest.raises(ftplib.error_perm, match="^522.*require_ssl_reuse"):
-            ftp.retrbinary("RETR hello.txt", lambda b: None)
+    # plain ftplib: a fresh TLS session per data connection
+    with tls_login(srv, cls=ftplib.FTP_TLS) as ftp, pytest.raises(ftplib.error_perm, match=r"^522.*require_ssl_reuse"):
+        ftp.retrbinary("RETR hello.txt", lambda b: None)
     srv2 = tls_server("-o", "require_ssl_reuse=NO")
     with tls_login(srv2, cls=ftplib.FTP_TLS) as ftp:
         buf = io.BytesIO()
@@ -107,7 +54,7 @@ def test_data_connection_without_session_reuse_is_refused(tls_server):
 
 
 def _old_client(maximum: ssl.TLSVersion) -> ssl.SSLContext:
-    ctx = _client_ctx()
+    ctx = client_ctx()
     ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client really offer TLS 1.0/1.1
     ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     ctx.maximum_version = maximum
@@ -133,7 +80,7 @@ def test_plaintext_login_refused_when_forced(tls_server):
     srv = tls_server()
     with ftplib.FTP() as ftp:
         ftp.connect(srv.host, srv.port, timeout=TIMEOUT)
-        with pytest.raises(ftplib.error_perm, match="^530.*encryption"):
+        with pytest.raises(ftplib.error_perm, match=r"^530.*encryption"):
             ftp.login("alice", "secret")
         ftp.login()  # anonymous may stay in clear (force_anon_logins_ssl=NO)
 
@@ -142,23 +89,23 @@ def test_prot_c_refused_when_data_tls_is_forced(tls_server):
     srv = tls_server()
     with tls_login(srv) as ftp:
         ftp.prot_c()
-        with pytest.raises(ftplib.error_perm, match="^522"):
+        with pytest.raises(ftplib.error_perm, match=r"^522"):
             ftp.retrbinary("RETR hello.txt", lambda b: None)
 
 
 def test_anonymous_may_not_use_tls_unless_allowed(tls_server):
     srv = tls_server()
-    ftp = ftplib.FTP_TLS(context=_client_ctx(), timeout=TIMEOUT)
+    ftp = ftplib.FTP_TLS(context=client_ctx(), timeout=TIMEOUT)
     ftp.connect(srv.host, srv.port)
     ftp.auth()
-    with pytest.raises(ftplib.error_perm, match="^530"):
+    with pytest.raises(ftplib.error_perm, match=r"^530"):
         ftp.login()
     ftp.close()
 
 
 def test_implicit_tls(tls_server):
     srv = tls_server("-o", "implicit_ssl=YES")  # TLS from the first byte, no AUTH
-    ftp = ReusingFTP_TLS(context=_client_ctx(), timeout=TIMEOUT)
+    ftp = ReusingFTP_TLS(context=client_ctx(), timeout=TIMEOUT)
     sock = ftp.context.wrap_socket(socket.create_connection((srv.host, srv.port), TIMEOUT))
     ftp.sock = sock
     ftp.af = sock.family

@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+from ..conftest import make_cert
 from ..integration.conftest import REPO, stop_server
 from .clients import CLIENTS, configure
 from .matrix import BIG, MODES, CaseResult, Fixtures, run_lanes
-from .servers import make_cert, start_mode
+from .servers import start_mode
 
 LANE_WORKERS = 8  # concurrent client lanes: enough to hide waits, few enough for 2 cores
 RESULTS = Path(os.environ.get("FTPWARDEN_INTEROP_JSON", REPO / "build" / "interop" / "clients.json"))

@@ -22,9 +22,9 @@ import sys
 class SessionReusingFTP_TLS(ftplib.FTP_TLS):
     """FTP_TLS that resumes the control connection's TLS session on data connections."""
 
-    def ntransfercmd(self, cmd, rest=None):  # type: ignore[no-untyped-def]
+    def ntransfercmd(self, cmd, rest=None):
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:  # type: ignore[attr-defined]
+        if self._prot_p:
             conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
         return conn, size
 

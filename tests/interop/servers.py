@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..integration.conftest import REPO, Server, start_server
 
-__all__ = ["Endpoint", "Owner", "make_cert", "start_mode", "ISO_USER", "ISO_PASSWORD"]
+__all__ = ["Endpoint", "Owner", "start_mode", "ISO_USER", "ISO_PASSWORD"]
 
 POOLED_USER, POOLED_PASSWORD = "alice", "secret"
 ISO_USER, ISO_PASSWORD = "ftpw_alice", "alice-pw-1"  # made by scripts/test-accounts
@@ -45,16 +45,6 @@ class Owner:
     def give(self, path: Path) -> None:
         if os.geteuid() == 0:
             os.chown(path, self.uid, self.gid)
-
-
-def make_cert(d: Path) -> tuple[Path, Path]:
-    cert, key = d / "cert.pem", d / "key.pem"
-    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    os.chmod(key, 0o600)
-    return cert, key
 
 
 def _free_port() -> int:

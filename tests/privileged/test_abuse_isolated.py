@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ..integration.conftest import start_server, stop_server
-from ..integration.test_abuse import REPLY_START, Ctl, Prober, data_socket, recv_all
-from .test_isolated import (  # noqa: F401 - fixture
-    accounts, holders, ids, session_processes, socket_inode, wait_for,
-)
+from ..conftest import wait_for
+from ..integration.conftest import REPLY_START, Ctl, Prober, data_socket, recv_all, start_server, stop_server
+from .conftest import holders, ids, session_processes, socket_inode, write_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 ALICE = ("ftpw_alice", "alice-pw-1")
@@ -26,14 +24,7 @@ BIG_SIZE = 48 * 1024 * 1024
 
 def serve(tmp_path_factory, accounts, *lines: str):
     base = tmp_path_factory.mktemp("iabuse")
-    os.chmod(base, 0o755)
-    (base / "empty").mkdir(mode=0o755)
-    conf = base / "c.conf"
-    conf.write_text("\n".join([
-        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
-        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden", "write_enable=YES",
-        f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=0", "ban_threshold=0",
-        "max_per_ip=200", "allow_writeable_chroot=YES", *lines, ""]))
+    conf = write_conf(base, "write_enable=YES", "delay_failed_login=0", "ban_threshold=0", "max_per_ip=200", *lines)
     return start_server(["--config", str(conf)], Path(accounts["alice"].pw_dir), base)
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import children, wait_for
 from ..integration.conftest import start_server, stop_server
-from .test_isolated import accounts, children, ids, session_processes, wait_for  # noqa: F401 - fixture
+from .conftest import ids, session_processes, write_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 20
@@ -23,14 +24,8 @@ BANNED = b"421 Too many failed logins from your address; try again later.\r\n"
 @pytest.fixture
 def banning(tmp_path_factory, accounts):
     base = tmp_path_factory.mktemp("ibans")
-    os.chmod(base, 0o755)
-    (base / "empty").mkdir(mode=0o755)
-    conf = base / "c.conf"
-    conf.write_text("\n".join([
-        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
-        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden", "allow_writeable_chroot=YES",
-        f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=0", "ban_threshold=3",
-        "xferlog_enable=YES", f"vsftpd_log_file={base / 'vsftpd.log'}", ""]))
+    conf = write_conf(base, "delay_failed_login=0", "ban_threshold=3", "xferlog_enable=YES",
+                      f"vsftpd_log_file={base / 'vsftpd.log'}")
     srv = start_server(["--config", str(conf)], Path(accounts["alice"].pw_dir), base)
     srv.extra["log"] = base / "vsftpd.log"
     yield srv
@@ -45,7 +40,7 @@ def greeting(srv, source: str = "127.0.0.1") -> bytes:
 def fail_once(srv) -> None:
     ftp = ftplib.FTP(timeout=TIMEOUT)
     ftp.connect(srv.host, srv.port)
-    with pytest.raises(ftplib.error_perm, match="^530"):
+    with pytest.raises(ftplib.error_perm, match=r"^530"):
         ftp.login("ftpw_alice", "not-her-password")
     ftp.close()
 
@@ -53,7 +48,7 @@ def fail_once(srv) -> None:
 def shared_maps(pid: int) -> list[str]:
     """The ban table (anonymous shared memory) and its semaphore, as mapped in `pid`."""
     text = Path(f"/proc/{pid}/maps").read_text()
-    return [l for l in text.splitlines() if " rw-s " in l and ("/dev/zero" in l or "/dev/shm/sem." in l)]
+    return [line for line in text.splitlines() if " rw-s " in line and ("/dev/zero" in line or "/dev/shm/sem." in line)]
 
 
 def test_monitors_count_and_the_listener_refuses(banning):
@@ -62,7 +57,7 @@ def test_monitors_count_and_the_listener_refuses(banning):
     assert greeting(banning).startswith(b"220")  # counted once per failure, not yet banned
     fail_once(banning)
     assert greeting(banning) == BANNED
-    with pytest.raises(ftplib.error_temp, match="^421"):
+    with pytest.raises(ftplib.error_temp, match=r"^421"):
         ftplib.FTP(timeout=TIMEOUT).connect(banning.host, banning.port)
     # another address still logs in
     ftp = ftplib.FTP(timeout=TIMEOUT)
@@ -70,7 +65,7 @@ def test_monitors_count_and_the_listener_refuses(banning):
     ftp.login("ftpw_alice", "alice-pw-1")
     assert ftp.sendcmd("NOOP").startswith("200")
     ftp.quit()
-    lines = wait_for(lambda: [l for l in banning.extra["log"].read_text().splitlines() if "BAN:" in l])
+    lines = wait_for(lambda: [line for line in banning.extra["log"].read_text().splitlines() if "BAN:" in line])
     assert len(lines) == 1 and lines[0].endswith('BAN: Client "127.0.0.1", 600 seconds'), lines
     # the ban survives a SIGHUP re-read of the config
     os.kill(banning.proc.pid, signal.SIGHUP)

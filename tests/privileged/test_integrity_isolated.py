@@ -1,6 +1,6 @@
 """Issues 10 and 17 in isolated mode (root listener, a monitor and unprivileged
-workers per session): the same checks as tests/integration/test_integrity.py and
-test_newuser_clients.py, run as the real user ftpw_alice jailed in her home."""
+workers per session): the same checks as tests/integration/integrity_checks.py and
+newuser_checks.py, run as the real user ftpw_alice jailed in her home."""
 
 from __future__ import annotations
 
@@ -10,24 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from ..integration import test_integrity as I
-from ..integration import test_newuser_clients as C
+from ..integration import integrity_checks as I
+from ..integration import newuser_checks as C
 from ..integration.conftest import start_server, stop_server
-from .test_isolated import accounts  # noqa: F401 - fixture
+from .conftest import write_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 ALICE = ("ftpw_alice", "alice-pw-1")
 
 
 def serve(base: Path, home: Path, *lines: str, delay: int = 0):
-    os.chmod(base, 0o755)
-    (base / "empty").mkdir(mode=0o755)
-    conf = base / "c.conf"
-    conf.write_text("\n".join([
-        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
-        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden", "write_enable=YES",
-        f"secure_chroot_dir={base / 'empty'}", f"delay_failed_login={delay}", "ban_threshold=0",
-        "max_per_ip=200", "allow_writeable_chroot=YES", "max_login_fails=3", *lines, ""]))
+    conf = write_conf(base, "write_enable=YES", f"delay_failed_login={delay}", "ban_threshold=0", "max_per_ip=200",
+                      "max_login_fails=3", *lines)
     return start_server(["--config", str(conf)], home, base)
 
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 import ftplib
 import io
 import os
-import pwd
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from ..conftest import children, wait_for
 from ..integration.conftest import REPO, Server, start_server, stop_server
+from .conftest import conf_at, holders, ids, loopback_conf, session_processes, socket_inode
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 20
@@ -25,78 +25,11 @@ TIMEOUT = 20
 
 # ---------------------------------------------------------------- /proc helpers
 
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def descendants(pid: int) -> list[int]:
-    out = []
-    for c in children(pid):
-        out.append(c)
-        out.extend(descendants(c))
-    return out
-
-
-def ids(pid: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    uid = next(l for l in status if l.startswith("Uid:")).split()[1:]
-    gid = next(l for l in status if l.startswith("Gid:")).split()[1:]
-    return tuple(map(int, uid[:3])), tuple(map(int, gid[:3]))
-
-
 def root_of(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/root")
 
 
-def socket_inode(sock: socket.socket) -> int:
-    """The server side of our connection: find the socket whose peer is our local port."""
-    lport = sock.getsockname()[1]
-    rport = sock.getpeername()[1]
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        f = line.split()
-        local_port = int(f[1].split(":")[1], 16)
-        remote_port = int(f[2].split(":")[1], 16)
-        if local_port == rport and remote_port == lport:
-            return int(f[9])
-    raise AssertionError("server socket not found")
-
-
-def holders(inode: int, candidates: list[int]) -> list[int]:
-    out = []
-    for pid in candidates:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                    out.append(pid)
-                    break
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return out
-
-
-def wait_for(pred, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    return pred()
-
-
 # ---------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def accounts():
-    r = subprocess.run([str(REPO / "scripts" / "test-accounts")], capture_output=True, timeout=120)
-    assert r.returncode == 0, r.stderr.decode()
-    return {"alice": pwd.getpwnam("ftpw_alice"), "bob": pwd.getpwnam("ftpw_bob"), "ftp": pwd.getpwnam("ftp"),
-            "nobody": pwd.getpwnam("nobody")}
-
 
 @pytest.fixture
 def isolated(tmp_path_factory, accounts):
@@ -138,10 +71,6 @@ def login(srv: Server, user: str = "anonymous", password: str = "") -> ftplib.FT
     if user:
         ftp.login(user, password)
     return ftp
-
-
-def session_processes(srv: Server) -> list[int]:
-    return descendants(srv.proc.pid)
 
 
 # ---------------------------------------------------------------- tests
@@ -212,7 +141,7 @@ def test_chroot_escapes_fail(isolated, accounts):
     os.symlink("/etc", link)
     with login(isolated, "ftpw_alice", "alice-pw-1") as ftp:
         for path in ("../../etc/shadow", "/etc/shadow", "etc-link/shadow", "../../../../etc/passwd"):
-            with pytest.raises(ftplib.error_perm, match="^550"):
+            with pytest.raises(ftplib.error_perm, match=r"^550"):
                 ftp.retrbinary(f"RETR {path}", lambda b: None)
         ftp.cwd("/../../..")
         assert ftp.pwd() == "/"
@@ -260,7 +189,7 @@ def test_killing_one_worker_leaves_the_rest(isolated, accounts):
 
 def test_hundred_sessions_leave_nothing_behind(isolated):
     listener_fds = len(os.listdir(f"/proc/{isolated.proc.pid}/fd"))
-    for i in range(100):
+    for _ in range(100):
         with login(isolated) as ftp:
             ftp.sendcmd("NOOP")
     assert wait_for(lambda: not session_processes(isolated), timeout=15), session_processes(isolated)
@@ -276,43 +205,27 @@ def test_pipelined_commands_after_pass_are_not_lost(isolated):
         assert f.readline().startswith(b"220")
         s.sendall(b"USER ftpw_alice\r\nPASS alice-pw-1\r\nPWD\r\nSYST\r\nQUIT\r\n")
         lines = [f.readline() for _ in range(5)]
-    assert [l[:3] for l in lines] == [b"331", b"230", b"257", b"215", b"221"], lines
+    assert [line[:3] for line in lines] == [b"331", b"230", b"257", b"215", b"221"], lines
 
 
 def test_userlist_refuses_at_user_before_a_password(tmp_path_factory, accounts):
     base = tmp_path_factory.mktemp("ul")
-    os.chmod(base, 0o755)
-    empty = base / "empty"
-    empty.mkdir(mode=0o755)
     ulist = base / "user_list"
     ulist.write_text("ftpw_bob\n")
-    conf = base / "c.conf"
-    conf.write_text("\n".join([
-        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
-        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden",
-        f"secure_chroot_dir={empty}", "delay_failed_login=0", "userlist_enable=YES",
-        f"userlist_file={ulist}", "userlist_deny=YES", ""]))
+    conf = loopback_conf(base, "anonymous_enable=NO", "local_enable=YES", "chroot_local_user=YES",
+                         "pam_service_name=ftpwarden", "delay_failed_login=0", "userlist_enable=YES",
+                         f"userlist_file={ulist}", "userlist_deny=YES")
     srv = start_server(["--config", str(conf)], base, base)
     try:
         ftp = login(srv, user="")
         assert ftp.sendcmd("USER ftpw_alice").startswith("331")
         ftp.close()
         ftp = login(srv, user="")
-        with pytest.raises(ftplib.error_perm, match="^530"):
+        with pytest.raises(ftplib.error_perm, match=r"^530"):
             ftp.sendcmd("USER ftpw_bob")  # refused before any password is asked
         ftp.close()
     finally:
         stop_server(srv)
-
-
-def _config(base: Path, *lines: str) -> Path:
-    os.chmod(base, 0o755)
-    empty = base / "empty"
-    empty.mkdir(mode=0o755, exist_ok=True)
-    conf = base / "c.conf"
-    conf.write_text("\n".join(["listen=YES", "listen_address=127.0.0.1", "listen_port=0",
-                               f"secure_chroot_dir={empty}", "delay_failed_login=0", *lines, ""]))
-    return conf
 
 
 def test_virtual_user_runs_as_the_guest_account(tmp_path_factory, accounts):
@@ -325,7 +238,7 @@ def test_virtual_user_runs_as_the_guest_account(tmp_path_factory, accounts):
     r = subprocess.run([os.sys.executable, "-m", "ftpwarden", "user", "add", "--db", str(db), "vera",
                         "--root", str(root), "--write"], input=b"vera-pw\n", capture_output=True, env=env, timeout=30)
     assert r.returncode == 0, r.stderr
-    conf = _config(base, "anonymous_enable=NO", f"user_db_file={db}", "guest_username=ftp", "write_enable=YES",
+    conf = conf_at(base, "anonymous_enable=NO", f"user_db_file={db}", "guest_username=ftp", "write_enable=YES",
                    "allow_writeable_chroot=YES")
     srv = start_server(["--config", str(conf)], base, base)
     try:
@@ -345,7 +258,7 @@ def test_chown_uploads_through_the_monitor(tmp_path_factory, accounts):
     anon = base / "anon"
     (anon / "in").mkdir(parents=True)
     os.chown(anon / "in", accounts["ftp"].pw_uid, accounts["ftp"].pw_gid)
-    conf = _config(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
+    conf = conf_at(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
                    "write_enable=YES", "anon_upload_enable=YES", "chown_uploads=YES",
                    "chown_username=ftpw_bob", "chown_upload_mode=0640")
     srv = start_server(["--config", str(conf)], anon, base)
@@ -363,13 +276,13 @@ def test_max_per_ip_in_isolated_mode(tmp_path_factory):
     base = tmp_path_factory.mktemp("limits")
     anon = base / "anon"
     anon.mkdir(mode=0o755)
-    conf = _config(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES", "max_per_ip=2")
+    conf = conf_at(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES", "max_per_ip=2")
     srv = start_server(["--config", str(conf)], anon, base)
     held = []
     try:
         for _ in range(2):
             held.append(login(srv))
-        with pytest.raises(ftplib.error_temp, match="^421"):
+        with pytest.raises(ftplib.error_temp, match=r"^421"):
             login(srv)
         other = ftplib.FTP(timeout=TIMEOUT)
         assert other.connect(srv.host, srv.port, source_address=("127.0.0.2", 0)).startswith("220")
@@ -394,7 +307,7 @@ def test_sighup_rereads_the_config_for_new_sessions(tmp_path_factory):
     base = tmp_path_factory.mktemp("hup")
     anon = base / "anon"
     anon.mkdir(mode=0o755)
-    conf = _config(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
+    conf = conf_at(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
                    "ftpd_banner=before reload")
     srv = start_server(["--config", str(conf)], anon, base)
     try:
@@ -414,7 +327,7 @@ def test_inetd_mode_serves_one_session_on_stdin(tmp_path_factory):
     anon.mkdir(mode=0o755)
     (anon / "f.txt").write_text("inetd\n")
     os.chmod(anon / "f.txt", 0o644)
-    conf = _config(base, "listen=NO", "listen_ipv6=NO", "anonymous_enable=YES", f"anon_root={anon}",
+    conf = conf_at(base, "listen=NO", "listen_ipv6=NO", "anonymous_enable=YES", f"anon_root={anon}",
                    "no_anon_password=YES")
     conf.write_text(conf.read_text().replace("listen=YES\n", "", 1))
     lsock = socket.socket()
@@ -449,13 +362,13 @@ def test_inetd_mode_serves_one_session_on_stdin(tmp_path_factory):
 
 def test_writable_chroot_root_is_refused_unless_allowed(tmp_path_factory, accounts):
     base = tmp_path_factory.mktemp("wr")
-    conf = _config(base, "anonymous_enable=NO", "local_enable=YES", "chroot_local_user=YES",
+    conf = conf_at(base, "anonymous_enable=NO", "local_enable=YES", "chroot_local_user=YES",
                    "pam_service_name=ftpwarden")
     srv = start_server(["--config", str(conf)], base, base)
     try:
         ftp = login(srv, user="")
         ftp.sendcmd("USER ftpw_alice")
-        with pytest.raises(ftplib.error_perm, match="^500 OOPS.*allow_writeable_chroot"):
+        with pytest.raises(ftplib.error_perm, match=r"^500 OOPS.*allow_writeable_chroot"):
             ftp.sendcmd("PASS alice-pw-1")
         ftp.close()
     finally:
@@ -480,7 +393,7 @@ def test_jailed_sessions_write_the_logs(tmp_path_factory, accounts):
     assert r.returncode == 0, r.stderr
     logs = base / "logs"
     logs.mkdir(mode=0o700)  # nothing in a jail can reach this directory
-    conf = _config(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
+    conf = conf_at(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
                    "local_enable=YES", "chroot_local_user=YES", "allow_writeable_chroot=YES",
                    "pam_service_name=ftpwarden", "write_enable=YES", f"user_db_file={db}",
                    "xferlog_enable=YES", "xferlog_std_format=YES", f"xferlog_file={logs / 'xferlog'}",
@@ -497,7 +410,7 @@ def test_jailed_sessions_write_the_logs(tmp_path_factory, accounts):
             login(srv, "ftpw_alice", "not-the-password")
     finally:
         stop_server(srv)
-    lines = [l.split() for l in (logs / "xferlog").read_text().splitlines()]
+    lines = [line.split() for line in (logs / "xferlog").read_text().splitlines()]
     # date (5 fields), time, host, size, name, type, flag, direction, mode, user, service, auth, id, status
     by_mode = {f[12]: f for f in lines}
     assert set(by_mode) == {"a", "r", "g"}, lines

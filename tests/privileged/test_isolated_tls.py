@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ..integration.conftest import start_server, stop_server
-from ..integration.test_tls import ReusingFTP_TLS, _client_ctx
-from .test_isolated import accounts, descendants, ids, wait_for  # noqa: F401 - fixture
+from ..conftest import descendants, wait_for
+from ..integration.conftest import client_ctx, start_server, stop_server, tls_login
+from .conftest import ids, tls_lines, write_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 30
@@ -23,20 +23,7 @@ TIMEOUT = 30
 @pytest.fixture
 def tls_iso(tmp_path_factory, accounts):
     base = tmp_path_factory.mktemp("isotls")
-    os.chmod(base, 0o755)
-    (base / "empty").mkdir(mode=0o755)
-    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=localhost", "-keyout", str(base / "key.pem"), "-out", str(base / "cert.pem")],
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    os.chmod(base / "key.pem", 0o600)
-    conf = base / "c.conf"
-    conf.write_text("\n".join([
-        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
-        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden", "write_enable=YES",
-        "allow_writeable_chroot=YES",
-        f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=0", "ssl_enable=YES",
-        f"rsa_cert_file={base / 'cert.pem'}", f"rsa_private_key_file={base / 'key.pem'}", ""]))
+    conf = write_conf(base, "write_enable=YES", "delay_failed_login=0", *tls_lines(base))
     home = Path(accounts["alice"].pw_dir)
     (home / "tls.txt").write_text("over the helper\n")
     os.chown(home / "tls.txt", accounts["alice"].pw_uid, accounts["alice"].pw_gid)
@@ -46,18 +33,9 @@ def tls_iso(tmp_path_factory, accounts):
     stop_server(srv)
 
 
-def _login(srv) -> ftplib.FTP_TLS:
-    ftp = ReusingFTP_TLS(context=_client_ctx(), timeout=TIMEOUT)
-    ftp.connect(srv.host, srv.port)
-    ftp.auth()
-    ftp.login("ftpw_alice", "alice-pw-1")
-    ftp.prot_p()
-    return ftp
-
-
 def test_prot_p_both_ways_through_the_helper(tls_iso):
     payload = os.urandom(2_000_003)
-    with _login(tls_iso) as ftp:
+    with tls_login(tls_iso, user="ftpw_alice", password="alice-pw-1", timeout=TIMEOUT) as ftp:
         buf = io.BytesIO()
         ftp.retrbinary("RETR tls.txt", buf.write)
         assert buf.getvalue() == b"over the helper\n"
@@ -72,12 +50,12 @@ def test_prot_p_both_ways_through_the_helper(tls_iso):
 
 
 def test_no_session_reuse_is_refused_with_522(tls_iso):
-    ftp = ftplib.FTP_TLS(context=_client_ctx(), timeout=TIMEOUT)
+    ftp = ftplib.FTP_TLS(context=client_ctx(), timeout=TIMEOUT)
     ftp.connect(tls_iso.host, tls_iso.port)
     ftp.auth()
     ftp.login("ftpw_alice", "alice-pw-1")
     ftp.prot_p()
-    with pytest.raises(ftplib.error_perm, match="^522.*require_ssl_reuse"):
+    with pytest.raises(ftplib.error_perm, match=r"^522.*require_ssl_reuse"):
         ftp.retrbinary("RETR tls.txt", lambda b: None)
     assert ftp.sendcmd("NOOP").startswith("200")
     ftp.close()
@@ -94,7 +72,7 @@ def test_curl_ssl_reqd(tls_iso):
 def _key_fragments(key: Path) -> list[bytes]:
     """Pieces of the private key as they would sit in memory: PEM text, and the
     prime p in big- and little-endian order (OpenSSL keeps little-endian limbs)."""
-    pem_lines = [l for l in key.read_text().splitlines() if l and not l.startswith("-----")]
+    pem_lines = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
     text = subprocess.run(["openssl", "rsa", "-in", str(key), "-noout", "-text"], capture_output=True,
                           text=True, timeout=30).stdout
     m = re.search(r"prime1:\s*\n((?:\s+[0-9a-f:]+\n)+)", text)
@@ -128,7 +106,7 @@ def test_the_login_users_process_never_holds_the_key(tls_iso, accounts):
     needles = _key_fragments(tls_iso.extra["key"])
     alice_uid = accounts["alice"].pw_uid
     nobody_uid = accounts["nobody"].pw_uid
-    with _login(tls_iso) as ftp:
+    with tls_login(tls_iso, user="ftpw_alice", password="alice-pw-1", timeout=TIMEOUT) as ftp:
         buf = io.BytesIO()
         ftp.retrbinary("RETR tls.txt", buf.write)  # TLS used on control and data
         procs = descendants(tls_iso.proc.pid)

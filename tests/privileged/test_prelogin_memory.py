@@ -20,6 +20,7 @@ import pytest
 
 from ftpwarden.priv.checkslots import CheckSlots, default_slots
 
+from ..conftest import process_tree
 from ..integration.conftest import REPO, start_server, stop_server
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
@@ -100,24 +101,6 @@ def test_a_detached_process_gets_no_slot(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- a real isolated server
 
-def _tree(root: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        kids.setdefault(int(text[text.rindex(")") + 2:].split()[1]), []).append(int(name))
-    out, todo = [], list(kids.get(root, []))
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
-
-
 def _root_rss(pids: list[int]) -> dict[int, int]:
     out = {}
     for pid in pids:
@@ -172,7 +155,7 @@ def test_parallel_failed_logins_hash_at_most_slots_at_once(scrypt_server):
             conns.append(s)
             assert _reply(s).startswith(b"220")
         time.sleep(0.5)
-        before = _root_rss(_tree(scrypt_server.proc.pid))
+        before = _root_rss(process_tree(scrypt_server.proc.pid))
         most, answered, errors = 0, [], []
         go = threading.Barrier(n + 1, timeout=30)
 
@@ -183,7 +166,7 @@ def test_parallel_failed_logins_hash_at_most_slots_at_once(scrypt_server):
                 assert _reply(s).startswith(b"331")
                 s.sendall(b"PASS wrong\r\n")
                 answered.append(_reply(s))
-            except Exception as e:  # noqa: BLE001 - reported below
+            except Exception as e:  # reported below
                 errors.append(repr(e))
         threads = [threading.Thread(target=client, args=(s, i), daemon=True) for i, s in enumerate(conns)]
         for t in threads:
@@ -221,7 +204,7 @@ def test_workers_hold_no_slot_file(scrypt_server):
                 st = os.stat(f"/proc/{listener}/fd/{fd}")
                 slot_files.add((st.st_dev, st.st_ino))
         assert slot_files, "the listener has no unnamed slot file"
-        tree = _tree(listener)
+        tree = process_tree(listener)
         monitors = [p for p in tree if os.stat(f"/proc/{p}").st_uid == 0]
         workers = [p for p in tree if os.stat(f"/proc/{p}").st_uid != 0]
         assert monitors and workers

@@ -11,7 +11,6 @@ import os
 import pwd
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import pytest
 
 from ftpwarden.priv.creds import CredentialError, drop_privileges, set_parent_death_signal
 
-from ..integration.conftest import Server, start_server, stop_server
-from ..integration.test_tls import ReusingFTP_TLS, _client_ctx
-from .test_isolated import accounts  # noqa: F401 - fixture
+from ..conftest import proc_stat, process_tree, wait_for
+from ..integration.conftest import Server, start_server, stop_server, tls_login
+from .conftest import tls_lines, write_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 20
@@ -30,31 +29,8 @@ END_BOUND = 8.0  # seconds for every session to end (the listener allows monitor
 
 # ---------------------------------------------------------------- /proc
 
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(ppid, state) of a process, None once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    rest = text[text.rindex(")") + 2:].split()
-    return int(rest[1]), rest[0]
-
-
-def tree(root: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (st := _stat(int(name))) is not None:
-            kids.setdefault(st[0], []).append(int(name))
-    out, todo = [], list(kids.get(root, []))
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
-
-
 def alive(pids: list[int]) -> list[int]:
-    return [p for p in pids if (st := _stat(p)) is not None and st[1] != "Z"]
+    return [p for p in pids if (st := proc_stat(p)) is not None and st[1] != "Z"]
 
 
 def by_cmdline(marker: str) -> list[int]:
@@ -68,18 +44,9 @@ def by_cmdline(marker: str) -> list[int]:
             cmd = Path(f"/proc/{name}/cmdline").read_bytes()
         except OSError:
             continue
-        if marker.encode() in cmd and (st := _stat(int(name))) is not None and st[1] != "Z":
+        if marker.encode() in cmd and (st := proc_stat(int(name))) is not None and st[1] != "Z":
             found.append(int(name))
     return found
-
-
-def wait_until(pred, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := pred():
-            return value
-        time.sleep(0.05)
-    return pred()
 
 
 def kill_all(pids: list[int]) -> None:
@@ -94,22 +61,10 @@ def kill_all(pids: list[int]) -> None:
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture
-def server(tmp_path_factory, accounts):  # noqa: F811 - the fixture imported above
+def server(tmp_path_factory, accounts):
     base = tmp_path_factory.mktemp("shutdown")
-    os.chmod(base, 0o755)
-    (base / "empty").mkdir(mode=0o755)
-    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=localhost", "-keyout", str(base / "key.pem"), "-out", str(base / "cert.pem")],
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    os.chmod(base / "key.pem", 0o600)
-    conf = base / "shutdown.conf"
-    conf.write_text("\n".join([
-        "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
-        "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden",
-        "allow_writeable_chroot=YES", f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=0",
-        "ssl_enable=YES", "allow_anon_ssl=YES", "force_local_logins_ssl=NO", "force_local_data_ssl=NO",
-        f"rsa_cert_file={base / 'cert.pem'}", f"rsa_private_key_file={base / 'key.pem'}", ""]))
+    conf = write_conf(base, "delay_failed_login=0", *tls_lines(base), "allow_anon_ssl=YES",
+                      "force_local_logins_ssl=NO", "force_local_data_ssl=NO", name="shutdown.conf")
     srv = start_server(["--config", str(conf)], Path(accounts["alice"].pw_dir), base)
     srv.extra["conf"] = str(conf)
     recorded: list[int] = [srv.proc.pid]
@@ -126,21 +81,16 @@ def plain_login(srv: Server) -> ftplib.FTP:
     return ftp
 
 
-def tls_login(srv: Server) -> ftplib.FTP_TLS:
-    ftp = ReusingFTP_TLS(context=_client_ctx(), timeout=TIMEOUT)
-    ftp.connect(srv.host, srv.port)
-    ftp.auth()
-    ftp.login("ftpw_alice", "alice-pw-1")
-    ftp.prot_p()
-    return ftp
+def alice_tls_login(srv: Server) -> ftplib.FTP_TLS:
+    return tls_login(srv, user="ftpw_alice", password="alice-pw-1", timeout=TIMEOUT)
 
 
 def sessions_ready(srv: Server, n_procs: int) -> list[int]:
     """The listener's tree once it has `n_procs` session processes; recorded for clean-up."""
     def enough() -> list[int]:
-        t = tree(srv.proc.pid)
+        t = process_tree(srv.proc.pid)
         return t if len(alive(t)) >= n_procs else []
-    pids = wait_until(enough, 10)
+    pids = wait_for(enough, 10)
     assert len(alive(pids)) >= n_procs, pids
     srv.extra["recorded"].extend(pids)
     return pids
@@ -166,7 +116,7 @@ def ends_within(ftp: ftplib.FTP, bound: float) -> str:
 
 def test_sigterm_to_the_listener_ends_every_session(server):
     plain = plain_login(server)
-    tls = tls_login(server)
+    tls = alice_tls_login(server)
     waiting = socket.create_connection((server.host, server.port), timeout=TIMEOUT)  # before login
     try:
         assert waiting.recv(1024).startswith(b"220")
@@ -186,7 +136,7 @@ def test_sigterm_to_the_listener_ends_every_session(server):
         assert rest in (b"", b"421 Server shutting down.\r\n"), rest
         assert time.monotonic() - started < END_BOUND
         server.proc.wait(END_BOUND)
-        left = wait_until(lambda: not alive(pids) and not by_cmdline(server.extra["conf"]), END_BOUND)
+        left = wait_for(lambda: not alive(pids) and not by_cmdline(server.extra["conf"]), END_BOUND)
         assert left, f"still running: {alive(pids)} {by_cmdline(server.extra['conf'])}"
     finally:
         for c in (plain, tls, waiting):
@@ -195,16 +145,16 @@ def test_sigterm_to_the_listener_ends_every_session(server):
 
 def test_sigkill_of_a_monitor_takes_its_workers(server):
     plain = plain_login(server)
-    tls = tls_login(server)
+    tls = alice_tls_login(server)
     try:
         pids = sessions_ready(server, 5)  # 2 monitors, 2 workers, 1 TLS helper
-        monitors = [p for p in alive(pids) if _stat(p)[0] == server.proc.pid]
+        monitors = [p for p in alive(pids) if proc_stat(p)[0] == server.proc.pid]
         assert len(monitors) == 2
         for monitor in monitors:
-            below = tree(monitor)
+            below = process_tree(monitor)
             assert below, "a monitor without workers"
             os.kill(monitor, signal.SIGKILL)
-            assert wait_until(lambda: not alive(below), END_BOUND), f"orphaned: {alive(below)}"
+            assert wait_for(lambda below=below: not alive(below), END_BOUND), f"orphaned: {alive(below)}"
         assert ends_within(plain, END_BOUND) == "EOF"
         assert ends_within(tls, END_BOUND) == "EOF"
         assert server.proc.poll() is None  # the listener serves on
@@ -222,7 +172,7 @@ def test_sigkill_of_the_listener_ends_the_sessions(server):
         server.proc.kill()  # no handler runs: the monitors learn it from their death signal
         server.proc.wait(5)
         assert ends_within(plain, END_BOUND).startswith("421")
-        assert wait_until(lambda: not alive(pids), END_BOUND), f"orphaned: {alive(pids)}"
+        assert wait_for(lambda: not alive(pids), END_BOUND), f"orphaned: {alive(pids)}"
     finally:
         plain.close()
 
@@ -259,7 +209,7 @@ def test_death_signal_survives_the_privilege_drop():
     worker = int(worker_text)
     assert said == "dropped"
     try:
-        assert wait_until(lambda: _stat(worker) is None or _stat(worker)[1] == "Z", 5), "the worker outlived its parent"
+        assert wait_for(lambda: not alive([worker]), 5), "the worker outlived its parent"
     finally:
         kill_all([worker])
 
@@ -280,13 +230,13 @@ def test_pooled_workers_end_with_their_supervisor(tmp_path):
         ftp = ftplib.FTP(timeout=TIMEOUT)
         ftp.connect(srv.host, srv.port)
         ftp.login()
-        pids = wait_until(lambda: t if len(alive(t := tree(srv.proc.pid))) >= 2 else [], 10)
+        pids = wait_for(lambda: t if len(alive(t := process_tree(srv.proc.pid))) >= 2 else [], 10)
         assert len(pids) == 2, pids
         srv.proc.kill()
         srv.proc.wait(5)
-        assert wait_until(lambda: not alive(pids), END_BOUND), f"orphaned pooled workers: {alive(pids)}"
+        assert wait_for(lambda: not alive(pids), END_BOUND), f"orphaned pooled workers: {alive(pids)}"
+        ftp.sock.settimeout(END_BOUND)
         with pytest.raises((EOFError, ConnectionError, OSError)):
-            ftp.sock.settimeout(END_BOUND)
             ftp.sendcmd("NOOP")
         ftp.close()
     finally:

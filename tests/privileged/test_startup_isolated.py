@@ -9,8 +9,8 @@ import os
 import pwd
 import re
 import shutil
-import stat
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +21,7 @@ from ftpwarden import preflight
 from ftpwarden.policy.config import ConfigError, load_config
 
 from ..integration.conftest import REPO, start_server, stop_server
+from .conftest import conf_at
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 20
@@ -46,16 +47,6 @@ def accounts():
     r = subprocess.run([str(REPO / "scripts" / "test-accounts")], capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     return {"alice": pwd.getpwnam("ftpw_alice"), "ftp": pwd.getpwnam("ftp")}
-
-
-def _config(base: Path, *lines: str) -> Path:
-    os.chmod(base, 0o755)
-    empty = base / "empty"
-    empty.mkdir(mode=0o755, exist_ok=True)
-    conf = base / "c.conf"
-    conf.write_text("\n".join(["listen=YES", "listen_address=127.0.0.1", "listen_port=0",
-                               f"secure_chroot_dir={empty}", "delay_failed_login=0", *lines, ""]))
-    return conf
 
 
 # ---------------------------------------------------------------- the README example, as root
@@ -181,7 +172,7 @@ def test_a_second_isolated_server_cannot_share_the_port(tmp_path_factory):
     base = tmp_path_factory.mktemp("port")
     anon = base / "anon"
     anon.mkdir(mode=0o755)
-    conf = _config(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES")
+    conf = conf_at(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES")
     first = start_server(["--config", str(conf)], anon, base)
     try:
         second = ftpwarden("serve", "--config", str(conf), "--port", str(first.port))
@@ -206,7 +197,7 @@ def test_home_that_cannot_be_entered_gets_500_oops(tmp_path_factory, accounts, c
     home = homes / "ftpw_alice"
     if state == "unreadable":
         home.mkdir(mode=0o000)  # root's, mode 000: alice may not enter it
-    conf = _config(base, "anonymous_enable=NO", "local_enable=YES", f"chroot_local_user={chroot}",
+    conf = conf_at(base, "anonymous_enable=NO", "local_enable=YES", f"chroot_local_user={chroot}",
                    "pam_service_name=ftpwarden", "user_sub_token=$USER", f"local_root={homes}/$USER")
     srv = start_server(["--config", str(conf)], base, base)
     try:
@@ -237,7 +228,7 @@ def test_verbose_logs_isolated_sessions_to_stderr(tmp_path_factory, accounts):
     incoming = anon / "incoming"
     incoming.mkdir()
     os.chown(incoming, accounts["ftp"].pw_uid, accounts["ftp"].pw_gid)
-    conf = _config(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
+    conf = conf_at(base, "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES",
                    "write_enable=YES", "anon_upload_enable=YES", "anon_other_write_enable=YES")
     srv = start_server(["--config", str(conf), "-v"], anon, base)
     try:

@@ -1,19 +1,18 @@
 """Isolated mode: how a TLS data connection ends, seen through the TLS helper,
-and the TLS security checks of tests/integration/test_tls_end.py."""
+and the TLS security checks of tests/integration/tls_end_checks.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from ..integration import test_tls_end as end
+from ..integration import tls_end_checks as end
 from ..integration.conftest import start_server, stop_server
-from .test_isolated import accounts  # noqa: F401 - fixture
+from .conftest import tls_lines, write_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 CRED = ("ftpw_alice", "alice-pw-1")
@@ -23,26 +22,14 @@ CRED = ("ftpw_alice", "alice-pw-1")
 def iso_tls(tmp_path_factory, accounts):
     """iso_tls(*conf_lines) -> a running isolated server with TLS; stopped after the test."""
     base = tmp_path_factory.mktemp("isotlsend")
-    os.chmod(base, 0o755)
-    (base / "empty").mkdir(mode=0o755)
-    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=localhost", "-keyout", str(base / "key.pem"), "-out", str(base / "cert.pem")],
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    os.chmod(base / "key.pem", 0o600)
+    tls = tls_lines(base)
     home = Path(accounts["alice"].pw_dir)
     (home / "tls.txt").write_text("over the helper\n")
     os.chown(home / "tls.txt", accounts["alice"].pw_uid, accounts["alice"].pw_gid)
     started = []
 
     def start(*extra: str):
-        conf = base / f"c{len(started)}.conf"
-        conf.write_text("\n".join([
-            "listen=YES", "listen_address=127.0.0.1", "listen_port=0", "anonymous_enable=NO",
-            "local_enable=YES", "chroot_local_user=YES", "pam_service_name=ftpwarden", "write_enable=YES",
-            "allow_writeable_chroot=YES", f"secure_chroot_dir={base / 'empty'}", "delay_failed_login=0",
-            "ssl_enable=YES", f"rsa_cert_file={base / 'cert.pem'}", f"rsa_private_key_file={base / 'key.pem'}",
-            *extra, ""]))
+        conf = write_conf(base, "write_enable=YES", "delay_failed_login=0", *tls, *extra, name=f"c{len(started)}.conf")
         srv = start_server(["--config", str(conf)], home, base)
         started.append(srv)
         return srv

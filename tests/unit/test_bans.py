@@ -184,7 +184,7 @@ def test_a_ban_is_logged_in_every_format(tmp_path):
     log.close()
     (line,) = (tmp_path / "v.log").read_text().splitlines()
     assert line.endswith(f'[pid {os.getpid()}] BAN: Client "10.0.0.1", 600 seconds'), line
-    (event,) = [json.loads(l) for l in (tmp_path / "j.log").read_text().splitlines()]
+    (event,) = [json.loads(line) for line in (tmp_path / "j.log").read_text().splitlines()]
     assert (event["event"], event["client"], event["seconds"]) == ("ban", "10.0.0.1", 600)
     syslog = ConfiguredEventLog(syslog=SyslogSink(str(tmp_path / "log.sock")))
     syslog.ban("2001:db8::1", 30)

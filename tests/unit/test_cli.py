@@ -14,10 +14,6 @@ from ftpwarden import cli
 from ftpwarden.cli import main
 
 
-class Stop(Exception):
-    """Raised where serve would bind its port."""
-
-
 @pytest.fixture
 def run(capsys):
     """main(argv) -> (code, stdout, stderr)."""
@@ -42,7 +38,7 @@ def listen_calls(monkeypatch):
 
 def clean(err: str) -> str:
     """stderr without the root-only advice printed in quick mode as root."""
-    return "".join(l for l in err.splitlines(True) if "quick mode as root" not in l)
+    return "".join(line for line in err.splitlines(True) if "quick mode as root" not in line)
 
 
 # ---------------------------------------------------------------- tunables
@@ -111,9 +107,9 @@ def test_missing_directory(run, tmp_path):
 # ---------------------------------------------------------------- quick mode and -o
 
 def test_dash_o_warnings_name_what_was_typed(run, listen_calls, tmp_path):
-    code, _, err = run("serve", str(tmp_path), "-o", "ftpd_banner=hi")
+    _, _, err = run("serve", str(tmp_path), "-o", "ftpd_banner=hi")
     assert clean(err) == "ftpwarden: stopped by the test before listening\n"  # no warning at all
-    code, _, err = run("serve", str(tmp_path), "-o", "ftpd_banner=hi", "-o", "ftpd_banner=ho")
+    _, _, err = run("serve", str(tmp_path), "-o", "ftpd_banner=hi", "-o", "ftpd_banner=ho")
     assert "warning: -o ftpd_banner=ho: option 'ftpd_banner' is set again (first at -o ftpd_banner=hi)" in err
     assert "-o:" not in err
 

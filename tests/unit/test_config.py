@@ -8,7 +8,11 @@ import os
 import pytest
 
 from ftpwarden.policy.config import (
-    Config, ConfigError, default_config, load_config, parse_value,
+    Config,
+    ConfigError,
+    default_config,
+    load_config,
+    parse_value,
 )
 from ftpwarden.policy.tunables import TUNABLES
 
@@ -215,7 +219,7 @@ def test_config_is_immutable():
     with pytest.raises(AttributeError):
         del cfg.anon_root
     with pytest.raises(AttributeError, match="did you mean 'anon_root'"):
-        cfg.anon_rot
+        _ = cfg.anon_rot
     with pytest.raises(TypeError):
         cfg._values["anon_root"] = "/tmp"  # the mapping is read-only too
 
@@ -348,7 +352,7 @@ def _write(tmp, name, lines, pooled=True):
 
 def _line_of(path, option):
     """FILE:LINE of the last line setting `option`."""
-    numbers = [i for i, l in enumerate(path.read_text().split("\n"), 1) if l.startswith(option + "=")]
+    numbers = [i for i, line in enumerate(path.read_text().split("\n"), 1) if line.startswith(option + "=")]
     return f"{path}:{numbers[-1]}"
 
 
@@ -382,11 +386,11 @@ def test_check_config_reports_what_serve_refuses(tmp_path, capsys, no_listen, ca
 
 def test_check_config_reports_every_problem_at_once(tmp_path, capsys, no_listen):
     table = _bad_configs(tmp_path)
-    lines = [l for i in (0, 3, 4) for l in table[i][1]]
+    lines = [line for i in (0, 3, 4) for line in table[i][1]]
     path = _write(tmp_path, "several", lines)
     code, checked = _errors(no_listen, capsys, "check-config", str(path))
     assert code == 2
-    assert [l.split(": ")[1] for l in checked] == [_line_of(path, o) for o in ("anon_root", "user_db_file",
+    assert [line.split(": ")[1] for line in checked] == [_line_of(path, o) for o in ("anon_root", "user_db_file",
                                                                               "banner_file")]
     assert _errors(no_listen, capsys, "serve", "--config", str(path)) == (2, checked)
 
@@ -396,7 +400,7 @@ def test_check_config_collects_bad_lines_too(tmp_path, capsys):
     path = tmp_path / "c.conf"
     path.write_text("listen_prot=21\nwrite_enable=maybe\nlisten=YES\n")
     code, checked = _errors(main, capsys, "check-config", str(path))
-    assert code == 2 and [l.split(": ")[1] for l in checked] == [f"{path}:1", f"{path}:2"]
+    assert code == 2 and [line.split(": ")[1] for line in checked] == [f"{path}:1", f"{path}:2"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode (nopriv_user, secure_chroot_dir) needs root")

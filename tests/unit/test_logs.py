@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import logging
 import os
 import re
 import socket
@@ -311,7 +312,7 @@ def test_unopenable_log_file_names_option_and_path(tmp_path):
     bad = tmp_path / "no" / "such" / "xferlog"
     with pytest.raises(LogFileError, match=f"^xferlog_file: cannot open {bad}: No such file or directory$"):
         build_event_log(_cfg(tmp_path, "xferlog_enable=YES", "xferlog_std_format=YES", f"xferlog_file={bad}"))
-    with pytest.raises(LogFileError, match="^json_log_file: cannot open"):
+    with pytest.raises(LogFileError, match=r"^json_log_file: cannot open"):
         build_event_log(_cfg(tmp_path, f"json_log_file={bad}"))
 
 
@@ -415,13 +416,19 @@ def test_protocol_lines_only_with_log_ftp_protocol(tmp_path):
     assert kinds == ["CONNECT", "FAIL LOGIN", "OK LOGIN", "FAIL UPLOAD", "OK RENAME", "FAIL MKDIR"]
 
 
-def test_events_never_raise():
+def test_events_never_raise(caplog):
     class Broken:
-        def write(self, line):
+        def write(self, *args):
             raise RuntimeError("sink bug")
 
         emit = send = reopen = close = write
 
     log = ConfiguredEventLog(xferlog=Broken(), vsftpd_log=Broken(), json=Broken(), protocol=True)
-    _session(log)  # every call logs the bug and returns
-    log.reopen()
+    with caplog.at_level(logging.ERROR, logger="ftpwarden.logs"):
+        _session(log)  # every call logs the bug and returns
+        log.reopen()
+    logged = [r for r in caplog.records if r.name == "ftpwarden.logs"]
+    assert [r.getMessage() for r in logged] == [f"logging {event} failed" for event in (
+        "connect", "command", "reply", "command", "login", "command", "login", "transfer", "fs_change", "fs_change",
+        "disconnect", "reopen")]
+    assert all(r.exc_info and repr(r.exc_info[1]) == "RuntimeError('sink bug')" for r in logged)

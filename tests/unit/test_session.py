@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import pytest
 
 from ftpwarden.policy.config import default_config
+from ftpwarden.policy.options import session_options
 from ftpwarden.proto import actions as A
 from ftpwarden.proto.commands import COMMANDS, Perm
+from ftpwarden.proto.principal import Principal, UserClass
 from ftpwarden.proto.replies import Reply
 from ftpwarden.proto.session import Session
+from ftpwarden.proto.verbs import HANDLERS, handles
 
 
-class _Cls:
-    value = "guest"
-
-
-@dataclass(frozen=True)
-class FakeAccount:
-    name: str = "alice"
-    grants: frozenset = frozenset(Perm)
-    umask: int = 0o022
-    user_class: object = _Cls()
+def FakeAccount(**over) -> Principal:
+    fields = dict(name="alice", user_class=UserClass.GUEST, root="/", grants=frozenset(Perm), umask=0o022)
+    return Principal(**{**fields, **over})
 
 
 def new(**cfg) -> Session:
-    return Session(default_config(**cfg), local_ip="127.0.0.1", remote_ip="127.0.0.1")
+    return Session(session_options(default_config(**cfg)), local_ip="127.0.0.1", remote_ip="127.0.0.1")
 
 
 def logged_in(**cfg) -> Session:
@@ -44,9 +39,14 @@ def codes(events) -> list[int]:
 
 
 def test_every_command_has_exactly_one_handler():
-    aliases = {"XCWD": "cwd", "XCUP": "cdup", "XMKD": "mkd", "XRMD": "rmd", "XPWD": "pwd"}
-    for verb in COMMANDS:
-        assert callable(getattr(Session, "_" + aliases.get(verb, verb.lower()))), verb
+    # every row of the table has a registered handler, and nothing else is registered
+    assert set(HANDLERS) == set(COMMANDS)
+    assert all(callable(h) for h in HANDLERS.values())
+    # a second handler for a row is refused when it is registered
+    with pytest.raises(LookupError):
+        handles("RETR")(HANDLERS["STOR"])
+    with pytest.raises(LookupError):
+        handles("NOSUCH")(HANDLERS["STOR"])
 
 
 def test_greeting_is_220():
@@ -344,6 +344,78 @@ def test_site_commands():
     assert codes(s.feed(b"SITE NOPE")) == [500]
 
 
+# ---------------------------------------------------------------- the table row is the rule
+
+def test_site_subcommands_are_rows_of_the_table():
+    assert {"SITE CHMOD", "SITE UMASK", "SITE IDLE", "SITE HELP"} <= set(COMMANDS)
+    assert codes(new().feed(b"SITE HELP")) == [530]  # every SITE row needs a login
+    s = logged_in()
+    s.account = FakeAccount(grants=frozenset({Perm.DOWNLOAD}))
+    assert codes(s.feed(b"SITE CHMOD 644 f")) == [550]  # the row's perm (CHMOD)
+    assert codes(s.feed(b"SITE CHMOD")) == [501]
+    # cmds_allowed is checked for the verb and for the row
+    s = logged_in(cmds_allowed="USER,PASS,SITE")
+    assert codes(s.feed(b"SITE CHMOD 644 f")) == [550]
+    assert codes(s.feed(b"SITE UMASK")) == [550]
+    s = logged_in(cmds_allowed="USER,PASS,SITE,SITE CHMOD")
+    assert isinstance(s.feed(b"SITE CHMOD 644 f")[0], A.FsChange)
+
+
+def test_help_lists_verbs_not_subcommand_rows():
+    (r,) = new().feed(b"HELP")
+    assert "SITE" in " ".join(r.lines) and "CHMOD" not in " ".join(r.lines)
+    assert new().feed(b"HELP SITE")[0].code == 214
+
+
+def test_stat_with_a_path_is_the_rows_with_arg_spec():
+    assert codes(new().feed(b"STAT")) == [211]
+    assert codes(new().feed(b"STAT /")) == [530]  # a path needs a login and the LIST grant
+    s = logged_in()
+    s.account = FakeAccount(grants=frozenset({Perm.DOWNLOAD}))
+    assert codes(s.feed(b"STAT /")) == [550]
+    (ls,) = logged_in().feed(b"STAT -la sub")
+    assert ls == A.ControlListing("STAT", "/sub")
+
+
+def test_mdtm_with_a_time_is_the_mfmt_row():
+    s = logged_in()
+    (u,) = s.feed(b"MDTM 20200102030405 f")
+    assert u.op == "utime" and u.verb == "MFMT"
+    s.account = FakeAccount(grants=frozenset({Perm.DOWNLOAD}))
+    assert codes(s.feed(b"MDTM 20200102030405 f")) == [550]  # MFMT's perm (SET_MTIME)
+    s = logged_in(cmds_allowed="USER,PASS,MDTM")
+    assert codes(s.feed(b"MDTM 20200102030405 f")) == [550]  # and MFMT's cmds_allowed entry
+    (st,) = logged_in(mdtm_write=False).feed(b"MDTM 20200102030405 f")
+    assert st == A.StatPath("MDTM", "/20200102030405 f")
+
+
+def test_stou_without_a_name_makes_one_from_stou():
+    (stou,) = with_pasv(logged_in()).feed(b"STOU")
+    assert stou.unique and stou.path == "/STOU"
+    s = with_pasv(logged_in(deny_file="{STOU}"))
+    assert codes(s.feed(b"STOU")) == [550]  # the default name passes the gate's path step
+
+
+def test_sequencing_rules_are_the_declared_ones():
+    from ftpwarden.proto.sequence import RULES
+    texts = {r.refusal for r in RULES}
+    cases = [
+        (new(), [b"PASS x"]),
+        (logged_in(), [b"RNTO x"]),
+        (new(ssl_enable=True), [b"PBSZ 0"]),
+        (new(ssl_enable=True), [b"PROT P"]),
+        (logged_in(), [b"EPSV ALL", b"PASV"]),
+        (logged_in(), [b"EPSV ALL", b"PORT 127,0,0,1,4,1"]),
+    ]
+    for s, lines in cases:
+        *_, last = [s.feed(line) for line in lines]
+        (r,) = last
+        assert r.code == 503 and r.text in texts, (lines, r)
+    s = new(ssl_enable=True, force_local_logins_ssl=False)
+    s.feed(b"USER alice")
+    assert s.feed(b"AUTH TLS")[0].text == "AUTH must come before USER."
+
+
 def test_too_many_errors_close():
     s = new()
     for _ in range(19):
@@ -500,8 +572,8 @@ def test_glob_matches_are_bounded():
 # ---------------------------------------------------------------- banner
 
 def test_banner_file_replaces_ftpd_banner():
-    s = Session(default_config(ftpd_banner="from ftpd_banner"), local_ip="127.0.0.1", remote_ip="127.0.0.1",
-                banner="Line one\nLine two\n")
+    s = Session(session_options(default_config(ftpd_banner="from ftpd_banner")),
+                local_ip="127.0.0.1", remote_ip="127.0.0.1", banner="Line one\nLine two\n")
     (r,) = s.greeting()
     text = r.encode().decode()
     assert "Line one" in text and "Line two" in text and "from ftpd_banner" not in text

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
 import re
 from pathlib import Path
-
-import pathlib
 
 import pytest
 

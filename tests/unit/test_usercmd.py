@@ -115,11 +115,11 @@ def test_passwd_keeps_options_comments_and_mode(run, tmp_path):
         f.seek(0)
         f.write("# managed by hand too\n" + text)
     os.chmod(db, 0o640)
-    bob_line = [l for l in Path(db).read_text().splitlines() if l.startswith("bob:")]
+    bob_line = [line for line in Path(db).read_text().splitlines() if line.startswith("bob:")]
     assert run("passwd", "--db", db, "alice", stdin_text="new\n")[0] == 0
     text = Path(db).read_text()
     assert text.startswith("# managed by hand too\n")
-    assert [l for l in text.splitlines() if l.startswith("bob:")] == bob_line
+    assert [line for line in text.splitlines() if line.startswith("bob:")] == bob_line
     rec = db_of(db)["alice"]
     assert (rec.root, rec.write, rec.umask) == ("/srv/alice", True, 0o002)
     assert verify_password("new", rec.hash) and not verify_password("old", rec.hash)

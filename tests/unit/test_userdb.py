@@ -6,10 +6,8 @@ import hashlib
 import bcrypt
 import pytest
 
-from ftpwarden.policy import passwords
 from ftpwarden.policy.auth.userfile import UserRecord, format_record, parse_userdb, valid_user_name
 from ftpwarden.policy.passwords import MAX_PASSWORD_BYTES, dummy_verify, hash_password, verify_password
-
 
 # ------------------------------------------------------------------ passwords
 
@@ -78,20 +76,12 @@ def test_password_bytes_are_those_sent_on_the_wire():
     assert not verify_password("café", hash_password(pw))
 
 
-def test_dummy_verify_spends_a_real_scrypt(monkeypatch):
-    calls = []
-    real = hashlib.scrypt
-
-    def spy(*a, **k):
-        calls.append(k)
-        return real(*a, **k)
-
-    monkeypatch.setattr(passwords.hashlib, "scrypt", spy)
+def test_dummy_verify_spends_a_real_scrypt(scrypt_calls):
     stored = hash_password("pw")
-    calls.clear()
+    scrypt_calls.clear()
     verify_password("nope", stored)
     dummy_verify("nope")
-    assert [(c["n"], c["r"], c["p"]) for c in calls] == [(2**14, 8, 1)] * 2
+    assert [(c["n"], c["r"], c["p"]) for c in scrypt_calls] == [(2**14, 8, 1)] * 2
     assert dummy_verify("x" * 1000) is None  # refused before hashing, like verify_password
 
 

@@ -7,7 +7,8 @@ import pytest
 from ftpwarden.policy.users import UserClass, grants_for
 from ftpwarden.proto.commands import Perm
 
-D, L, U, O, M, X, R, C, T = (Perm.DOWNLOAD, Perm.LIST, Perm.UPLOAD, Perm.OVERWRITE, Perm.MKDIR,
+# One letter per permission keeps each table row on one line.
+D, L, U, O, M, X, R, C, T = (Perm.DOWNLOAD, Perm.LIST, Perm.UPLOAD, Perm.OVERWRITE, Perm.MKDIR,  # noqa: E741
                              Perm.DELETE, Perm.RENAME, Perm.CHMOD, Perm.SET_MTIME)
 ANON, GUEST, REAL = UserClass.ANONYMOUS, UserClass.GUEST, UserClass.REAL
 

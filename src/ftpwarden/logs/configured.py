@@ -20,7 +20,8 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .events import EventLog, TransferRecord
 from .protolog import command_text, reply_texts, transfer_tail, vsftpd_line, vsftpd_message

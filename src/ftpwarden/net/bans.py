@@ -17,22 +17,25 @@ isolated-mode workers drop it with `detach()` before they parse client bytes.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import mmap
 import multiprocessing
 import struct
 import time
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .limits import held_lock
 
-__all__ = ["BanList"]
+__all__ = ["BanList", "login_failed"]
 
 _SLOTS = 4096
 _PROBE = 16  # slots looked at per address
 # used, address (16 bytes, IPv4 as ::ffff:a.b.c.d), failures, window start, banned until
 _SLOT = struct.Struct("=?16sxxxxxxxqdd")
+_Slot = tuple[bool, bytes, int, float, float]  # what _SLOT packs
 _LOCK_WAIT = 1.0  # seconds; a lock held longer than this is a dead holder's
 
 
@@ -66,14 +69,13 @@ class BanList:
 
     def failed(self, ip: str) -> bool:
         """Count one failed login from `ip`; True when this failure started a ban."""
-        key = _key(ip)
-        if key is None or self.threshold <= 0 or self._mem is None:
-            return False
-        now = self.clock()
-        with held_lock(self._lock, _LOCK_WAIT) as held:
-            if not held:
-                return False  # a dead holder: count nothing rather than stall the server
-            i, slot = self._find(key, now, create=True)
+        with self._locked(ip) as at:
+            if at is None:
+                return False
+            key, now, mem = at
+            found = self._find(key, now, create=True)
+            assert found is not None  # with create there is always a slot
+            i, slot = found
             _used, _k, failures, start, until = slot
             if until > now:
                 return False  # banned already: nothing more to start
@@ -85,17 +87,14 @@ class BanList:
             banned = failures >= self.threshold
             if banned:
                 until, failures = now + self.ban_seconds, 0
-            _SLOT.pack_into(self._mem, i * _SLOT.size, True, key, failures, start, until)
+            _SLOT.pack_into(mem, i * _SLOT.size, True, key, failures, start, until)
             return banned
 
     def is_banned(self, ip: str) -> bool:
-        key = _key(ip)
-        if key is None or self.threshold <= 0 or self._mem is None:
-            return False
-        now = self.clock()
-        with held_lock(self._lock, _LOCK_WAIT) as held:
-            if not held:
+        with self._locked(ip) as at:
+            if at is None:
                 return False
+            key, now, _mem = at
             found = self._find(key, now, create=False)
             return found is not None and found[1][4] > now
 
@@ -108,18 +107,31 @@ class BanList:
 
     # ------------------------------------------------------------ the table
 
-    def _slot(self, i: int) -> tuple[bool, bytes, int, float, float]:
+    @contextlib.contextmanager
+    def _locked(self, ip: str) -> Iterator[tuple[bytes, float, mmap.mmap] | None]:
+        """The table locked for `ip`: (its key, now, the table); None when bans are off,
+        `ip` is no address or a dead holder keeps the lock (count nothing, ban nobody,
+        rather than stall the server)."""
+        key = _key(ip)
+        if key is None or self.threshold <= 0 or self._mem is None:
+            yield None
+            return
+        now = self.clock()
+        with held_lock(self._lock, _LOCK_WAIT) as held:
+            yield (key, now, self._mem) if held else None
+
+    def _slot(self, i: int) -> _Slot:
         assert self._mem is not None
         return _SLOT.unpack_from(self._mem, i * _SLOT.size)
 
-    def _stale(self, slot: tuple[bool, bytes, int, float, float], now: float) -> bool:
+    def _stale(self, slot: _Slot, now: float) -> bool:
         used, _k, failures, start, until = slot
         return not used or (until <= now and (not failures or now - start >= self.window_seconds))
 
-    def _find(self, key: bytes, now: float, *, create: bool) -> tuple[int, tuple[Any, ...]] | None:
+    def _find(self, key: bytes, now: float, *, create: bool) -> tuple[int, _Slot] | None:
         """The slot holding `key`; with `create`, a free, stale or least active one."""
         first = zlib.crc32(key) % _SLOTS
-        reuse: tuple[int, tuple[Any, ...]] | None = None
+        reuse: tuple[int, _Slot] | None = None
         best = None
         for n in range(_PROBE):
             i = (first + n) % _SLOTS
@@ -148,3 +160,12 @@ class BanList:
             assert best is not None
             i = best[1]
         return i, (True, key, 0, 0.0, 0.0)
+
+
+def login_failed(bans: BanList | None, ip: str, events: Any, started: float, delay: float, now: float) -> float:
+    """The one rule for a failed login, pooled or isolated: it counts toward a ban
+    of `ip` (logged when one starts), and it is answered `delay` seconds after
+    the request (`started`), whatever the check cost.  Returns the seconds to wait."""
+    if bans is not None and bans.failed(ip) and events is not None:
+        events.ban(ip, bans.ban_seconds)
+    return max(0.0, started + delay - now)

@@ -14,13 +14,14 @@ import os
 import random
 import socket
 import ssl
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..proto import addr
 from .tls import wait_socket
 
 __all__ = ["DataChannel", "DataRefused", "AsciiEncoder", "AsciiDecoder", "PlainConn", "send_file", "receive_file",
-           "send_bytes", "relay"]
+           "send_bytes", "relay", "active_socket"]
 
 RECV_BUFFER = 1 << 20  # uploads: one 1 MiB buffer per transfer
 READ_CHUNK = 1 << 16   # ASCII downloads read this much at a time
@@ -51,11 +52,7 @@ class DataChannel:
         self.close()
         family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
         lo, hi = int(self.cfg.pasv_min_port or 0), int(self.cfg.pasv_max_port or 0)
-        candidates: list[int]
-        if lo and hi and lo <= hi:
-            candidates = random.sample(range(lo, hi + 1), min(hi - lo + 1, 100))
-        else:
-            candidates = [0]
+        candidates = random.sample(range(lo, hi + 1), min(hi - lo + 1, 100)) if lo and hi and lo <= hi else [0]
         last: OSError | None = None
         for port in candidates:
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -86,7 +83,7 @@ class DataChannel:
             try:
                 async with asyncio.timeout(remaining):
                     conn, peer = await loop.sock_accept(self.listener)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise DataRefused("accept timed out") from None
             if promiscuous or addr.same_host(peer[0], self.remote_ip):
                 return conn
@@ -98,21 +95,16 @@ class DataChannel:
         if self.broker is not None:
             try:
                 return await asyncio.wait_for(asyncio.to_thread(self.broker.active_socket, host, port), timeout)
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 raise DataRefused(f"monitor could not connect: {e}") from None
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = active_socket(host, self.local_ip)
+        except OSError as e:
+            raise DataRefused(f"connect failed: {e}") from None
         sock.setblocking(False)
         try:
-            local = self.local_ip
-            if family == socket.AF_INET:
-                local = addr.ipv4_of(local) or ""
-            try:
-                sock.bind((local, 0))
-            except OSError:
-                sock.bind(("", 0))
             await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             sock.close()
             raise DataRefused(f"connect failed: {e}") from None
         return sock
@@ -135,6 +127,28 @@ class DataChannel:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+
+
+def active_socket(host: str, local_ip: str, port: int = 0) -> socket.socket:
+    """An unconnected socket for an active (PORT) data connection to `host`,
+    bound to the control connection's local address (the client sees the data
+    come from the server it talks to); `port` 20 for connect_from_port_20 (the
+    monitor, as root).  Port 0: any address will do if that one will not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    local = local_ip if family == socket.AF_INET6 else (addr.ipv4_of(local_ip) or "")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # port 20 again and again
+        try:
+            sock.bind((local, port))
+        except OSError:
+            if port:
+                raise
+            sock.bind(("", 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class AsciiEncoder:
@@ -188,6 +202,9 @@ class PlainConn:
     def buffered(self) -> bool:
         return False
 
+    def flush(self) -> bool:
+        return True  # nothing is held in user space
+
     async def close(self, *, confirm: float = 0.0) -> bool:
         try:
             self.sock.shutdown(socket.SHUT_WR)
@@ -200,7 +217,22 @@ class PlainConn:
         self.sock.close()
 
 
-Conn = Any  # PlainConn or tls.TlsConn: recv_into, send, buffered, sock, close
+class Conn(Protocol):
+    """A data connection: PlainConn or tls.TlsConn (non-blocking: BlockingIOError when not ready)."""
+
+    sock: socket.socket
+
+    def recv_into(self, view: memoryview) -> int: ...
+
+    def send(self, data: Any) -> int: ...
+
+    def buffered(self) -> bool: ...
+
+    def flush(self) -> bool: ...  # True once every byte given to send is on the socket
+
+    async def close(self, *, confirm: float = 0.0) -> bool: ...
+
+    def abort(self) -> None: ...
 
 
 async def _recv_some(conn: Conn, view: memoryview) -> int:
@@ -239,7 +271,7 @@ class Stalled:
         self.seconds = seconds or None
         self._cm: Any = None
 
-    async def __aenter__(self) -> "Stalled":
+    async def __aenter__(self) -> Stalled:
         self._time = asyncio.get_running_loop().time  # looked up once, not per chunk
         self._cm = asyncio.timeout(None)
         await self._cm.__aenter__()

@@ -1,23 +1,35 @@
 """File actions a session performs through its Jail: open for download or
 upload (atomic uploads included), directory changes, listings, messages, HASH.
 
-Blocking calls; the connection decides which run in a thread.
+Blocking calls, but for `perform`, which runs the slow ones in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import stat as stat_mod
+import time
 import zlib
 from typing import Any
 
 from ..proto import paths
-from ..proto.actions import FsChange, ReceiveFile, RestartBeyondEnd, SendFile
+from ..proto.actions import (
+    Action,
+    ChangeDir,
+    ComputeHash,
+    ControlListing,
+    FsChange,
+    ReceiveFile,
+    RestartBeyondEnd,
+    SendFile,
+    StatPath,
+)
 from ..proto.listing import Entry
 from .jail import Jail
 
-__all__ = ["open_download", "open_upload", "partial_path", "exists", "fs_change", "entries",
+__all__ = ["perform", "open_download", "open_upload", "partial_path", "exists", "fs_change", "entries",
            "read_message", "hash_file", "PARTIAL_PREFIX", "MESSAGE_MAX"]
 
 MESSAGE_MAX = 8192  # a directory message file is shown up to this size
@@ -56,10 +68,10 @@ def exists(jail: Jail, vpath: str) -> bool:
         return False
 
 
-def open_upload(jail: Jail, action: ReceiveFile, *, atomic: bool = False) -> tuple[int, str, str | None]:
+def open_upload(jail: Jail, action: ReceiveFile) -> tuple[int, str, str | None]:
     """(fd, name shown to the client, hidden partial path when writing atomically)."""
     # No O_TRUNC: a fresh STOR empties the file only once its data connection
-    # is up (net/control.py), so a failed STOR never destroys the old content.
+    # is up (net/transfer.py), so a failed STOR never destroys the old content.
     flags = os.O_WRONLY | os.O_CREAT
     if action.append:
         flags |= os.O_APPEND
@@ -76,7 +88,7 @@ def open_upload(jail: Jail, action: ReceiveFile, *, atomic: bool = False) -> tup
         raise FileExistsError(17, "No unique name available")
     partial = None
     target = action.path
-    if atomic:
+    if action.atomic:
         resuming = action.append or action.offset
         candidate = partial_path(action.path)
         # a fresh upload, or the continuation of an interrupted one, goes to the
@@ -173,3 +185,27 @@ def hash_file(jail: Jail, vpath: str, algorithm: str) -> tuple[str, int]:
         return h.hexdigest(), size
     finally:
         os.close(fd)
+
+
+async def perform(jail: Jail, action: Action) -> Any:
+    """A file action other than a transfer; its outcome (or an OSError raised).
+    Listing and hashing run in a thread: they may take long."""
+    if isinstance(action, ChangeDir):
+        st = jail.stat(action.path)
+        if not stat_mod.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(20, "Not a directory")
+        fd = jail.open(action.path, os.O_RDONLY | os.O_DIRECTORY)  # checks search permission
+        os.close(fd)
+        if action.message_file:
+            return read_message(jail, paths.resolve(action.path, action.message_file))
+        return None
+    if isinstance(action, StatPath):
+        return jail.stat(action.path)
+    if isinstance(action, FsChange):
+        return fs_change(jail, action)
+    if isinstance(action, ControlListing):
+        listed = await asyncio.to_thread(entries, jail, action.path, action.verb == "MLST")
+        return listed, time.time()
+    if isinstance(action, ComputeHash):
+        return await asyncio.to_thread(hash_file, jail, action.path, action.algorithm)
+    raise AssertionError(f"unknown action {action!r}")

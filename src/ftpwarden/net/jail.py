@@ -20,7 +20,7 @@ import errno
 import logging
 import os
 import stat
-from typing import Callable
+from collections.abc import Callable
 
 from ..proto.listing import Entry
 from ..proto.paths import basename, parent, resolve, to_relative
@@ -58,7 +58,7 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int = 0) -> int:
                       ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
                       ctypes.c_size_t(ctypes.sizeof(how)))
         if fd >= 0:
-            return fd
+            return int(fd)
         err = ctypes.get_errno()
         tries += 1
         # EAGAIN: a concurrent rename raced a ".." lookup; the kernel refused
@@ -94,7 +94,7 @@ class Jail:
 
     # ------------------------------------------------------------ context manager
 
-    def __enter__(self) -> "Jail":
+    def __enter__(self) -> Jail:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -174,32 +174,33 @@ class Jail:
     # ------------------------------------------------------------ changes
 
     def mkdir(self, vpath: str, mode: int = 0o777) -> None:
-        pfd, name = self._parent(vpath)
-        try:
-            os.mkdir(name, mode & _MODE_MASK, dir_fd=pfd)
-        finally:
-            os.close(pfd)
+        self._in_parent(vpath, lambda name, pfd: os.mkdir(name, mode & _MODE_MASK, dir_fd=pfd))
 
     def rmdir(self, vpath: str) -> None:
-        pfd, name = self._parent(vpath)
-        try:
-            os.rmdir(name, dir_fd=pfd)
-        finally:
-            os.close(pfd)
+        self._in_parent(vpath, lambda name, pfd: os.rmdir(name, dir_fd=pfd))
 
     def unlink(self, vpath: str) -> None:
+        self._in_parent(vpath, lambda name, pfd: os.unlink(name, dir_fd=pfd))
+
+    def _in_parent(self, vpath: str, act: Callable[[str, int], None]) -> None:
+        """`act(name, parent_fd)` on the last part of `vpath`, in its parent directory."""
         pfd, name = self._parent(vpath)
         try:
-            os.unlink(name, dir_fd=pfd)
+            act(name, pfd)
         finally:
             os.close(pfd)
 
-    def rename(self, src_vpath: str, dst_vpath: str) -> None:
+    def rename(self, src_vpath: str, dst_vpath: str, *, replace: bool = True) -> None:
+        """`replace=False`: fail with EEXIST if `dst_vpath` exists, atomically
+        (renameat2 RENAME_NOREPLACE; an exists() check first would be a race)."""
         spfd, sname = self._parent(src_vpath)
         try:
             dpfd, dname = self._parent(dst_vpath)
             try:
-                os.rename(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd)
+                if replace:
+                    os.rename(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd)
+                else:
+                    _rename_noreplace(spfd, sname, dpfd, dname)
             finally:
                 os.close(dpfd)
         finally:
@@ -220,7 +221,7 @@ class Jail:
         fd = self._open_path(vpath, os.O_PATH)
         try:
             _on_inode(fd, self._by_path(vpath), "chmod",
-                      lambda name, kw: os.chmod(name, mode & _MODE_MASK, **kw),
+                      lambda name, dir_fd: os.chmod(name, mode & _MODE_MASK, dir_fd=dir_fd),
                       lambda: _fchmodat2_empty(fd, mode & _MODE_MASK))
         finally:
             os.close(fd)
@@ -230,18 +231,19 @@ class Jail:
         fd = self._open_path(vpath, os.O_PATH)
         try:
             times = (os.fstat(fd).st_atime_ns, round(mtime * 1e9))
-            _on_inode(fd, self._by_path(vpath), "utime", lambda name, kw: os.utime(name, ns=times, **kw),
+            _on_inode(fd, self._by_path(vpath), "utime",
+                      lambda name, dir_fd: os.utime(name, ns=times, dir_fd=dir_fd),
                       lambda: _utimensat_empty(fd, times))
         finally:
             os.close(fd)
 
-    def _by_path(self, vpath: str) -> tuple[str, dict[str, int]] | None:
-        """(name, kw) to reach `vpath` by a plain lookup, only when that cannot
+    def _by_path(self, vpath: str) -> tuple[str, int] | None:
+        """(name, dir_fd) to reach `vpath` by a plain lookup, only when that cannot
         leave the root: the root is this process's "/" itself (a kernel chroot)."""
         root, mine = os.fstat(self._fd), os.stat("/")
         if (root.st_dev, root.st_ino) != (mine.st_dev, mine.st_ino):
             return None
-        return to_relative(_norm(vpath)), {"dir_fd": self._fd}
+        return to_relative(_norm(vpath)), self._fd
 
 
 # ------------------------------------------------------------ acting on an O_PATH fd
@@ -265,6 +267,16 @@ def _proc_fds() -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(sfd: int, sname: str, dfd: int, dname: str) -> None:
+    if _libc.renameat2(ctypes.c_int(sfd), ctypes.c_char_p(os.fsencode(sname)), ctypes.c_int(dfd),
+                       ctypes.c_char_p(os.fsencode(dname)), ctypes.c_uint(_RENAME_NOREPLACE)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), dname)
 
 
 def _done(res: int) -> bool:
@@ -291,15 +303,15 @@ def _utimensat_empty(fd: int, times_ns: tuple[int, int]) -> bool:
     return _done(_libc.utimensat(ctypes.c_int(fd), ctypes.c_char_p(b""), ts, ctypes.c_int(_AT_EMPTY_PATH)))
 
 
-def _on_inode(fd: int, path: tuple[str, dict[str, int]] | None, what: str,
-              by_name: Callable[[str, dict[str, int]], None], by_fd: Callable[[], bool]) -> None:
-    """Run `by_name(name, kw)` on /proc's link to the inode `fd` holds, or `by_fd()`,
+def _on_inode(fd: int, path: tuple[str, int] | None, what: str,
+              by_name: Callable[[str, int], None], by_fd: Callable[[], bool]) -> None:
+    """Run `by_name(name, dir_fd)` on /proc's link to the inode `fd` holds, or `by_fd()`,
     or `by_name(*path)` when the caller found a lookup safe; else refuse (EPERM: 550)."""
     global _refusal_logged
     procfd = _proc_fds()
     if procfd is not None:
         try:
-            by_name(str(fd), {"dir_fd": procfd})  # the magic link: no lookup of the client's path
+            by_name(str(fd), procfd)  # the magic link: no lookup of the client's path
             return
         finally:
             os.close(procfd)

@@ -13,7 +13,8 @@ import multiprocessing
 import struct
 import time
 import zlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 __all__ = ["SessionLimits", "AccountRates", "held_lock"]
 
@@ -100,7 +101,7 @@ class AccountRates:
             with held_lock(self._lock):
                 offset = self._slot(key, now)
                 _, booked = _RATE_SLOT.unpack_from(self._mem, offset)
-                start = max(now, booked)
+                start: float = max(now, booked)
                 _RATE_SLOT.pack_into(self._mem, offset, key, start + n / self.rate)
             return start + n / self.rate - now
         return reserve

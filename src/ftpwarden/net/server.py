@@ -18,9 +18,12 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .control import ControlConnection, ServerContext
+from ..proto.framing import line_cap
+from .context import ServerContext
+from .control import ControlConnection
 from .tls import handshake_deadline
 
 __all__ = ["bind_listeners", "serve_pooled", "Listener"]
@@ -70,7 +73,7 @@ def bind_listeners(addresses: list[tuple[str, bool | None]], port: int, workers:
 
 
 async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None) -> None:
-    limit = int(getattr(ctx.cfg, "control_line_max", 4096) or 4096) + 2
+    limit = line_cap(ctx.cfg.control_line_max)  # the StreamReader holds about one line
     limits = ctx.limits
     sessions: set[asyncio.Task[None]] = set()
 
@@ -100,9 +103,9 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
     cfg = ctx.cfg
     def tls_for(sock: socket.socket) -> Any:
         """implicit_ssl: every port is TLS from the first byte; else only implicit_ssl_port."""
-        if ctx.tls is None:
+        if ctx.tls_contexts is None:
             return None
-        return ctx.tls if cfg.implicit_ssl or sock.getsockname()[1] == cfg.implicit_ssl_port else None
+        return ctx.tls_contexts if cfg.implicit_ssl or sock.getsockname()[1] == cfg.implicit_ssl_port else None
 
     servers = [await asyncio.start_server(handle, sock=s, limit=limit, ssl=tls_for(s),
                                           ssl_handshake_timeout=handshake_deadline(cfg) if tls_for(s) else None)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["make_context", "TlsSetupError", "Contexts", "control_done", "handshake_deadline", "accept_data", "TlsConn",
-           "Truncated", "REUSE_REQUIRED"]
+           "Truncated", "REUSE_REQUIRED", "refuse_unresumed"]
 
 REUSE_REQUIRED = ("TLS session of the data connection must resume the control connection's "
                   "(require_ssl_reuse); enable session reuse in the client")
@@ -86,12 +87,12 @@ class Contexts:
         self._make = make
 
     @classmethod
-    def fresh(cls, cfg: Any) -> "Contexts":
+    def fresh(cls, cfg: Any) -> Contexts:
         make_context(cfg)  # a bad option stops start-up, not the first client
         return cls(lambda: make_context(cfg))
 
     @classmethod
-    def fixed(cls, ctx: ssl.SSLContext) -> "Contexts":
+    def fixed(cls, ctx: ssl.SSLContext) -> Contexts:
         return cls(lambda: ctx)
 
     def new(self) -> ssl.SSLContext:
@@ -101,6 +102,16 @@ class Contexts:
                  server_hostname: str | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
         return self.new().wrap_bio(incoming, outgoing, server_side=server_side,
                                    server_hostname=server_hostname, session=session)
+
+
+async def refuse_unresumed(conn: TlsConn, required: bool) -> str | None:
+    """require_ssl_reuse, as the core decided it: a data connection that did not
+    resume the control connection's TLS session is closed cleanly (no data was
+    promised) and the reason returned; None when it may carry the transfer."""
+    if not required or conn.reused:
+        return None
+    await conn.close()
+    return REUSE_REQUIRED
 
 
 def control_done(ctx: ssl.SSLContext) -> None:
@@ -178,6 +189,7 @@ class TlsConn:
         while got < len(view):
             try:
                 n = self.obj.read(len(view) - got, view[got:])
+                assert isinstance(n, int)  # with a buffer, read() says how much it put there
                 if n == 0:  # the peer's close_notify (SSLObject returns 0, it does not raise)
                     self.peer_closed = True
                     return got
@@ -251,7 +263,7 @@ class TlsConn:
                 except BlockingIOError:
                     continue
                 if self._in.eof:
-                    raise ConnectionResetError("closed during the TLS handshake")
+                    raise ConnectionResetError("closed during the TLS handshake") from None
         await self._flush_all()  # our Finished (and TLS 1.3 session tickets)
 
     async def close(self, *, confirm: float = 0.0) -> bool:
@@ -270,7 +282,7 @@ class TlsConn:
             if confirm and ok:
                 ok = await self._await_close_notify(confirm)
             self.sock.shutdown(socket.SHUT_WR)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ssl.SSLError):
             ok = ok and not self._sent_data and (self.peer_closed or not confirm)
         finally:
             self.sock.close()
@@ -307,10 +319,19 @@ def _was_reset(sock: socket.socket) -> bool:
 
 async def wait_socket(sock: socket.socket, *, writing: bool) -> None:
     """Wait until `sock` is readable (or writable)."""
+    await wait_fd(sock.fileno(), writing=writing)
+
+
+async def wait_fd(fd: int, *, writing: bool) -> None:
+    """Wait until `fd` can be read (or written) without blocking; no thread left behind."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-    (loop.add_writer if writing else loop.add_reader)(fd, lambda: ready.done() or ready.set_result(None))
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    (loop.add_writer if writing else loop.add_reader)(fd, wake)
     try:
         await ready
     finally:

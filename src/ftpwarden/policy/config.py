@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 from .tunables import TUNABLES, Kind, Tunable, Value, format_value
 
-__all__ = ["ConfigError", "Config", "default_config", "load_config", "parse_value"]
+__all__ = ["ConfigError", "Config", "default_config", "load_config", "parse_value", "flag", "number", "text"]
 
 _SPACE = " \t\r\n\v\f"  # C isspace(), as vsftpd strips; not Python's Unicode set
 _BOOLS = {"YES": True, "TRUE": True, "1": True, "NO": False, "FALSE": False, "0": False}
@@ -107,6 +107,27 @@ class Config:
     def __repr__(self) -> str:
         changed = (f"{n}={v!r}" for n, v in self._values.items() if v != TUNABLES[n].default)
         return f"Config({', '.join(changed)})"
+
+
+# Typed reads of one tunable, for code mypy checks (an attribute is bool | int | str | None).
+# Functions, not methods: tests hand the authenticators plain stand-ins.
+
+def flag(cfg: Config, name: str) -> bool:
+    return bool(getattr(cfg, name))
+
+
+def number(cfg: Config, name: str) -> int:
+    value = getattr(cfg, name)
+    if value is None or value == "":
+        return 0
+    if isinstance(value, str):
+        raise TypeError(f"{name} is not a number: {value!r}")
+    return int(value)
+
+
+def text(cfg: Config, name: str) -> str | None:
+    value = getattr(cfg, name)
+    return None if value is None or value == "" else str(value)
 
 
 def parse_value(t: Tunable, raw: str) -> Value:

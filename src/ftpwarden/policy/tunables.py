@@ -62,7 +62,7 @@ _IMPLEMENTED = frozenset("""
     force_anon_data_ssl implicit_ssl require_ssl_reuse ssl_ciphers ca_certs_file require_cert
     ssl_request_cert ssl_tlsv1 ssl_tlsv11 ssl_tlsv12 ssl_tlsv13 strict_ssl_read_eof strict_ssl_write_shutdown
     anon_max_rate local_max_rate allow_writeable_chroot
-""".split())
+""".split())  # noqa: SIM905 - a word list is easier to edit than a literal
 
 _OCTAL = frozenset({"anon_umask", "local_umask", "file_open_mode", "chown_upload_mode"})
 
@@ -406,7 +406,7 @@ def _build() -> dict[str, Tunable]:
                 implemented = origin == "ftpwarden" or name in _IMPLEMENTED
                 table[name] = Tunable(name, kind, default, doc, origin, implemented,
                                       octal=name in _OCTAL, group=group)
-    if not _IMPLEMENTED <= table.keys():
+    if not _IMPLEMENTED.issubset(table.keys()):
         raise AssertionError(f"unknown in _IMPLEMENTED: {sorted(_IMPLEMENTED - table.keys())}")
     return table
 
@@ -440,7 +440,7 @@ def format_tunables(names: Iterable[str] | None = None) -> str:
         return "  ".join(c[i].ljust(widths[i]) for i in range(4)) + "  " + c[4]
 
     out, group = [line(head)], None
-    for t, c in zip(rows, cells):
+    for t, c in zip(rows, cells, strict=True):
         if t.group != group:
             group = t.group
             out.append(f"\n[{group}]")

@@ -2,47 +2,26 @@
 
 `grants_for` is the one place where write_enable, anon_*_enable, chmod_enable
 and friends become permissions; the session only asks `perm in grants`.
-`cfg` is read by attribute only (the real `Config` or a test stand-in).
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-
 from ..proto.commands import Perm
+from ..proto.principal import Principal, UserClass
+from .config import Config
 
 __all__ = ["UserClass", "Account", "grants_for"]
 
-
-class UserClass(enum.Enum):
-    REAL = "real"            # a system account (PAM)
-    GUEST = "guest"          # a virtual user from the user DB
-    ANONYMOUS = "anonymous"  # "ftp" / "anonymous"
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """The outcome of a good login."""
-
-    name: str                 # login name as typed (anonymous: "ftp"/"anonymous")
-    user_class: UserClass
-    root: str                 # real directory that becomes the session's "/"
-    grants: frozenset[Perm]
-    umask: int
-    anon_password: str = ""   # the e-mail an anonymous user gave (for logs)
-    # Isolated mode: who the post-login process runs as, and how it is confined.
-    uid: int | None = None    # None: the service's own (pooled mode)
-    gid: int | None = None
-    chroot: bool = True       # False: a real user not jailed (vsftpd's chroot_local_user=NO)
-    start_dir: str = "/"      # first cwd, inside `root` (a non-chrooted user starts at home)
+# The typed outcome of a good login lives in the core (proto/principal.py),
+# which reads it; policy builds it under its historical name.
+Account = Principal
 
 
 # What write_enable=YES gives a real or guest user, before chmod_enable/mdtm_write.
 _LOCAL_WRITES = frozenset({Perm.UPLOAD, Perm.OVERWRITE, Perm.MKDIR, Perm.DELETE, Perm.RENAME})
 
 
-def grants_for(cfg, user_class: UserClass, *, write: bool | None = None) -> frozenset[Perm]:
+def grants_for(cfg: Config, user_class: UserClass, *, write: bool | None = None) -> frozenset[Perm]:
     """The permissions of a `user_class` user under `cfg`.
 
     `write` (the user DB's per-user flag) replaces write_enable for this user
@@ -59,6 +38,7 @@ def grants_for(cfg, user_class: UserClass, *, write: bool | None = None) -> froz
     if not (cfg.write_enable if write is None else write):
         return frozenset(grants)  # write_enable is the master switch for every write
     anon_like = user_class is UserClass.ANONYMOUS or (
+        # getattr: the test stand-ins for Config predate this tunable
         user_class is UserClass.GUEST and write is None and not getattr(cfg, "virtual_use_local_privs", False))
     if anon_like:
         # Each anonymous write needs its own opt-in; SITE CHMOD never (as in vsftpd).

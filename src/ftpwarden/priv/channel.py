@@ -19,7 +19,7 @@ class ChannelClosed(ChannelError):
     """The other side went away."""
 
 
-def channel_pair() -> tuple["Channel", "Channel"]:
+def channel_pair() -> tuple[Channel, Channel]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     return Channel(a), Channel(b)
 

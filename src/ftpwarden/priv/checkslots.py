@@ -22,7 +22,7 @@ import os
 import random
 import tempfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["CheckSlots", "default_slots"]
 

@@ -19,7 +19,8 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..policy.passwords import dummy_verify
 from .checkslots import CheckSlots, default_slots
@@ -93,20 +94,21 @@ class Listener:
         gc.freeze()  # keep the shared heap out of the collector: fewer copied pages per fork
         if ready:
             ready()
+        watched: list[socket.socket | int] = [*self.sockets, wake_r]
         while not self.stopping:
             if self.reload:
                 self._reload()
             self._reap()
             try:
-                readable, _, _ = select.select([*self.sockets, wake_r], [], [], 1.0)
+                readable, _, _ = select.select(watched, [], [], 1.0)
             except InterruptedError:
                 continue
             if wake_r in readable:
-                readable.remove(wake_r)
                 while _drain(wake_r):
                     pass
-            for s in readable:
-                self._accept(s)
+            for sock in readable:
+                if isinstance(sock, socket.socket):  # not the wake-up pipe
+                    self._accept(sock)
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)
@@ -166,7 +168,7 @@ class Listener:
                 for fd in self._wake:
                     os.close(fd)
                 code = run_one_session(self.site, conn, self.slots)
-            except BaseException:  # noqa: BLE001 - never return into the accept loop
+            except BaseException:  # never return into the accept loop
                 import traceback
                 traceback.print_exc()
             finally:

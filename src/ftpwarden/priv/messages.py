@@ -1,9 +1,9 @@
 """The monitor channel's messages: a closed set of frozen dataclasses and one codec.
 
 Wire format of one message (one SOCK_SEQPACKET datagram): a kind byte, then
-each field in declaration order — `int` as 8 bytes signed big-endian, `str`
-and `bytes` as a 4-byte length and the bytes (str is UTF-8 with surrogate
-escapes).  No pickle: decoding builds only the classes listed in `KINDS`, and
+each field in declaration order — `int` as 8 bytes signed big-endian, `bool`
+as one byte 0 or 1, `str` and `bytes` as a 4-byte length and the bytes (str is
+UTF-8 with surrogate escapes).  No pickle: decoding builds only the classes listed in `KINDS`, and
 any length, kind or trailing-byte mismatch is a `ChannelError`.
 """
 
@@ -13,6 +13,8 @@ import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import ClassVar
+
+from ..proto.actions import TlsState
 
 __all__ = [
     "Message", "ChannelError", "MAX_MESSAGE", "encode", "decode",
@@ -49,13 +51,22 @@ class Handover(Message):
     Without TLS the worker then exits.  With TLS it stays as the session's TLS
     helper and the message carries two descriptors: the plaintext end of the
     control connection and the channel for data-connection handshakes, both
-    for the post-login worker; `tls_state` names what was negotiated
-    ("tls", "pbsz", "prot", comma separated).
+    for the post-login worker; the flags are the session's `TlsState`.
     """
 
     kind: ClassVar[int] = 2
     pending: bytes
-    tls_state: str = ""
+    tls_protected: bool = False
+    tls_pbsz: bool = False
+    tls_prot_private: bool = False
+
+    @classmethod
+    def of(cls, pending: bytes, state: TlsState) -> Handover:
+        return cls(pending, state.protected, state.pbsz, state.prot_private)
+
+    @property
+    def tls_state(self) -> TlsState:
+        return TlsState(self.tls_protected, self.tls_pbsz, self.tls_prot_private)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +89,14 @@ class ChownUpload(Message):
 class WrapData(Message):
     """Post-login worker -> TLS helper: do the TLS handshake on the data socket
     (first descriptor) and relay its plaintext through the second; `upload` (1
-    or 0) says which way the bytes go, `serial` numbers the transfer."""
+    or 0) says which way the bytes go, `serial` numbers the transfer,
+    `reuse_required` (1 or 0) is the core's require_ssl_reuse decision for it
+    (the worker's own data connection: it could not weaken anyone else's)."""
 
     kind: ClassVar[int] = 5
     upload: int
     serial: int
+    reuse_required: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +174,9 @@ def encode(msg: Message) -> bytes:
     out = [bytes([msg.kind])]
     for f in dataclasses.fields(msg):  # type: ignore[arg-type]
         value = getattr(msg, f.name)
+        if f.type == "bool" and isinstance(value, bool):
+            out.append(b"\x01" if value else b"\x00")
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, str, bytes)):
             raise TypeError(f"{type(msg).__name__}.{f.name}: unsupported {type(value).__name__}")
         if isinstance(value, int):
@@ -179,8 +196,14 @@ def decode(data: bytes) -> Message:
     cls = KINDS.get(data[0])
     if cls is None:
         raise ChannelError(f"unknown message kind {data[0]}")
-    pos, values = 1, []
+    pos, values = 1, list[int | bool | str | bytes]()
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.type == "bool":
+            if pos + 1 > len(data) or data[pos] > 1:
+                raise ChannelError("bad bool")
+            values.append(data[pos] == 1)
+            pos += 1
+            continue
         if f.type == "int":
             if pos + 8 > len(data):
                 raise ChannelError("truncated int")

@@ -19,15 +19,26 @@ import signal
 import socket
 import stat
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from ..net.bans import login_failed
+from ..net.data import active_socket
 from ..proto import addr
 from .channel import Channel, ChannelClosed, channel_pair
 from .checkslots import CheckSlots
 from .creds import set_parent_death_signal
 from .messages import (
-    ActiveDataSocket, ChannelError, ChownUpload, DataSocket, Done, Handover, Login, LoginFailed,
-    LoginOk, Refused,
+    ActiveDataSocket,
+    ChannelError,
+    ChownUpload,
+    DataSocket,
+    Done,
+    Handover,
+    Login,
+    LoginFailed,
+    LoginOk,
+    Refused,
 )
 
 __all__ = ["Monitor"]
@@ -120,7 +131,7 @@ class Monitor:
                 mine.close()
                 body(theirs)
                 code = 0
-            except BaseException:  # noqa: BLE001 - a worker never returns into the monitor
+            except BaseException:
                 import traceback
                 traceback.print_exc()
             finally:
@@ -144,10 +155,9 @@ class Monitor:
                 account = self._check(msg)
                 if account is None:
                     fails += 1
-                    if self.bans is not None and self.bans.failed(self.remote_ip) and self.events is not None:
-                        self.events.ban(self.remote_ip, self.bans.ban_seconds)
-                    # the same delay for every failure, measured from the request
-                    time.sleep(max(0.0, started + float(self.cfg.delay_failed_login or 0) - time.monotonic()))
+                    # the delay is read here, not taken from the (untrusted) worker
+                    time.sleep(login_failed(self.bans, self.remote_ip, self.events, started,
+                                            float(self.cfg.delay_failed_login or 0), time.monotonic()))
                     chan.send(LoginFailed())
                     if fails >= max_fails:
                         # the worker answers this last failure with its 530 and
@@ -224,18 +234,15 @@ class Monitor:
     # ------------------------------------------------------------------ requests
 
     def _active_socket(self, chan: Channel, msg: ActiveDataSocket) -> None:
-        if not bool(self.cfg.port_promiscuous):
-            if msg.port < 1024 or not addr.same_host(msg.host, self.remote_ip):
-                raise ChannelError("active data socket to a port or host the client does not own")
-        if not 0 < msg.port < 65536:
-            raise ChannelError("bad port")
-        family = socket.AF_INET6 if ":" in msg.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        if not addr.port_allowed(msg.host, msg.port, self.remote_ip, promiscuous=bool(self.cfg.port_promiscuous)):
+            raise ChannelError("active data socket to a port or host the client does not own")
+        port = int(self.cfg.ftp_data_port or 20) if self.cfg.connect_from_port_20 else 0
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            local = self.local_ip if family == socket.AF_INET6 else (addr.ipv4_of(self.local_ip) or "")
-            port = int(self.cfg.ftp_data_port or 20) if self.cfg.connect_from_port_20 else 0
-            sock.bind((local, port))
+            sock = active_socket(msg.host, self.local_ip, port)
+        except OSError as e:
+            chan.send(Refused(os.strerror(e.errno) if e.errno else str(e)))
+            return
+        try:
             sock.settimeout(float(self.cfg.connect_timeout or 60))
             sock.connect((msg.host, msg.port))
         except OSError as e:

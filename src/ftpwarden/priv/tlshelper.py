@@ -12,6 +12,7 @@ slave does, and keeps all TLS parsing away from the login user's process.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import select
@@ -43,12 +44,13 @@ class TlsLink:
         self._serials = itertools.count(1)
         self.serial = 0  # the transfer being relayed
 
-    def wrap(self, sock: socket.socket, upload: bool) -> socket.socket:
+    def wrap(self, sock: socket.socket, upload: bool, reuse_required: bool) -> socket.socket:
         mine, theirs = socket.socketpair()
         try:
             with self.lock:
                 self.serial = next(self._serials)
-                self.chan.send(WrapData(int(upload), self.serial), (sock.fileno(), theirs.fileno()))
+                self.chan.send(WrapData(int(upload), self.serial, int(reuse_required)),
+                               (sock.fileno(), theirs.fileno()))
                 while True:  # the end report of an abandoned transfer may come first
                     msg, _ = self.chan.recv(DataWrapped, Refused, DataEnded)
                     if not isinstance(msg, DataEnded):
@@ -128,13 +130,13 @@ async def _move(cfg: Any, conn: tls.TlsConn, plain: data.PlainConn, upload: bool
         await data.relay(plain, conn, RELAY_CHUNK)
         try:  # the worker's EOF alone may be an abort (ABOR, a failed read)
             await asyncio.wait_for(sent.wait(), WORKER_DONE_WAIT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return "the worker did not finish the transfer"
         confirm = float(cfg.data_connection_timeout or 60) if cfg.strict_ssl_write_shutdown else 0.0
         if not await conn.close(confirm=confirm):
             return "the client did not confirm the end with close_notify (strict_ssl_write_shutdown)"
         return ""
-    except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError, ssl.SSLError) as e:
         return str(e) or e.__class__.__name__
     finally:
         conn.abort()
@@ -147,15 +149,15 @@ async def _relay_data(cfg: Any, ctx: ssl.SSLContext, chan: Channel, tcp: socket.
     tcp.setblocking(False)
     try:
         conn = await tls.accept_data(tcp, ctx, timeout, strict_eof=bool(cfg.strict_ssl_read_eof))
-    except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError, ssl.SSLError) as e:
         tcp.close()
         plain.close()
         chan.send(Refused(f"handshake failed ({e.__class__.__name__})"))
         return
-    if cfg.require_ssl_reuse and not conn.reused:
-        await conn.close()  # no data was promised: a clean TLS end, the reply says why
+    refusal = await tls.refuse_unresumed(conn, bool(request.reuse_required))
+    if refusal:
         plain.close()
-        chan.send(Refused(tls.REUSE_REQUIRED))
+        chan.send(Refused(refusal))
         return
     chan.send(DataWrapped())
     plain.setblocking(False)
@@ -166,24 +168,13 @@ async def _relay_data(cfg: Any, ctx: ssl.SSLContext, chan: Channel, tcp: socket.
         pass
 
 
-async def _readable(fd: int) -> None:
-    """Wait until `fd` can be read without blocking (no thread left behind)."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-
-
 async def _serve_requests(cfg: Any, ctx: ssl.SSLContext, chan: Channel) -> None:
     relays: set[asyncio.Task[None]] = set()
     sent: dict[int, asyncio.Event] = {}  # serial -> set by the worker's DataSent
     try:
         while True:
             try:
-                await _readable(chan.fileno())
+                await tls.wait_fd(chan.fileno(), writing=False)
                 msg, fds = chan.recv(WrapData, DataSent, max_fds=2)
             except (ChannelClosed, ChannelError):
                 return
@@ -200,10 +191,14 @@ async def _serve_requests(cfg: Any, ctx: ssl.SSLContext, chan: Channel) -> None:
             task = asyncio.create_task(_relay_data(cfg, ctx, chan, tcp, plain, msg, sent[msg.serial]))
             relays.add(task)
             task.add_done_callback(relays.discard)
-            task.add_done_callback(lambda _t, serial=msg.serial: sent.pop(serial, None))
+            task.add_done_callback(functools.partial(_forget, sent, msg.serial))
     finally:
         for task in relays:
             task.cancel()
+
+
+def _forget(sent: dict[int, asyncio.Event], serial: int, _task: object) -> None:
+    sent.pop(serial, None)
 
 
 async def serve_helper(cfg: Any, ctx: ssl.SSLContext, reader: asyncio.StreamReader,

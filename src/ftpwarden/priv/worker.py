@@ -20,16 +20,21 @@ import ssl
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
-from ..net.control import ControlConnection, ServerContext
-from ..policy.auth.base import LoginRefused, LoginRequest
-from .channel import Channel
+from ..net.context import ServerContext
+from ..net.control import ControlConnection
 from ..net.tls import Contexts, handshake_deadline, make_context
+from ..policy.auth.base import LoginRefused, LoginRequest
+from ..proto.actions import TlsState
+from ..proto.framing import line_cap
+from ..proto.principal import Principal, UserClass
+from .channel import Channel
 from .creds import drop_privileges, set_parent_death_signal
-from .tlshelper import TlsLink, serve_helper
 from .messages import ActiveDataSocket, ChownUpload, DataSocket, Done, Handover, Login, LoginFailed, LoginOk, Refused
+from .tlshelper import TlsLink, serve_helper
 
 __all__ = ["Site", "prelogin", "postlogin", "WORKER_MEMORY_LIMIT"]
 
@@ -50,28 +55,21 @@ class Site:
     account_rates: Any = None  # net.limits.AccountRates (user_max_rate), shared by every session
 
 
-class _LoginAccount:
-    """What the pre-login worker learns of a good login (the monitor keeps the rest)."""
-
-    def __init__(self, name: str, user_class: str) -> None:
-        self.name = name
-        self.user_class = type("_Class", (), {"value": user_class})()
-        self.root = "/"
-
-
 class MonitorAuthenticator:
     """Pre-login: every password check is the monitor's."""
 
     def __init__(self, chan: Channel) -> None:
         self.chan = chan
 
-    def authenticate(self, req: LoginRequest) -> Any:
+    def authenticate(self, req: LoginRequest) -> Principal:
         self.chan.send(Login(req.user, req.password))
         msg, _ = self.chan.recv(LoginOk, LoginFailed)
         if isinstance(msg, LoginFailed):
             raise LoginRefused("refused by the monitor")
         assert isinstance(msg, LoginOk)
-        return _LoginAccount(msg.name, msg.user_class)
+        # What the pre-login worker learns of a good login: who, and of which
+        # class (for the log).  No grants: the monitor keeps the rest.
+        return Principal(msg.name, UserClass(msg.user_class), root="/", grants=frozenset(), umask=0o077)
 
 
 class MonitorBroker:
@@ -107,9 +105,9 @@ def _names_snapshot(cfg: Any) -> dict[tuple[int, bool], str]:
 
 
 def _run(ctx: ServerContext, conn: socket.socket, *, account: Any = None, pending: bytes = b"",
-         tls_state: str = "", addresses: tuple[str, str] | None = None) -> None:
+         tls_state: TlsState | None = None, addresses: tuple[str, str] | None = None) -> None:
     async def main() -> None:
-        limit = int(ctx.cfg.control_line_max or 4096) + 2
+        limit = line_cap(ctx.cfg.control_line_max)
         reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
         await ControlConnection(ctx, reader, writer, account=account, pending=pending,
                                 tls_state=tls_state, addresses=addresses).run()
@@ -159,15 +157,14 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     helper: list[Any] = []  # (plaintext end, request channel) once this process is the TLS helper
 
     async def handover(control: ControlConnection, _account: Any) -> None:
-        if not control.session.tls:
-            await asyncio.to_thread(chan.send, Handover(control.pending_bytes()))
+        state = control.session.tls_state()
+        if not state.protected:
+            await asyncio.to_thread(chan.send, Handover.of(control.pending_bytes(), state))
             return
-        s = control.session
-        state = ",".join(n for n, on in (("tls", True), ("pbsz", s.pbsz), ("prot", s.prot_private)) if on)
         plain_mine, plain_theirs = socket.socketpair()
         req_mine, req_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            await asyncio.to_thread(chan.send, Handover(control.pending_bytes(), state),
+            await asyncio.to_thread(chan.send, Handover.of(control.pending_bytes(), state),
                                     (plain_theirs.fileno(), req_theirs.fileno()))
         finally:
             plain_theirs.close()
@@ -182,13 +179,13 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
                         handover=handover)
     if cfg.ssl_enable:
         # one session per pre-login process, so one context: it is this session's alone
-        ctx.tls = Contexts.fixed(make_context(cfg))
-    implicit = ctx.tls is not None and (cfg.implicit_ssl or conn.getsockname()[1] == cfg.implicit_ssl_port)
+        ctx.tls_contexts = Contexts.fixed(make_context(cfg))
+    implicit = ctx.tls_contexts is not None and (cfg.implicit_ssl or conn.getsockname()[1] == cfg.implicit_ssl_port)
     drop_privileges(nobody.pw_uid, nobody.pw_gid, root=cfg.secure_chroot_dir,
                     memory_limit=WORKER_MEMORY_LIMIT)
 
     async def main() -> None:
-        limit = int(cfg.control_line_max or 4096) + 2
+        limit = line_cap(cfg.control_line_max)
         if implicit:
             loop = asyncio.get_running_loop()
             reader = asyncio.StreamReader(limit=limit)
@@ -196,9 +193,9 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
             # nothing is read before the handshake: no clear byte can reach the session
             try:
                 transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol, conn, ssl=ctx.tls,  # type: ignore[arg-type] # tls.Contexts stands in
+                    lambda: protocol, conn, ssl=ctx.tls_contexts,  # type: ignore[arg-type] # tls.Contexts stands in
                     ssl_handshake_timeout=handshake_deadline(cfg))
-            except (OSError, ssl.SSLError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, ssl.SSLError):
                 return  # no handshake within the deadline, or a failed one: the session ends
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         else:
@@ -206,8 +203,8 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
         control = ControlConnection(ctx, reader, writer)
         await control.run()
         if helper:
-            assert control.tls_ctx is not None
-            await serve_helper(cfg, control.tls_ctx, reader, writer, helper[0], helper[1])
+            assert control.ssl_context is not None
+            await serve_helper(cfg, control.ssl_context, reader, writer, helper[0], helper[1])
 
     asyncio.run(main())
 
@@ -234,7 +231,8 @@ def _cannot_enter(conn: socket.socket, account: Any, error: OSError) -> None:
 
 
 def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pending: bytes, *,
-              tls_state: str = "", tls_fd: int = -1, addresses: tuple[str, str] | None = None) -> None:
+              tls_state: TlsState | None = None, tls_fd: int = -1,
+              addresses: tuple[str, str] | None = None) -> None:
     cfg = site.cfg
     _prepare(conn)  # with TLS, the plain-text end whose bytes the TLS helper relays
     # vsftpd's rule: a user who can write the top of its own chroot could plant

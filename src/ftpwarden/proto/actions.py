@@ -8,13 +8,18 @@ An outcome is the value named on the action, or an `OSError`.
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass, field
 from typing import Literal
+
+from .listing import Entry
+from .principal import Principal
 
 __all__ = [
     "Action", "Authenticate", "StartTls", "ResetSession", "ChangeDir", "StatPath", "FsChange",
     "OpenPassive", "ClosePassive", "AbortTransfer", "SendFile", "ReceiveFile", "SendListing",
-    "ControlListing", "ComputeHash", "Transfer", "TransferDone", "TransferStatus", "RestartBeyondEnd",
+    "ControlListing", "ComputeHash", "Transfer", "TransferAction", "TransferDone", "TransferStatus",
+    "RestartBeyondEnd", "Outcome", "TlsState",
 ]
 
 
@@ -26,11 +31,14 @@ class Action:
 
 @dataclass(frozen=True, slots=True)
 class Authenticate(Action):
-    """Check a login.  Outcome: an account object (with `.grants`, `.user_class`,
-    `.umask`, `.name`), or None for a refusal.  Failure delay is the I/O layer's."""
+    """Check a login.  Outcome: the `Principal`, None for a refusal, or an
+    OSError when its root cannot be opened.  A refusal is answered
+    `failure_delay` seconds after the request, whatever the check cost (an
+    unknown user and a cheap hash must look alike); it counts toward a ban."""
 
     user: str
     password: str = field(repr=False)
+    failure_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +68,6 @@ class StatPath(Action):
 
     verb: str
     path: str
-    arg: str = ""  # the verb's other argument (e.g. the MFMT time)
     dir_only: bool = False  # the client wrote "name/": only a directory will do
 
 
@@ -108,16 +115,19 @@ class Transfer(Action):
 @dataclass(frozen=True, slots=True)
 class SendFile(Transfer):
     path: str
-    tls: bool = False
+    protected: bool = False  # PROT P: the data connection is under TLS
     offset: int = 0
     ascii: bool = False
     world_readable_only: bool = False
+    # decided by the core, carried out by the I/O layer:
+    rate: int = 0                 # bytes/s for this session's class (anon/local_max_rate); 0: none
+    reuse_required: bool = False  # protected: refuse a data connection that does not resume the control's TLS session
 
 
 @dataclass(frozen=True, slots=True)
 class ReceiveFile(Transfer):
     path: str
-    tls: bool = False
+    protected: bool = False  # PROT P: the data connection is under TLS
     offset: int = 0
     append: bool = False
     ascii: bool = False
@@ -125,13 +135,18 @@ class ReceiveFile(Transfer):
     unique: bool = False      # STOU: pick a fresh name from `path`
     umask: int = 0o077
     file_mode: int = 0o666
+    # decided by the core, carried out by the I/O layer:
+    rate: int = 0                 # bytes/s for this session's class (anon/local_max_rate); 0: none
+    reuse_required: bool = False  # protected: refuse a data connection that does not resume the control's TLS session
+    atomic: bool = False          # write a hidden partial file, renamed into place once whole
+    chown: bool = False           # chown_uploads: the monitor gives the file to chown_username
 
 
 @dataclass(frozen=True, slots=True)
 class SendListing(Transfer):
     kind: Literal["LIST", "NLST", "MLSD"]
     path: str
-    tls: bool = False
+    protected: bool = False  # PROT P: the data connection is under TLS
     show_hidden: bool = False
     # The path argument as the client wrote it ("" for none): NLST prints names
     # in that spelling, as vsftpd does ("sub/a.txt", not "/sub/a.txt").
@@ -139,6 +154,10 @@ class SendListing(Transfer):
     # A glob ("*", "?", "[...]") from the argument's last component: then `path`
     # is the directory to list and only matching names are shown.
     pattern: str = ""
+    # decided by the core, carried out by the I/O layer:
+    rate: int = 0                 # bytes/s for this session's class (anon/local_max_rate); 0: none
+    reuse_required: bool = False  # protected: refuse a data connection that does not resume the control's TLS session
+    dir_only: bool = False  # MLSD, a glob or "name/": a file there is 501/550, not a one-line listing
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +174,9 @@ class ComputeHash(Action):
 
     path: str
     algorithm: str
+
+
+TransferAction = SendFile | ReceiveFile | SendListing  # every concrete Transfer
 
 
 class RestartBeyondEnd(OSError):
@@ -179,3 +201,19 @@ class TransferDone:
     error: OSError | None = None
     name: str = ""   # the name actually written (STOU)
     detail: str = ""  # tls_refused: what the client lacks
+
+
+@dataclass(frozen=True, slots=True)
+class TlsState:
+    """One session's TLS state as it leaves the core: what the pre-login process
+    hands to the post-login one (priv/messages.Handover), typed, not a string."""
+
+    protected: bool = False     # the control connection is under TLS (AUTH TLS or implicit)
+    pbsz: bool = False          # PBSZ 0 was accepted
+    prot_private: bool = False  # PROT P: data connections use TLS
+
+
+# What the I/O layer hands to `Session.complete`, whatever the action (each
+# action's docstring names its own); the session checks the pair.
+Outcome = (Principal | OSError | str | os.stat_result | tuple[list[Entry], float] | tuple[str, int]
+           | TransferDone | None)

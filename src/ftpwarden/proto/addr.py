@@ -13,7 +13,7 @@ import re
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["parse_port", "parse_eprt", "format_pasv", "format_epsv", "same_host", "ipv4_of"]
+__all__ = ["parse_port", "parse_eprt", "format_pasv", "format_epsv", "same_host", "ipv4_of", "port_allowed"]
 
 _ARGUMENT_ERROR = 501
 _BAD_PROTOCOL = 522
@@ -100,6 +100,15 @@ def same_host(a: str, b: str) -> bool:
     """
     ia, ib = _ip(a), _ip(b)
     return ia is not None and ia == ib
+
+
+def port_allowed(host: str, port: int, client_ip: str, *, promiscuous: bool) -> bool:
+    """The PORT/EPRT rule (the session's reply and the monitor's check): without
+    port_promiscuous, only the client's own address and an unprivileged port
+    (no FTP bounce to a third host or to a privileged service)."""
+    if not 0 < port < 65536:
+        return False
+    return promiscuous or (port >= 1024 and same_host(host, client_ip))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,7 +1,10 @@
 """Control lines -> Command, and THE command table every verb passes through.
 
 The dispatcher in `session.py` checks, for every verb and in this order: login,
-argument kind, path, permission.  A verb missing from `COMMANDS` is 502.
+argument kind, path, permission.  A verb missing from `COMMANDS` is 502.  A
+row is the whole rule for its command: SITE subcommands are rows of their own
+("SITE CHMOD"), a row may name the spec that applies once an argument is given
+(STAT path), and the argument kinds say where the path is (MFMT, SITE CHMOD).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ import enum
 from dataclasses import dataclass
 
 from .errors import RemoteProtocolError
+from .framing import strip_telnet
 
-__all__ = ["Arg", "Perm", "Spec", "Command", "COMMANDS", "HTTP_VERBS", "MAX_LINE", "parse_line"]
+__all__ = ["Arg", "Perm", "Spec", "Command", "COMMANDS", "VERBS", "HTTP_VERBS", "MAX_LINE", "parse_line"]
 
 MAX_LINE = 4096  # vsftpd's VSFTP_MAX_COMMAND_LINE; longer lines are refused
 
@@ -23,6 +27,8 @@ class Arg(enum.Enum):
     PATH = "path"          # a path, must be present
     PATH_OPTIONAL = "path?"  # a path or nothing (defaults to the cwd)
     LIST_PATH = "ls"       # ls flags ("-la"), then an optional path (LIST, NLST, STAT)
+    MODE_PATH = "mode path"  # an octal mode, then a path (SITE CHMOD)
+    TIME_PATH = "time path"  # a YYYYMMDDHHMMSS time, then a path (MFMT)
 
 
 class Perm(enum.Enum):
@@ -46,7 +52,14 @@ class Spec:
     perm: Perm | None = None
     during_transfer: bool = False  # answered while a transfer runs (ABOR, STAT, QUIT)
     file_only: bool = False  # names a file: "name/" is refused (the kernel would say ENOTDIR)
+    default_arg: str = ""    # the argument when none is given (STOU: the name to make unique)
+    with_arg: Spec | None = None  # the rule once an argument is given (STAT path lists it)
     doc: str = ""
+
+    @property
+    def path_after_word(self) -> bool:
+        """The path is the argument's second word (the first is a mode or a time)."""
+        return self.arg in (Arg.MODE_PATH, Arg.TIME_PATH)
 
 
 _L = Spec  # short alias for the table below
@@ -74,7 +87,7 @@ COMMANDS: dict[str, Spec] = {
     # service commands (4.1.3)
     "RETR": _L(arg=Arg.PATH, file_only=True, perm=Perm.DOWNLOAD, doc="RETR <file>"),
     "STOR": _L(arg=Arg.PATH, file_only=True, perm=Perm.UPLOAD, doc="STOR <file>"),
-    "STOU": _L(arg=Arg.OPTIONAL, perm=Perm.UPLOAD, doc="STOU [name]"),
+    "STOU": _L(arg=Arg.PATH, file_only=True, perm=Perm.UPLOAD, default_arg="STOU", doc="STOU [name]"),
     "APPE": _L(arg=Arg.PATH, file_only=True, perm=Perm.UPLOAD, doc="APPE <file>"),
     "ALLO": _L(arg=Arg.OPTIONAL, doc="ALLO <size>"),
     "REST": _L(arg=Arg.REQUIRED, doc="REST <offset>"),
@@ -90,9 +103,14 @@ COMMANDS: dict[str, Spec] = {
     "XPWD": _L(doc="XPWD"),
     "LIST": _L(arg=Arg.LIST_PATH, perm=Perm.LIST, doc="LIST [-a] [path]"),
     "NLST": _L(arg=Arg.LIST_PATH, perm=Perm.LIST, doc="NLST [path]"),
-    "SITE": _L(arg=Arg.REQUIRED, doc="SITE CHMOD|UMASK|IDLE|HELP"),
+    "SITE": _L(arg=Arg.REQUIRED, doc="SITE CHMOD|UMASK|IDLE|HELP"),  # an unknown subcommand
+    "SITE CHMOD": _L(arg=Arg.MODE_PATH, perm=Perm.CHMOD, doc="SITE CHMOD <mode> <path>"),
+    "SITE UMASK": _L(arg=Arg.OPTIONAL, doc="SITE UMASK [mask]"),
+    "SITE IDLE": _L(arg=Arg.OPTIONAL, doc="SITE IDLE [seconds]"),
+    "SITE HELP": _L(arg=Arg.OPTIONAL, doc="SITE HELP"),
     "SYST": _L(login=False, doc="SYST"),
-    "STAT": _L(login=False, arg=Arg.OPTIONAL, during_transfer=True, doc="STAT [path]"),
+    "STAT": _L(login=False, arg=Arg.OPTIONAL, during_transfer=True, doc="STAT [path]",
+               with_arg=_L(arg=Arg.LIST_PATH, perm=Perm.LIST, during_transfer=True)),
     "HELP": _L(login=False, arg=Arg.OPTIONAL, doc="HELP [command]"),
     "NOOP": _L(login=False, doc="NOOP"),
     # RFC 2389
@@ -105,17 +123,20 @@ COMMANDS: dict[str, Spec] = {
     "CCC": _L(login=False, doc="CCC"),
     # RFC 3659
     "SIZE": _L(arg=Arg.PATH, file_only=True, perm=Perm.DOWNLOAD, doc="SIZE <file>"),
-    "MDTM": _L(arg=Arg.PATH, file_only=True, doc="MDTM <file>"),
+    "MDTM": _L(arg=Arg.PATH, file_only=True, doc="MDTM <file>"),  # MDTM <time> <file>: the MFMT row
     "MLST": _L(arg=Arg.PATH_OPTIONAL, perm=Perm.LIST, doc="MLST [path]"),
     "MLSD": _L(arg=Arg.PATH_OPTIONAL, perm=Perm.LIST, doc="MLSD [dir]"),
     # draft-somers-ftp-mfxx
-    "MFMT": _L(arg=Arg.REQUIRED, perm=Perm.SET_MTIME, doc="MFMT <YYYYMMDDHHMMSS> <file>"),
+    "MFMT": _L(arg=Arg.TIME_PATH, perm=Perm.SET_MTIME, doc="MFMT <YYYYMMDDHHMMSS> <file>"),
     # draft-bryan-ftpext-hash
     "HASH": _L(arg=Arg.PATH, file_only=True, perm=Perm.DOWNLOAD, doc="HASH <file>"),
 }
 
 # HTTP verbs on the control port end the session (as vsftpd does): a browser or
 # a cross-protocol attack is not an FTP client.
+# The verbs a client may send (HELP lists them); the other rows are subcommands.
+VERBS = tuple(sorted(v for v in COMMANDS if " " not in v))
+
 HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "CONNECT", "PUT", "DELETE", "TRACE", "PATCH"})
 
 
@@ -141,8 +162,7 @@ def parse_line(line: bytes) -> Command:
     """
     if len(line) > MAX_LINE:
         raise RemoteProtocolError(500, "Command line too long.")
-    if b"\xff" in line:
-        line = _strip_telnet(line)
+    line = strip_telnet(line)
     if b"\x00" in line:
         raise RemoteProtocolError(501, "NUL byte in command.")
     if b"\r" in line:
@@ -155,24 +175,3 @@ def parse_line(line: bytes) -> Command:
     if not verb.isascii() or not verb.isalnum() or len(verb) > 8:
         raise RemoteProtocolError(500, "Unknown command.")
     return Command(verb, arg)
-
-
-def _strip_telnet(line: bytes) -> bytes:
-    """Drop IAC commands: IAC IAC is a literal 0xFF, IAC WILL/WONT/DO/DONT x is 3 bytes."""
-    out = bytearray()
-    i, n = 0, len(line)
-    while i < n:
-        b = line[i]
-        if b != 0xFF:
-            out.append(b)
-            i += 1
-            continue
-        nxt = line[i + 1] if i + 1 < n else None
-        if nxt == 0xFF:
-            out.append(0xFF)
-            i += 2
-        elif nxt is not None and 251 <= nxt <= 254:
-            i += 3
-        else:
-            i += 2
-    return bytes(out)

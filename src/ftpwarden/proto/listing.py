@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import calendar
 import functools
+import os
 import re
 import stat
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 __all__ = [
     "Entry", "ls_line", "mlsx_facts", "perm_fact", "nlst_line", "parse_list_args",
@@ -52,7 +53,7 @@ class Entry(NamedTuple):
     link_target: str | None = None
 
     @classmethod
-    def from_stat(cls, name: str, st: Any, link_target: str | None = None) -> "Entry":
+    def from_stat(cls, name: str, st: os.stat_result, link_target: str | None = None) -> Entry:
         return cls(name, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_size,
                    st.st_mtime, st.st_ino, st.st_dev, link_target)
 
@@ -176,6 +177,7 @@ def perm_fact(is_dir: bool, *, can_read: bool, can_write: bool, can_delete: bool
     Files: a (APPE) d (DELE) f (RNFR) r (RETR) w (STOR).
     Dirs:  c (STOR inside) d (RMD) e (CWD) f (RNFR) l (LIST) m (MKD) p (delete contents).
     """
+    pairs: tuple[tuple[str, bool], ...]
     if is_dir:
         pairs = (("c", can_write), ("d", can_delete), ("e", can_read), ("f", can_rename),
                  ("l", can_list), ("m", can_mkdir), ("p", can_delete))

@@ -11,54 +11,66 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import stat as stat_mod
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeGuard
 
 from . import addr, listing, paths
 from .actions import (
-    Action, Authenticate, ChangeDir, ComputeHash, ControlListing, FsChange, OpenPassive, ReceiveFile,
-    RestartBeyondEnd, SendFile, SendListing, StatPath, Transfer, TransferDone,
+    Action,
+    Authenticate,
+    ChangeDir,
+    ComputeHash,
+    ControlListing,
+    FsChange,
+    OpenPassive,
+    Outcome,
+    ReceiveFile,
+    RestartBeyondEnd,
+    SendFile,
+    SendListing,
+    StatPath,
+    Transfer,
+    TransferAction,
+    TransferDone,
 )
 from .commands import COMMANDS, HTTP_VERBS, Arg, Command, Perm, Spec, parse_line
 from .errors import FtpError, RemoteProtocolError
+from .framing import TooLong, strip_telnet
+from .options import SessionOptions
 from .paths import matches_any, name_patterns
+from .principal import Principal, UserClass
 from .replies import Code, Reply, reply_for_oserror
-from .verbs import ANONYMOUS_NAMES, HASH_ALGORITHMS, VerbHandlers
+from .sequence import KEEPS_RENAME, TAKES_REST
+from .verbs import ANONYMOUS_NAMES, HANDLERS, HASH_ALGORITHMS, VerbHandlers
 
 __all__ = ["Session", "Event", "HASH_ALGORITHMS", "ANONYMOUS_NAMES"]
 
 Event = Reply | Action
 MAX_ERRORS = 20  # unknown/bad commands in a row before we hang up (vsftpd does 10 pre-login)
-# The verbs that take the REST marker (and so end it), whatever their outcome.
-# Every other command leaves it alone, as in vsftpd and pyftpdlib: clients send
-# REST before or after PASV/PORT/TYPE, so only the transfer may consume it.
-_TAKES_REST = frozenset({"RETR", "STOR", "APPE", "STOU"})
 
 
 class Session(VerbHandlers):
-    """State of one control connection.  `cfg` is read by attribute only."""
+    """State of one control connection under `options` (policy.options builds them)."""
 
-    # slots: a pooled server holds thousands of these
-    __slots__ = ("cfg", "name_of", "refuse_user", "local_ip", "remote_ip", "banner", "_deny", "_hide",
-                 "_allowed", "_denied", "idle_timeout", "tls", "account", "pending_user", "login_fails",
-                 "cwd", "ascii", "rest", "rename_from", "data_kind", "port_target", "epsv_all",
-                 "hash_algorithm", "mlst_facts", "umask", "transferring", "errors", "pbsz",
-                 "prot_private")
+    # slots: a pooled server holds thousands of these (the handlers' state is declared in VerbHandlers)
+    __slots__ = ("name_of", "banner", "_deny", "_hide", "_allowed", "_denied", "login_fails", "errors")
 
-    def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str, banner: str | None = None,
+    def __init__(self, options: SessionOptions, *, local_ip: str, remote_ip: str, banner: str | None = None,
                  names: Callable[[int, bool], str] | None = None,
                  refuse_user: Callable[[str], bool] | None = None) -> None:
-        self.cfg = cfg
+        self.options = options
         self.refuse_user = refuse_user  # vsftpd's userlist: refused at USER, before a password
         self.name_of = names  # uid/gid -> name for listings (True: user, False: group)
         self.local_ip = local_ip
         self.remote_ip = remote_ip
         self.banner = banner
-        self._deny = name_patterns(getattr(cfg, "deny_file", None))
-        self._hide = name_patterns(getattr(cfg, "hide_file", None))
-        self._allowed = self._verb_set(getattr(cfg, "cmds_allowed", None))
-        self._denied = self._verb_set(getattr(cfg, "cmds_denied", None))
-        self.idle_timeout = int(getattr(cfg, "idle_session_timeout", 300) or 0)
+        self._deny = name_patterns(options.deny_file)
+        self._hide = name_patterns(options.hide_file)
+        self._allowed = self._verb_set(options.cmds_allowed)
+        self._denied = self._verb_set(options.cmds_denied)
+        self.idle_timeout = options.idle_session_timeout
         self.tls = False  # the control connection is protected; REIN keeps it so
         self._reset()
 
@@ -67,20 +79,20 @@ class Session(VerbHandlers):
         return frozenset(v.strip().upper() for v in value.split(",") if v.strip()) if value else None
 
     def _reset(self) -> None:
-        self.account: Any = None
-        self.pending_user: str | None = None
+        self.account = None
+        self.pending_user = None
         self.login_fails = 0
         self.cwd = "/"
         self.ascii = False
         self.rest = 0
-        self.rename_from: str | None = None
-        self.data_kind: str | None = None       # None, "pasv" or "port"
-        self.port_target: tuple[str, int] | None = None
+        self.rename_from = None
+        self.data_kind = None       # None, "pasv" or "port"
+        self.port_target = None
         self.epsv_all = False
         self.hash_algorithm = "SHA-256"
         self.mlst_facts = listing.DEFAULT_FACTS
         self.umask = 0o077
-        self.transferring: Transfer | None = None
+        self.transferring = None
         self.errors = 0
         self.pbsz = False
         self.prot_private = False
@@ -96,17 +108,19 @@ class Session(VerbHandlers):
         if self.banner and self.banner.strip("\n"):
             lines = tuple(self.banner.rstrip("\n").split("\n"))
             return [Reply(Code.READY, lines[0], lines[1:])]
-        return [Reply(Code.READY, getattr(self.cfg, "ftpd_banner", None) or "(ftpwarden)")]
+        return [Reply(Code.READY, self.options.ftpd_banner or "(ftpwarden)")]
 
     def runs_during_transfer(self, line: bytes) -> bool:
         """May this line be handled while a transfer runs (ABOR, STAT, QUIT)?"""
-        verb = line.split(b" ", 1)[0].strip().upper().lstrip(b"\xff\xf4\xf2")
+        verb = strip_telnet(line).split(b" ", 1)[0].strip().upper()  # Telnet IP/DM come before ABOR
         spec = COMMANDS.get(verb.decode("ascii", "replace"))
         return spec is not None and spec.during_transfer
 
-    def feed(self, line: bytes) -> list[Event]:
-        """One control line, CRLF removed."""
+    def feed(self, line: bytes | TooLong) -> list[Event]:
+        """One control line, CRLF removed (or framing.TOO_LONG: a line past the cap)."""
         try:
+            if isinstance(line, TooLong):
+                raise RemoteProtocolError(Code.SYNTAX_ERROR, "Command line too long.")
             cmd = parse_line(line)
         except RemoteProtocolError as e:
             return self._error(Reply(e.code, e.text, close=e.close))
@@ -130,17 +144,20 @@ class Session(VerbHandlers):
     # ------------------------------------------------------------------ the one gate
 
     def _gate(self, verb: str, spec: Spec, arg: str) -> str | None:
-        """Check login, argument, path and permission; return the path (if any)."""
+        """Check login, argument, path and permission; return the path (if any).
+        `verb` names the row (and is what cmds_allowed/cmds_denied list)."""
         if spec.login and not self.logged_in:
             raise FtpError(Code.NOT_LOGGED_IN, "Please login with USER and PASS.")
         if self.logged_in and not self._verb_allowed(verb):
             raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
-        if spec.arg in (Arg.REQUIRED, Arg.PATH) and not arg:
+        if spec.arg in (Arg.REQUIRED, Arg.PATH, Arg.MODE_PATH, Arg.TIME_PATH) and not arg:
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, f"{verb} needs an argument.")
         vpath = None
         if spec.arg is Arg.LIST_PATH:
             _flags, arg = listing.parse_list_args(arg)
-        if spec.arg in (Arg.PATH, Arg.PATH_OPTIONAL, Arg.LIST_PATH):
+        if spec.path_after_word:
+            arg = arg.partition(" ")[2]  # the handler checks the first word (and a missing path)
+        if spec.arg in (Arg.PATH, Arg.PATH_OPTIONAL, Arg.LIST_PATH) or (spec.path_after_word and arg):
             vpath = paths.resolve(self.cwd, arg) if arg else self.cwd
             if self._deny and matches_any(self._deny, vpath):
                 raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
@@ -159,48 +176,83 @@ class Session(VerbHandlers):
     def may(self, perm: Perm) -> bool:
         return self.account is not None and perm in self.account.grants
 
+    def _row(self, cmd: Command) -> tuple[str, str]:
+        """The table row `cmd` is checked against, and that row's argument."""
+        if cmd.verb == "SITE":
+            sub, _, rest = cmd.arg.strip().partition(" ")
+            row = "SITE " + sub.upper()
+            return (row, rest.strip()) if row in COMMANDS else (cmd.verb, cmd.arg)
+        if cmd.verb == "MDTM" and self.options.mdtm_write and _time_then_path(cmd.arg):
+            return "MFMT", cmd.arg  # vsftpd's mdtm_write: "MDTM time path" sets the time
+        return cmd.verb, cmd.arg
+
     def _dispatch(self, cmd: Command) -> list[Event]:
-        spec = COMMANDS.get(cmd.verb)
-        if spec is None:
+        if cmd.verb not in COMMANDS:
             raise RemoteProtocolError(Code.SYNTAX_ERROR, "Unknown command.")
+        row, arg = self._row(cmd)
+        spec = COMMANDS[row]
+        if spec.with_arg is not None and arg:
+            spec = spec.with_arg
         try:
-            vpath = self._gate(cmd.verb, spec, cmd.arg)
-            handler: Callable[[str, str | None], list[Event]] = getattr(self, "_" + _HANDLER.get(cmd.verb, cmd.verb).lower())
-            if cmd.verb != "RNTO" and cmd.verb != "RNFR":
+            if row != cmd.verb and self.logged_in and not self._verb_allowed(cmd.verb):
+                raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
+            vpath = self._gate(row, spec, arg or spec.default_arg)
+            if cmd.verb not in KEEPS_RENAME:
                 self.rename_from = None
-            return handler(cmd.arg, vpath)
+            return HANDLERS[row](self, arg, vpath)
         finally:
-            if cmd.verb in _TAKES_REST:
+            if cmd.verb in TAKES_REST:
                 self.rest = 0  # used (or refused) once; never left for a later transfer
 
     # ------------------------------------------------------------------ outcomes
 
-    def complete(self, action: Action, outcome: Any) -> list[Event]:
+    def complete(self, action: Action, outcome: Outcome) -> list[Event]:
         """The I/O layer performed `action`; turn its outcome into replies."""
         if isinstance(action, Transfer):
+            if not isinstance(outcome, TransferDone):
+                raise TypeError(f"a transfer ends with TransferDone, not {outcome!r}")
             return self._transfer_done(action, outcome)
-        handler = getattr(self, "_done_" + type(action).__name__.lower())
         try:
-            return handler(action, outcome)
+            return self._outcome(action, outcome)
         except FtpError as e:
             return [Reply(e.code, e.text)]
 
-    def _done_authenticate(self, action: Authenticate, account: Any) -> list[Event]:
+    def _outcome(self, action: Action, outcome: Outcome) -> list[Event]:
+        """THE registry of outcome handlers: each action ends with the outcome
+        actions.py names; any other pair is a bug of the I/O layer."""
+        match action:
+            case Authenticate() if outcome is None or isinstance(outcome, (Principal, OSError)):
+                return self._done_authenticate(action, outcome)
+            case ChangeDir() if outcome is None or isinstance(outcome, (str, OSError)):
+                return self._done_changedir(action, outcome)
+            case FsChange() if outcome is None or isinstance(outcome, OSError):
+                return self._done_fschange(action, outcome)
+            case StatPath() if isinstance(outcome, (os.stat_result, OSError)):
+                return self._done_statpath(action, outcome)
+            case ControlListing() if _is_listing(outcome):
+                return self._done_controllisting(action, outcome)
+            case OpenPassive() if _is_name_and_number(outcome):
+                return self._done_openpassive(action, outcome)
+            case ComputeHash() if _is_name_and_number(outcome):
+                return self._done_computehash(action, outcome)
+        raise TypeError(f"{type(action).__name__} does not end with {outcome!r}")
+
+    def _done_authenticate(self, action: Authenticate, account: Principal | OSError | None) -> list[Event]:
         if isinstance(account, OSError):  # the user's root cannot be opened
                 return [Reply(Code.UNAVAILABLE, "Cannot change to the home directory.", close=True)]
         if account is None:
             self.login_fails += 1
             self.pending_user = None
-            if self.login_fails >= max(1, int(getattr(self.cfg, "max_login_fails", 3) or 3)):
+            if self.login_fails >= self.options.max_login_fails:
                         return [Reply(Code.NOT_LOGGED_IN, "Login incorrect.", close=True)]
             return [Reply(Code.NOT_LOGGED_IN, "Login incorrect.")]
         self.account = account
         self.pending_user = None
         self.umask = account.umask
-        self.cwd = getattr(account, "start_dir", "/") or "/"
+        self.cwd = account.start_dir or "/"
         return [Reply(Code.LOGGED_IN, "Login successful.")]
 
-    def _done_changedir(self, action: ChangeDir, outcome: Any) -> list[Event]:
+    def _done_changedir(self, action: ChangeDir, outcome: str | OSError | None) -> list[Event]:
         if isinstance(outcome, OSError):
             return [Reply(Code.FILE_UNAVAILABLE, "Failed to change directory.")]
         self.cwd = action.path
@@ -210,7 +262,7 @@ class Session(VerbHandlers):
             return [Reply(code, lines[0], lines[1:] + ("Directory successfully changed.",))]
         return [Reply(code, "Directory successfully changed.")]
 
-    def _done_fschange(self, action: FsChange, outcome: Any) -> list[Event]:
+    def _done_fschange(self, action: FsChange, outcome: OSError | None) -> list[Event]:
         if isinstance(outcome, OSError):
             return [reply_for_oserror(outcome, action.verb)]
         if action.op == "mkdir":
@@ -225,7 +277,7 @@ class Session(VerbHandlers):
             return [Reply(Code.FILE_ACTION_OK, "Remove directory operation successful.")]
         return [Reply(Code.FILE_ACTION_OK, "Delete operation successful.")]
 
-    def _done_statpath(self, action: StatPath, st: Any) -> list[Event]:
+    def _done_statpath(self, action: StatPath, st: os.stat_result | OSError) -> list[Event]:
         if not isinstance(st, OSError) and action.dir_only and not stat_mod.S_ISDIR(st.st_mode):
             st = NotADirectoryError(errno.ENOTDIR, "Not a directory")  # "file/", as the kernel says
         if isinstance(st, OSError):
@@ -246,8 +298,8 @@ class Session(VerbHandlers):
             return [Reply(Code.FILE_STATUS, listing.mdtm(st.st_mtime))]
         raise AssertionError(action.verb)
 
-    def _done_controllisting(self, action: ControlListing, outcome: Any) -> list[Event]:
-        """Outcome: (entries, now) or OSError."""
+    def _done_controllisting(self, action: ControlListing,
+                             outcome: tuple[list[listing.Entry], float] | OSError) -> list[Event]:
         if isinstance(outcome, OSError):
             if action.verb == "MLST":
                 return [Reply(Code.FILE_UNAVAILABLE, "Could not get file status.")]
@@ -257,9 +309,10 @@ class Session(VerbHandlers):
             (entry,) = entries
             line = self._mlsx_line(entry, name=action.path)
             return [Reply(Code.FILE_ACTION_OK, "Start of list for " + action.path, (" " + line,))]
-        return [Reply(Code.FILE_STATUS, "Status follows:", tuple(self.render_lines("LIST", entries, now, show_hidden=True)))]
+        lines = tuple(self.render_lines("LIST", entries, now, show_hidden=True))
+        return [Reply(Code.FILE_STATUS, "Status follows:", lines)]
 
-    def _done_openpassive(self, action: OpenPassive, outcome: Any) -> list[Event]:
+    def _done_openpassive(self, action: OpenPassive, outcome: tuple[str, int] | OSError) -> list[Event]:
         if isinstance(outcome, OSError):
             return [Reply(Code.CANT_OPEN_DATA, "Cannot open passive connection.")]
         host, port = outcome
@@ -268,7 +321,7 @@ class Session(VerbHandlers):
             return [Reply(Code.EXTENDED_PASSIVE, addr.format_epsv(port))]
         return [Reply(Code.PASSIVE, addr.format_pasv(host, port))]
 
-    def _done_computehash(self, action: ComputeHash, outcome: Any) -> list[Event]:
+    def _done_computehash(self, action: ComputeHash, outcome: tuple[str, int] | OSError) -> list[Event]:
         if isinstance(outcome, OSError):
             return [reply_for_oserror(outcome, "HASH")]
         digest, size = outcome
@@ -281,10 +334,11 @@ class Session(VerbHandlers):
         """The file or listing is ready and the data connection is open: the 150."""
         if isinstance(action, SendListing):
             return Reply(Code.FILE_STATUS_OK, "Here comes the directory listing.")
-        mode = "ASCII" if getattr(action, "ascii", False) else "BINARY"
+        mode = "ASCII" if isinstance(action, (SendFile, ReceiveFile)) and action.ascii else "BINARY"
         if isinstance(action, SendFile):
             extra = f" ({size} bytes)" if size is not None else ""
-            return Reply(Code.FILE_STATUS_OK, f"Opening {mode} mode data connection for {paths.basename(action.path)}{extra}.")
+            name = paths.basename(action.path)
+            return Reply(Code.FILE_STATUS_OK, f"Opening {mode} mode data connection for {name}{extra}.")
         if isinstance(action, ReceiveFile) and action.unique:
             return Reply(Code.FILE_STATUS_OK, f"FILE: {paths.basename(action.path)}")
         return Reply(Code.FILE_STATUS_OK, "Ok to send data.")
@@ -323,21 +377,35 @@ class Session(VerbHandlers):
             return [reply]
         return [Reply(Code.LOCAL_ERROR, "Local error in processing.")]
 
-    def _start_transfer(self, action: Transfer) -> list[Event]:
+    def _start_transfer(self, action: TransferAction) -> list[Event]:
         if self.data_kind is None:
             raise FtpError(Code.CANT_OPEN_DATA, "Use PORT or PASV first.")
         if not self.prot_private and self._data_tls_forced():
             raise FtpError(522, "Data connections must be encrypted: send PBSZ 0 and PROT P.")
-        if self.prot_private:
-            action = dataclasses.replace(action, tls=True)  # type: ignore[type-var]
+        action = self._transfer_decisions(action)
         self.transferring = action
         return [action]
 
+    def _transfer_decisions(self, action: TransferAction) -> TransferAction:
+        """What the I/O layer only carries out: protection, rate, upload handling, listing rule."""
+        o = self.options
+        anon = self._is_anonymous()
+        rate = o.anon_max_rate if anon else o.local_max_rate
+        protected = self.prot_private or action.protected
+        reuse = self.prot_private and o.require_ssl_reuse
+        if isinstance(action, ReceiveFile):
+            return dataclasses.replace(action, rate=rate, protected=protected, reuse_required=reuse,
+                                       atomic=o.atomic_uploads, chown=anon and o.chown_uploads)
+        if isinstance(action, SendListing):  # RFC 3659 7.2: MLSD lists a directory, never a file
+            dir_only = action.kind == "MLSD" or bool(action.pattern) or paths.names_directory(action.given)
+            return dataclasses.replace(action, rate=rate, protected=protected, reuse_required=reuse, dir_only=dir_only)
+        return dataclasses.replace(action, rate=rate, protected=protected, reuse_required=reuse)
+
     def _data_tls_forced(self) -> bool:
-        cfg = self.cfg
-        if not getattr(cfg, "ssl_enable", False):
+        o = self.options
+        if not o.ssl_enable:
             return False
-        return bool(cfg.force_anon_data_ssl if self._is_anonymous() else cfg.force_local_data_ssl)
+        return o.force_anon_data_ssl if self._is_anonymous() else o.force_local_data_ssl
 
     def render_lines(self, kind: str, entries: Iterable[listing.Entry], now: float,
                      show_hidden: bool = False, *, pattern: str = "", prefix: str = "") -> list[str]:
@@ -347,14 +415,14 @@ class Session(VerbHandlers):
         shows dot files, as in vsftpd); more than paths.GLOB_MAX matches is an
         error (E2BIG).  `prefix`: NLST prints it before each name (the directory
         as the client wrote it)."""
-        show_hidden = show_hidden or bool(getattr(self.cfg, "force_dot_files", False))
+        show_hidden = show_hidden or self.options.force_dot_files
         if pattern:
             show_hidden = show_hidden or pattern.startswith(".")
             entries = [e for e in entries if paths.glob_match(e.name, pattern)]
             if len(entries) > paths.GLOB_MAX:
                 raise OSError(errno.E2BIG, f"more than {paths.GLOB_MAX} names match {pattern!r}")
-        hide_ids = bool(getattr(self.cfg, "hide_ids", False))
-        localtime = bool(getattr(self.cfg, "use_localtime", False))
+        hide_ids = self.options.hide_ids
+        localtime = self.options.use_localtime
         names = self.name_of
         out = []
         for e in entries:
@@ -380,7 +448,7 @@ class Session(VerbHandlers):
             is_dir, can_read=self.may(Perm.DOWNLOAD), can_write=self.may(Perm.UPLOAD),
             can_delete=self.may(Perm.DELETE), can_rename=self.may(Perm.RENAME),
             can_mkdir=self.may(Perm.MKDIR), can_list=self.may(Perm.LIST))
-        hide = bool(getattr(self.cfg, "hide_ids", False))
+        hide = self.options.hide_ids
         names = self.name_of
         owner = "ftp" if hide else (names(e.uid, True) if names else str(e.uid))
         group = "ftp" if hide else (names(e.gid, False) if names else str(e.gid))
@@ -394,9 +462,25 @@ class Session(VerbHandlers):
         return self._is_anonymous()
 
     def _is_anonymous(self) -> bool:
-        cls = getattr(self.account, "user_class", None)
-        return getattr(cls, "value", cls) == "anonymous"
+        return self.account is not None and self.account.user_class is UserClass.ANONYMOUS
 
 
 
-_HANDLER = {"XCWD": "CWD", "XCUP": "CDUP", "XMKD": "MKD", "XRMD": "RMD", "XPWD": "PWD"}
+def _is_listing(outcome: Outcome) -> TypeGuard[tuple[list[listing.Entry], float] | OSError]:
+    """(entries, now) or OSError: ControlListing's outcome."""
+    return isinstance(outcome, OSError) or (
+        type(outcome) is tuple and len(outcome) == 2 and isinstance(outcome[0], list)
+        and isinstance(outcome[1], float))
+
+
+def _is_name_and_number(outcome: Outcome) -> TypeGuard[tuple[str, int] | OSError]:
+    """(host, port) of OpenPassive, (digest, size) of ComputeHash, or OSError."""
+    return isinstance(outcome, OSError) or (
+        type(outcome) is tuple and len(outcome) == 2 and isinstance(outcome[0], str)
+        and isinstance(outcome[1], int))
+
+
+def _time_then_path(arg: str) -> bool:
+    """"YYYYMMDDHHMMSS path" (MDTM that sets the time)."""
+    stamp, _, rest = arg.partition(" ")
+    return bool(rest) and len(stamp) >= 14 and stamp[:14].isdigit()

@@ -2,48 +2,113 @@
 
 A mixin: `Session` (proto/session.py) owns the state, the one gate and the
 outcomes; the methods here read and change that state and return replies and
-actions.  `_verb` handles VERB (aliases in session._HANDLER).
+actions.  Each handler is registered for its rows of the command table with
+`@handles`; `HANDLERS` maps every row to exactly one of them.  A handler is
+called as `handler(session, arg, vpath)` once the row passed the gate.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 from . import addr, listing, paths
 from .actions import (
+    AbortTransfer,
     Action,
-    AbortTransfer, Authenticate, ChangeDir, ClosePassive, ComputeHash, ControlListing, FsChange,
-    OpenPassive, ReceiveFile, ResetSession, SendFile, SendListing, StartTls, StatPath,
+    Authenticate,
+    ChangeDir,
+    ClosePassive,
+    ComputeHash,
+    ControlListing,
+    FsChange,
+    OpenPassive,
+    ReceiveFile,
+    ResetSession,
+    SendFile,
+    SendListing,
+    StartTls,
+    StatPath,
+    TlsState,
+    Transfer,
+    TransferAction,
 )
-from .commands import COMMANDS, Arg, Perm, Spec
+from .commands import COMMANDS, VERBS, Perm
 from .errors import FtpError, RemoteProtocolError
+from .options import SessionOptions
+from .principal import Principal
 from .replies import Code, Reply
+from .sequence import out_of_sequence
 
-__all__ = ["VerbHandlers", "HASH_ALGORITHMS", "ANONYMOUS_NAMES", "SITE_COMMANDS"]
+__all__ = ["VerbHandlers", "HANDLERS", "Handler", "handles", "HASH_ALGORITHMS", "ANONYMOUS_NAMES"]
 
 Event = Reply | Action
 
 HASH_ALGORITHMS = ("SHA-256", "SHA-1", "MD5", "CRC32")
 ANONYMOUS_NAMES = frozenset({"ftp", "anonymous"})
+# SITE IDLE's ceiling when idle_session_timeout is 0 (no timeout): a client
+# may not make its session immortal (the behaviour before options were typed).
+_IDLE_CAP = 7200
 
-SITE_COMMANDS: dict[str, Spec] = {
-    "CHMOD": Spec(arg=Arg.REQUIRED, perm=Perm.CHMOD, doc="SITE CHMOD <mode> <path>"),
-    "UMASK": Spec(arg=Arg.OPTIONAL, doc="SITE UMASK [mask]"),
-    "IDLE": Spec(arg=Arg.OPTIONAL, doc="SITE IDLE [seconds]"),
-    "HELP": Spec(login=False, arg=Arg.OPTIONAL, doc="SITE HELP"),
-}
+Handler = Callable[["VerbHandlers", str, "str | None"], list[Event]]
+HANDLERS: dict[str, Handler] = {}
+"""Row of the command table -> its one handler (filled by @handles)."""
+
+
+def handles(*rows: str) -> Callable[[Handler], Handler]:
+    """Register the decorated method as the handler of `rows` (keys of COMMANDS)."""
+    def register(handler: Handler) -> Handler:
+        for row in rows:
+            if row not in COMMANDS:
+                raise LookupError(f"{row} is not a row of the command table")
+            if row in HANDLERS:
+                raise LookupError(f"{row} has a handler already: {HANDLERS[row].__name__}")
+            HANDLERS[row] = handler
+        return handler
+    return register
 
 
 class VerbHandlers:
     """Handlers for every row of the command table; mixed into Session."""
 
-    __slots__ = ()
-    # provided by Session
-    cfg: Any
-    account: Any
+    # The session state the handlers read and change, declared here so mypy
+    # checks them; Session (which adds its own) sets them in __init__/_reset.
+    __slots__ = ("options", "refuse_user", "local_ip", "remote_ip", "idle_timeout", "tls", "account",
+                 "pending_user", "cwd", "ascii", "rest", "rename_from", "data_kind", "port_target", "epsv_all",
+                 "hash_algorithm", "mlst_facts", "umask", "transferring", "pbsz", "prot_private")
+    options: SessionOptions
+    refuse_user: Callable[[str], bool] | None
+    local_ip: str
+    remote_ip: str
+    idle_timeout: int
+    tls: bool
+    account: Principal | None
+    pending_user: str | None
+    cwd: str
+    ascii: bool
+    rest: int
+    rename_from: str | None
+    data_kind: str | None
+    port_target: tuple[str, int] | None
+    epsv_all: bool
+    hash_algorithm: str
+    mlst_facts: frozenset[str]
+    umask: int
+    transferring: Transfer | None
+    pbsz: bool
+    prot_private: bool
+
+    if TYPE_CHECKING:  # Session's methods the handlers call
+        @property
+        def logged_in(self) -> bool: ...
+        def _reset(self) -> None: ...
+        def may(self, perm: Perm) -> bool: ...
+        def _is_anonymous(self) -> bool: ...
+        def _start_transfer(self, action: TransferAction) -> list[Event]: ...
 
     # ------------------------------------------------------------------ access control
 
+    @handles("USER")
     def _user(self, arg: str, _p: str | None) -> list[Event]:
         if self.logged_in:
             return [Reply(Code.NOT_LOGGED_IN, "Can't change to another user.")]
@@ -51,84 +116,98 @@ class VerbHandlers:
         if self.refuse_user is not None and self.refuse_user(name):
             return [Reply(Code.NOT_LOGGED_IN, "Permission denied.")]
         anonymous = name.lower() in ANONYMOUS_NAMES
-        if anonymous and not getattr(self.cfg, "anonymous_enable", True):
+        if anonymous and not self.options.anonymous_enable:
             return [Reply(Code.NOT_LOGGED_IN, "This FTP server does not allow anonymous logins.")]
         refusal = self._tls_login_refusal(anonymous)
         if refusal:
             return [Reply(Code.NOT_LOGGED_IN, refusal)]
         self.pending_user = name
-        if anonymous and getattr(self.cfg, "no_anon_password", False):
-            return [Authenticate(name, "")]
+        if anonymous and self.options.no_anon_password:
+            return [Authenticate(name, "", failure_delay=float(self.options.delay_failed_login))]
         if anonymous:
             return [Reply(Code.NEED_PASSWORD, "Please specify the password (your e-mail address).")]
         return [Reply(Code.NEED_PASSWORD, "Please specify the password.")]
 
     def _tls_login_refusal(self, anonymous: bool) -> str | None:
         """vsftpd's force_*_logins_ssl and allow_anon_ssl, checked at USER."""
-        cfg = self.cfg
-        if not getattr(cfg, "ssl_enable", False):
+        o = self.options
+        if not o.ssl_enable:
             return None
         if anonymous:
-            if self.tls and not cfg.allow_anon_ssl:
+            if self.tls and not o.allow_anon_ssl:
                 return "Anonymous sessions may not use encryption."
-            if not self.tls and cfg.force_anon_logins_ssl:
+            if not self.tls and o.force_anon_logins_ssl:
                 return "Anonymous sessions must use encryption."
-        elif not self.tls and cfg.force_local_logins_ssl:
+        elif not self.tls and o.force_local_logins_ssl:
             return "Non-anonymous sessions must use encryption."
         return None
 
+    @handles("PASS")
     def _pass(self, arg: str, _p: str | None) -> list[Event]:
         if self.logged_in:
             return [Reply(Code.LOGGED_IN, "Already logged in.")]
-        if self.pending_user is None:
-            return [Reply(Code.BAD_SEQUENCE, "Login with USER first.")]
-        return [Authenticate(self.pending_user, arg)]
+        if (refused := out_of_sequence(self, "PASS")) is not None:
+            return [refused]
+        assert self.pending_user is not None  # the USER -> PASS rule held
+        delay = float(self.options.delay_failed_login)
+        return [Authenticate(self.pending_user, arg, failure_delay=delay)]
 
+    @handles("ACCT")
     def _acct(self, arg: str, _p: str | None) -> list[Event]:
         return [Reply(Code.NOT_IMPLEMENTED_SUPERFLUOUS, "ACCT not needed.")]
 
+    @handles("REIN")
     def _rein(self, arg: str, _p: str | None) -> list[Event]:
         if self.transferring is not None:
             return [Reply(Code.BAD_SEQUENCE, "Transfer in progress.")]
         self._reset()
         return [ResetSession(), Reply(Code.READY, "Service ready for new user.")]
 
+    @handles("QUIT")
     def _quit(self, arg: str, _p: str | None) -> list[Event]:
         return [Reply(Code.CLOSING, "Goodbye.", close=True)]
 
+    @handles("SMNT")
     def _smnt(self, arg: str, _p: str | None) -> list[Event]:
         return [Reply(Code.NOT_IMPLEMENTED_SUPERFLUOUS, "SMNT not needed: one file system.")]
 
     # ------------------------------------------------------------------ FTPS (RFC 2228, 4217)
 
+    @handles("AUTH")
     def _auth(self, arg: str, _p: str | None) -> list[Event]:
-        if not getattr(self.cfg, "ssl_enable", False):
+        if not self.options.ssl_enable:
             return [Reply(Code.NOT_IMPLEMENTED, "TLS is not enabled on this server.")]
         if arg.strip().upper() not in ("TLS", "SSL", "TLS-C", "TLS-P"):
             return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Unknown AUTH type; use AUTH TLS.")]
-        if self.tls:
-            return [Reply(Code.BAD_SEQUENCE, "Already using TLS.")]
-        if self.logged_in or self.pending_user is not None:
-            return [Reply(Code.BAD_SEQUENCE, "AUTH must come before USER.")]
+        if (refused := out_of_sequence(self, "AUTH")) is not None:
+            return [refused]
         return [Reply(Code.SECURITY_OK, "Proceed with negotiation."), StartTls()]
 
     def tls_started(self) -> None:
         """The control connection is now TLS (after AUTH TLS, or implicit TLS)."""
         self.tls = True
 
+    def tls_state(self) -> TlsState:
+        """This session's TLS state, to hand to the process that reads on after login."""
+        return TlsState(self.tls, self.pbsz, self.prot_private)
+
+    def resume_tls(self, state: TlsState) -> None:
+        """Take over the TLS state the pre-login process negotiated."""
+        self.tls, self.pbsz, self.prot_private = state.protected, state.pbsz, state.prot_private
+
+    @handles("PBSZ")
     def _pbsz(self, arg: str, _p: str | None) -> list[Event]:
-        if not self.tls:
-            return [Reply(Code.BAD_SEQUENCE, "PBSZ needs a TLS control connection (AUTH TLS first).")]
+        if (refused := out_of_sequence(self, "PBSZ")) is not None:
+            return [refused]
         if not arg.strip().isdigit():
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, "PBSZ needs a number.")
         self.pbsz = True
         return [Reply(Code.OK, "PBSZ=0")]
 
+    @handles("PROT")
     def _prot(self, arg: str, _p: str | None) -> list[Event]:
-        if not self.tls:
-            return [Reply(Code.BAD_SEQUENCE, "PROT needs a TLS control connection (AUTH TLS first).")]
-        if not self.pbsz:
-            return [Reply(Code.BAD_SEQUENCE, "PBSZ must come before PROT.")]
+        if (refused := out_of_sequence(self, "PROT")) is not None:
+            return [refused]
         level = arg.strip().upper()
         if level == "P":
             self.prot_private = True
@@ -140,6 +219,7 @@ class VerbHandlers:
             return [Reply(536, "PROT level not supported; use P or C.")]
         return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Unknown PROT level.")]
 
+    @handles("CCC")
     def _ccc(self, arg: str, _p: str | None) -> list[Event]:
         # Clearing the control channel would let anyone on the path rewrite
         # commands; it is refused (RFC 2228 534), as vsftpd does.
@@ -149,18 +229,22 @@ class VerbHandlers:
 
     # ------------------------------------------------------------------ navigation
 
+    @handles("CWD", "XCWD")
     def _cwd(self, arg: str, vpath: str | None) -> list[Event]:
-        msg = getattr(self.cfg, "message_file", ".message") if getattr(self.cfg, "dirmessage_enable", False) else None
+        msg = self.options.message_file if self.options.dirmessage_enable else None
         return [ChangeDir(vpath or "/", msg)]
 
+    @handles("CDUP", "XCUP")
     def _cdup(self, arg: str, _p: str | None) -> list[Event]:
         return [ChangeDir(paths.parent(self.cwd), None, verb="CDUP")]
 
+    @handles("PWD", "XPWD")
     def _pwd(self, arg: str, _p: str | None) -> list[Event]:
         return [Reply(Code.PATH_CREATED, f"{paths.quote_pwd(self.cwd)} is the current directory")]
 
     # ------------------------------------------------------------------ parameters
 
+    @handles("TYPE")
     def _type(self, arg: str, _p: str | None) -> list[Event]:
         t = arg.upper().split()
         if t in (["A"], ["A", "N"]):
@@ -173,6 +257,7 @@ class VerbHandlers:
             return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Type not implemented for that parameter.")]
         return [Reply(Code.ARGUMENT_ERROR, "Unrecognised TYPE command.")]
 
+    @handles("STRU")
     def _stru(self, arg: str, _p: str | None) -> list[Event]:
         if arg.upper() == "F":
             return [Reply(Code.OK, "Structure set to F.")]
@@ -180,6 +265,7 @@ class VerbHandlers:
             return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Bad STRU command.")]
         return [Reply(Code.ARGUMENT_ERROR, "Bad STRU command.")]
 
+    @handles("MODE")
     def _mode(self, arg: str, _p: str | None) -> list[Event]:
         if arg.upper() == "S":
             return [Reply(Code.OK, "Mode set to S.")]
@@ -187,9 +273,11 @@ class VerbHandlers:
             return [Reply(Code.PARAMETER_NOT_IMPLEMENTED, "Bad MODE command.")]
         return [Reply(Code.ARGUMENT_ERROR, "Bad MODE command.")]
 
+    @handles("ALLO")
     def _allo(self, arg: str, _p: str | None) -> list[Event]:
         return [Reply(Code.NOT_IMPLEMENTED_SUPERFLUOUS, "ALLO command ignored.")]
 
+    @handles("REST")
     def _rest(self, arg: str, _p: str | None) -> list[Event]:
         if not arg.isdigit() or len(arg) > 19:
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, "REST needs a non-negative integer.")
@@ -201,17 +289,19 @@ class VerbHandlers:
     def _ipv6_control(self) -> bool:
         return addr.ipv4_of(self.local_ip) is None
 
+    @handles("PASV")
     def _pasv(self, arg: str, _p: str | None) -> list[Event]:
-        if not getattr(self.cfg, "pasv_enable", True):
+        if not self.options.pasv_enable:
             return [Reply(Code.FILE_UNAVAILABLE, "PASV is disabled.")]
-        if self.epsv_all:
-            return [Reply(Code.BAD_SEQUENCE, "EPSV ALL in effect; use EPSV.")]
+        if (refused := out_of_sequence(self, "PASV")) is not None:
+            return [refused]
         if self._ipv6_control():
             return [Reply(Code.CANT_OPEN_DATA, "PASV is IPv4 only; use EPSV on IPv6.")]
         return [OpenPassive(extended=False)]
 
+    @handles("EPSV")
     def _epsv(self, arg: str, _p: str | None) -> list[Event]:
-        if not getattr(self.cfg, "pasv_enable", True):
+        if not self.options.pasv_enable:
             return [Reply(Code.FILE_UNAVAILABLE, "EPSV is disabled.")]
         a = arg.strip().upper()
         if a == "ALL":
@@ -225,34 +315,36 @@ class VerbHandlers:
                 return [Reply(522, f"Network protocol not supported, use ({want})")]
         return [OpenPassive(extended=True)]
 
+    @handles("PORT")
     def _port(self, arg: str, _p: str | None) -> list[Event]:
         host, port = addr.parse_port(arg)
         return self._active(host, port, "PORT")
 
+    @handles("EPRT")
     def _eprt(self, arg: str, _p: str | None) -> list[Event]:
         _af, host, port = addr.parse_eprt(arg)
         return self._active(host, port, "EPRT")
 
     def _active(self, host: str, port: int, verb: str) -> list[Event]:
-        if not getattr(self.cfg, "port_enable", True):
+        if not self.options.port_enable:
             return [Reply(Code.FILE_UNAVAILABLE, f"{verb} is disabled.")]
-        if self.epsv_all:
-            return [Reply(Code.BAD_SEQUENCE, "EPSV ALL in effect; use EPSV.")]
-        if not getattr(self.cfg, "port_promiscuous", False):
-            if port < 1024 or not addr.same_host(host, self.remote_ip):
-                return [Reply(Code.SYNTAX_ERROR, f"Illegal {verb} command.")]
+        if (refused := out_of_sequence(self, verb)) is not None:
+            return [refused]
+        if not addr.port_allowed(host, port, self.remote_ip, promiscuous=self.options.port_promiscuous):
+            return [Reply(Code.SYNTAX_ERROR, f"Illegal {verb} command.")]
         self.data_kind, self.port_target = "port", (host, port)
         return [ClosePassive(), Reply(Code.OK, f"{verb} command successful. Consider using EPSV.")]
 
     # ------------------------------------------------------------------ transfers
 
+    @handles("RETR")
     def _retr(self, arg: str, vpath: str | None) -> list[Event]:
         offset, self.rest = self.rest, 0
-        ascii_ = self.ascii and bool(getattr(self.cfg, "ascii_download_enable", False))
+        ascii_ = self.ascii and self.options.ascii_download_enable
         anon = self._is_anonymous()
         return self._start_transfer(SendFile(
             vpath or "/", offset=offset, ascii=ascii_,
-            world_readable_only=anon and bool(getattr(self.cfg, "anon_world_readable_only", True))))
+            world_readable_only=anon and self.options.anon_world_readable_only))
 
     def _store(self, vpath: str, *, append: bool = False, unique: bool = False) -> list[Event]:
         offset, self.rest = self.rest, 0
@@ -263,33 +355,38 @@ class VerbHandlers:
         overwrite = self.may(Perm.OVERWRITE)
         if (append or offset) and not overwrite:
             raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
-        ascii_ = self.ascii and bool(getattr(self.cfg, "ascii_upload_enable", False))
-        mode = int(getattr(self.cfg, "file_open_mode", 0o666))
+        ascii_ = self.ascii and self.options.ascii_upload_enable
+        mode = self.options.file_open_mode
         return self._start_transfer(ReceiveFile(
             vpath, offset=offset, append=append, ascii=ascii_, may_overwrite=overwrite,
             unique=unique, umask=self.umask, file_mode=mode))
 
+    @handles("STOR")
     def _stor(self, arg: str, vpath: str | None) -> list[Event]:
         return self._store(vpath or "/")
 
+    @handles("APPE")
     def _appe(self, arg: str, vpath: str | None) -> list[Event]:
         return self._store(vpath or "/", append=True)
 
-    def _stou(self, arg: str, _p: str | None) -> list[Event]:
-        # the name to make unique is the argument, or "STOU"; it passes the gate's path step
-        base = self._gate("STOU", Spec(arg=Arg.PATH, file_only=True, perm=Perm.UPLOAD), arg or "STOU")
-        return self._store(base or "/", unique=True)
+    @handles("STOU")
+    def _stou(self, arg: str, vpath: str | None) -> list[Event]:
+        # the name to make unique is the argument, or "STOU" (the row's default_arg)
+        return self._store(vpath or "/", unique=True)
 
+    @handles("LIST")
     def _list(self, arg: str, vpath: str | None) -> list[Event]:
         return self._listing("LIST", arg, vpath)
 
+    @handles("NLST")
     def _nlst(self, arg: str, vpath: str | None) -> list[Event]:
         return self._listing("NLST", arg, vpath)
 
+    @handles("MLSD")
     def _mlsd(self, arg: str, vpath: str | None) -> list[Event]:
         return self._start_transfer(SendListing("MLSD", vpath or self.cwd, show_hidden=True))
 
-    def _listing(self, kind: str, arg: str, vpath: str | None) -> list[Event]:
+    def _listing(self, kind: Literal["LIST", "NLST"], arg: str, vpath: str | None) -> list[Event]:
         flags, given = listing.parse_list_args(arg)  # the gate resolved `given` into vpath
         show_hidden = "a" in flags or "A" in flags
         pattern = ""
@@ -300,6 +397,7 @@ class VerbHandlers:
         return self._start_transfer(SendListing(kind, vpath or self.cwd, show_hidden=show_hidden,
                                                 given=given, pattern=pattern))
 
+    @handles("ABOR")
     def _abor(self, arg: str, _p: str | None) -> list[Event]:
         # With a transfer running, the I/O layer cancels it, sends its 426 and then
         # this 226 (RFC 959 4.1.3).  Without one, a plain 225.
@@ -310,82 +408,91 @@ class VerbHandlers:
 
     # ------------------------------------------------------------------ file operations
 
+    @handles("DELE")
     def _dele(self, arg: str, vpath: str | None) -> list[Event]:
         return [FsChange("unlink", vpath or "/", verb="DELE")]
 
+    @handles("RMD", "XRMD")
     def _rmd(self, arg: str, vpath: str | None) -> list[Event]:
         return [FsChange("rmdir", vpath or "/", verb="RMD")]
 
+    @handles("MKD", "XMKD")
     def _mkd(self, arg: str, vpath: str | None) -> list[Event]:
         mode = 0o777 & ~self.umask
         return [FsChange("mkdir", vpath or "/", mode=mode, verb="MKD")]
 
+    @handles("RNFR")
     def _rnfr(self, arg: str, vpath: str | None) -> list[Event]:
         return [StatPath("RNFR", vpath or "/", dir_only=paths.names_directory(arg))]
 
+    @handles("RNTO")
     def _rnto(self, arg: str, vpath: str | None) -> list[Event]:
+        refused = out_of_sequence(self, "RNTO")
         src, self.rename_from = self.rename_from, None
-        if src is None:
-            return [Reply(Code.BAD_SEQUENCE, "RNFR required first.")]
+        if refused is not None:
+            return [refused]
+        assert src is not None  # the RNFR -> RNTO rule held
         # "RNTO x/" renames a directory only (rename(2) says ENOTDIR for a file)
         return [FsChange("rename", src, target=vpath or "/", verb="RNTO", dir_only=paths.names_directory(arg))]
 
+    @handles("SIZE")
     def _size(self, arg: str, vpath: str | None) -> list[Event]:
         return [StatPath("SIZE", vpath or "/")]
 
+    @handles("MDTM")
     def _mdtm(self, arg: str, vpath: str | None) -> list[Event]:
-        # vsftpd's mdtm_write: "MDTM YYYYMMDDHHMMSS path" sets the time.
-        stamp, _, rest = arg.partition(" ")
-        if rest and len(stamp) >= 14 and stamp[:14].isdigit() and getattr(self.cfg, "mdtm_write", True):
-            return self._set_mtime(stamp, rest)
+        # "MDTM YYYYMMDDHHMMSS path" (vsftpd's mdtm_write) is checked and run as MFMT
         return [StatPath("MDTM", vpath or "/")]
 
-    def _mfmt(self, arg: str, _p: str | None) -> list[Event]:
-        stamp, _, rest = arg.partition(" ")
-        if not rest:
+    @handles("MFMT")
+    def _mfmt(self, arg: str, vpath: str | None) -> list[Event]:
+        stamp, _, target = arg.partition(" ")
+        if not target:
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, "MFMT needs a time and a path.")
-        return self._set_mtime(stamp, rest)
-
-    def _set_mtime(self, stamp: str, arg: str) -> list[Event]:
-        vpath = self._gate("MFMT", Spec(arg=Arg.PATH, perm=Perm.SET_MTIME), arg)
         try:
             mtime = listing.parse_mfmt_time(stamp)
         except ValueError:
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad time value.") from None
-        return [FsChange("utime", vpath or "/", mtime=mtime, verb="MFMT", dir_only=paths.names_directory(arg))]
+        return [FsChange("utime", vpath or "/", mtime=mtime, verb="MFMT", dir_only=paths.names_directory(target))]
 
+    @handles("HASH")
     def _hash(self, arg: str, vpath: str | None) -> list[Event]:
-        if not getattr(self.cfg, "hash_enable", True):
+        if not self.options.hash_enable:
             raise RemoteProtocolError(Code.SYNTAX_ERROR, "Unknown command.")
         return [ComputeHash(vpath or "/", self.hash_algorithm)]
 
+    @handles("MLST")
     def _mlst(self, arg: str, vpath: str | None) -> list[Event]:
         return [ControlListing("MLST", vpath or self.cwd)]
 
     # ------------------------------------------------------------------ information
 
+    @handles("SYST")
     def _syst(self, arg: str, _p: str | None) -> list[Event]:
         return [Reply(Code.SYSTEM_TYPE, "UNIX Type: L8")]
 
+    @handles("NOOP")
     def _noop(self, arg: str, _p: str | None) -> list[Event]:
         return [Reply(Code.OK, "NOOP ok.")]
 
     def features(self) -> tuple[str, ...]:
         feats = ["EPRT", "EPSV", "MDTM", "MFMT", "PASV", "REST STREAM", "SIZE", "TVFS"]
-        if getattr(self.cfg, "ssl_enable", False):
+        if self.options.ssl_enable:
             feats += ["AUTH TLS", "AUTH SSL", "PBSZ", "PROT"]
-        if getattr(self.cfg, "mlsd_enable", True):
+        if self.options.mlsd_enable:
             facts = "".join(f + ("*;" if f in self.mlst_facts else ";") for f in listing.SUPPORTED_FACTS)
             feats.append("MLST " + facts)
-        if getattr(self.cfg, "utf8_enable", True):
+        if self.options.utf8_enable:
             feats.append("UTF8")
-        if getattr(self.cfg, "hash_enable", True):
+        if self.options.hash_enable:
             feats.append("HASH " + ";".join(a + ("*" if a == self.hash_algorithm else "") for a in HASH_ALGORITHMS))
         return tuple(sorted(feats))
 
+    @handles("FEAT")
     def _feat(self, arg: str, _p: str | None) -> list[Event]:
         return [Reply(Code.SYSTEM_STATUS, "Features:", self.features())]
 
+    @handles("OPTS")
     def _opts(self, arg: str, _p: str | None) -> list[Event]:
         name, _, value = arg.strip().partition(" ")
         name, value = name.upper(), value.strip()
@@ -406,6 +513,7 @@ class VerbHandlers:
             return [Reply(Code.OK, f"MLST OPTS {shown}")]
         return [Reply(Code.ARGUMENT_ERROR, "Option not understood.")]
 
+    @handles("HELP")
     def _help(self, arg: str, _p: str | None) -> list[Event]:
         verb = arg.strip().upper()
         if verb:
@@ -413,11 +521,12 @@ class VerbHandlers:
             if spec is None:
                 return [Reply(Code.ARGUMENT_ERROR, f"Unknown command {verb}.")]
             return [Reply(Code.HELP, f"Syntax: {spec.doc}")]
-        verbs = sorted(COMMANDS)
+        verbs = VERBS
         rows = tuple(" ".join(f"{v:<5}" for v in verbs[i:i + 10]) for i in range(0, len(verbs), 10))
         return [Reply(Code.HELP, "The following commands are recognized.", rows)]
 
-    def _stat(self, arg: str, _p: str | None) -> list[Event]:
+    @handles("STAT")
+    def _stat(self, arg: str, vpath: str | None) -> list[Event]:
         if not arg:
             who = self.account.name if self.account else "(not logged in)"
             lines = [
@@ -433,24 +542,22 @@ class VerbHandlers:
             return [Reply(Code.SYSTEM_STATUS, "FTP server status:", tuple(lines))]
         if self.transferring is not None:
             return [Reply(Code.BAD_SEQUENCE, "STAT path not allowed during a transfer.")]
-        vpath = self._gate("STAT", Spec(login=True, arg=Arg.LIST_PATH, perm=Perm.LIST), arg)
+        # the row's with_arg spec (login, LIST_PATH, LIST) checked the path
         return [ControlListing("STAT", vpath or self.cwd)]
 
     # ------------------------------------------------------------------ SITE
 
+    @handles("SITE")
     def _site(self, arg: str, _p: str | None) -> list[Event]:
-        sub, _, rest = arg.strip().partition(" ")
-        sub = sub.upper()
-        spec = SITE_COMMANDS.get(sub)
-        if spec is None:
-            return [Reply(Code.SYNTAX_ERROR, "Unknown SITE command.")]
-        self._gate("SITE " + sub, spec, rest.strip())
-        return getattr(self, "_site_" + sub.lower())(rest.strip())
+        # the known subcommands are rows of their own ("SITE CHMOD")
+        return [Reply(Code.SYNTAX_ERROR, "Unknown SITE command.")]
 
-    def _site_help(self, arg: str) -> list[Event]:
-        return [Reply(Code.HELP, " ".join(sorted(SITE_COMMANDS)))]
+    @handles("SITE HELP")
+    def _site_help(self, arg: str, _p: str | None) -> list[Event]:
+        return [Reply(Code.HELP, " ".join(sorted(r.split(" ", 1)[1] for r in COMMANDS if r.startswith("SITE "))))]
 
-    def _site_chmod(self, arg: str) -> list[Event]:
+    @handles("SITE CHMOD")
+    def _site_chmod(self, arg: str, vpath: str | None) -> list[Event]:
         mode_s, _, target = arg.partition(" ")
         try:
             mode = int(mode_s, 8)
@@ -458,12 +565,12 @@ class VerbHandlers:
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad mode.") from None
         if not target or mode < 0 or mode > 0o7777:
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, "SITE CHMOD needs <mode> <path>.")
-        vpath = self._gate("SITE CHMOD", Spec(arg=Arg.PATH, perm=Perm.CHMOD), target)
         # setuid/setgid bits are never granted from the network
         return [FsChange("chmod", vpath or "/", mode=mode & 0o1777, verb="SITE CHMOD",
                          dir_only=paths.names_directory(target))]
 
-    def _site_umask(self, arg: str) -> list[Event]:
+    @handles("SITE UMASK")
+    def _site_umask(self, arg: str, _p: str | None) -> list[Event]:
         if not arg:
             return [Reply(Code.OK, f"Your current UMASK is {self.umask:04o}")]
         try:
@@ -475,13 +582,14 @@ class VerbHandlers:
         self.umask = value
         return [Reply(Code.OK, f"UMASK set to {value:04o}")]
 
-    def _site_idle(self, arg: str) -> list[Event]:
+    @handles("SITE IDLE")
+    def _site_idle(self, arg: str, _p: str | None) -> list[Event]:
         if not arg:
             return [Reply(Code.OK, f"Current idle time is {self.idle_timeout}")]
         if not arg.isdigit():
             raise RemoteProtocolError(Code.ARGUMENT_ERROR, "Bad SITE IDLE value.")
         # a client may shorten its timeout, never lengthen it past the operator's
-        limit = int(getattr(self.cfg, "idle_session_timeout", 300) or 7200)
+        limit = self.options.idle_session_timeout or _IDLE_CAP
         self.idle_timeout = max(30, min(int(arg), limit))
         return [Reply(Code.OK, f"SITE IDLE set to {self.idle_timeout}")]
 

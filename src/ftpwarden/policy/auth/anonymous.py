@@ -5,6 +5,7 @@ Not yet implemented: secure_email_list_enable, deny_email_enable.
 
 from __future__ import annotations
 
+from ..config import Config, number, text
 from ..passwords import dummy_verify
 from ..users import Account, UserClass, grants_for
 from .base import LoginRefused, LoginRequest
@@ -15,11 +16,11 @@ ANONYMOUS_NAMES = frozenset({"ftp", "anonymous"})
 
 
 class AnonymousAuthenticator:
-    def __init__(self, cfg, default_root: str = "") -> None:
+    def __init__(self, cfg: Config, default_root: str = "") -> None:
         """`default_root` serves when anon_root is unset (pooled quick mode,
         or the ftp_username's home found by the caller)."""
         self._cfg = cfg
-        self._root = cfg.anon_root or default_root
+        self._root = text(cfg, "anon_root") or default_root
         if cfg.anonymous_enable and not self._root:
             raise ValueError("anonymous_enable=YES needs anon_root (no default root given)")
 
@@ -38,6 +39,6 @@ class AnonymousAuthenticator:
             user_class=UserClass.ANONYMOUS,
             root=self._root,
             grants=grants_for(self._cfg, UserClass.ANONYMOUS),
-            umask=self._cfg.anon_umask,
+            umask=number(self._cfg, "anon_umask"),
             anon_password=req.password,  # any text is accepted: it is the e-mail, for logs
         )

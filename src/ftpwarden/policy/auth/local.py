@@ -17,7 +17,8 @@ import os
 import posixpath
 import pwd
 import stat
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..config import Config, ConfigError, load_config
 from ..passwords import dummy_verify
@@ -149,7 +150,7 @@ class LocalAuthenticator:
         otherwise, or if it is invalid, ConfigError."""
         if not cfg.user_config_dir or not valid_user_name(user):
             return cfg
-        path = os.path.join(cfg.user_config_dir, user)
+        path = os.path.join(str(cfg.user_config_dir), user)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -172,9 +173,10 @@ class LocalAuthenticator:
             raise LoginRefused(f"would run as root ({runas.pw_name})")
         in_list = False
         if cfg.chroot_list_enable:
-            in_list = _listed(cfg.chroot_list_file or "", user)
-            if in_list is None:  # vsftpd ends the session too
+            listed = _listed(str(cfg.chroot_list_file or ""), user)
+            if listed is None:  # vsftpd ends the session too
                 raise LoginRefused(f"cannot read chroot_list_file {cfg.chroot_list_file}")
+            in_list = listed
         root, chroot, start_dir = chroot_plan(cfg, user, runas.pw_dir, in_list)
         if not root.startswith("/") or not start_dir.startswith("/"):
             raise LoginRefused(f"not an absolute directory: {root if chroot else start_dir}")

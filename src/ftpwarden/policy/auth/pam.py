@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+from typing import Any
 
 __all__ = ["pam_check"]
 
@@ -84,7 +85,7 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     return pam, libc
 
 
-def _conversation(num_msg, msgs, resp, appdata):
+def _conversation(num_msg: int, msgs: Any, resp: Any, appdata: int | None) -> int:  # ctypes pointers
     """Answer echo-off prompts with the password at `appdata` (a C string)."""
     try:
         _, libc = _libs()
@@ -111,11 +112,11 @@ def _conversation(num_msg, msgs, resp, appdata):
                 libc.free(out[j].resp)
         libc.free(answers)
         return _PAM_CONV_ERR
-    except BaseException:  # noqa: BLE001 - an exception here would return 0, PAM_SUCCESS
+    except BaseException:
         return _PAM_CONV_ERR
 
 
-def _no_delay(retval, usec, appdata):
+def _no_delay(retval: int, usec: int, appdata: int | None) -> None:
     """PAM_FAIL_DELAY callback: the monitor owns the failure delay."""
 
 
@@ -155,9 +156,9 @@ def pam_check(service: str, user: str, password: str, remote_ip: str) -> tuple[b
         if rc != _PAM_SUCCESS:
             return False, f"pam_authenticate: {_strerror(pam, handle, rc)}"
         # A module may rewrite PAM_USER; never grant `user` on the strength of another name.
-        item = ctypes.c_void_p()
-        rc = pam.pam_get_item(handle, _PAM_USER, ctypes.byref(item))
-        if rc != _PAM_SUCCESS or not item.value or ctypes.string_at(item.value) != c_user:
+        pam_user = ctypes.c_void_p()
+        rc = pam.pam_get_item(handle, _PAM_USER, ctypes.byref(pam_user))
+        if rc != _PAM_SUCCESS or not pam_user.value or ctypes.string_at(pam_user.value) != c_user:
             return False, "PAM changed the user name"
         rc = pam.pam_acct_mgmt(handle, 0)
         if rc != _PAM_SUCCESS:

@@ -17,6 +17,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 
+from ..config import Config, number
 from ..passwords import dummy_verify, known_scheme, verify_password
 from ..users import Account, UserClass, grants_for
 from .base import LoginRefused, LoginRequest
@@ -131,7 +132,7 @@ def format_record(r: UserRecord) -> str:
 class _RecordAuthenticator:
     """Login against UserRecords; subclasses say where the records come from."""
 
-    def __init__(self, cfg, default_root: str) -> None:
+    def __init__(self, cfg: Config, default_root: str) -> None:
         self._cfg = cfg
         self._default_root = default_root
 
@@ -162,14 +163,14 @@ class _RecordAuthenticator:
             user_class=UserClass.GUEST,
             root=root,
             grants=grants_for(self._cfg, UserClass.GUEST, write=rec.write),
-            umask=self._cfg.local_umask if rec.umask is None else rec.umask,
+            umask=number(self._cfg, "local_umask") if rec.umask is None else rec.umask,
         )
 
 
 class MemoryUserAuthenticator(_RecordAuthenticator):
     """Users given in memory (`serve --user NAME:PASSWORD`)."""
 
-    def __init__(self, cfg, records: dict[str, UserRecord], default_root: str) -> None:
+    def __init__(self, cfg: Config, records: dict[str, UserRecord], default_root: str) -> None:
         super().__init__(cfg, default_root)
         self._by_name = {r.name: r for r in records.values()}
 
@@ -185,7 +186,7 @@ def _stat_key(st: os.stat_result) -> tuple[int, ...]:
 class UserFileAuthenticator(_RecordAuthenticator):
     """Users from `path`; raises OSError/ValueError at construction if it is unusable."""
 
-    def __init__(self, cfg, path: str, default_root: str) -> None:
+    def __init__(self, cfg: Config, path: str, default_root: str) -> None:
         super().__init__(cfg, default_root)
         self._path = path
         self._lock = threading.Lock()  # logins may run in a thread pool

@@ -1,0 +1,260 @@
+"""One transfer over the data connection: prepare, connect, 150, move the bytes, final reply.
+
+Every decision is already on the action (proto/session.py `_transfer_decisions`:
+protection and TLS reuse, rate, atomic upload, chown, may_overwrite, the MLSD
+rule); this module carries it out and reports a `TransferDone`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import stat as stat_mod
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..logs.events import TransferRecord
+from ..proto import paths
+from ..proto.actions import ReceiveFile, SendFile, SendListing, TransferAction, TransferDone
+from ..proto.listing import Entry
+from . import data, files, tls
+from .jail import Jail
+
+if TYPE_CHECKING:
+    from .control import ControlConnection
+
+__all__ = ["run", "ATOMIC_GRACE"]
+
+ATOMIC_GRACE = 0.05  # seconds to wait for a dying client's control EOF
+
+
+@dataclass(slots=True)
+class Held:
+    """What one transfer holds open; `release` frees whatever is left."""
+
+    fd: int | None = None                # the file read or written
+    name: str = ""                       # the name written (STOU picks it)
+    partial: str | None = None           # atomic upload: the hidden file renamed into place at the end
+    sock: socket.socket | None = None    # the data socket before it became a connection
+    conn: data.Conn | None = None        # the data connection (plain or TLS)
+    moving: bool = False                 # the 150 went out and bytes began to move: the transfer is logged
+
+    def release(self) -> None:
+        if self.conn is not None:  # a failed transfer: no close_notify
+            self.conn.abort()
+            self.conn = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+async def run(cc: ControlConnection, action: TransferAction) -> None:
+    """The whole transfer, then its final reply (and the transfer log line)."""
+    progress = cc.transfer_progress
+    held = Held()
+    started = time.time()
+    try:
+        done = await _move(cc, action, progress, held)
+    except asyncio.CancelledError:
+        done = TransferDone("aborted", progress[0])
+    except OSError:  # the control connection failed under us (or would not drain)
+        done = TransferDone("connection_lost", progress[0])
+    finally:
+        held.release()
+    if held.moving and isinstance(action, (SendFile, ReceiveFile)):
+        _log(cc, action, done, started, held.name)
+    try:
+        await cc.emit(cc.session.complete(action, done))
+    except OSError:
+        cc.closing = True
+        cc.writer.transport.abort()  # the main loop sees the end and cleans up
+
+
+async def _move(cc: ControlConnection, action: TransferAction, progress: list[int], held: Held) -> TransferDone:
+    jail = cc.jail
+    assert jail is not None
+    size: int | None = None
+    payload = b""
+    try:
+        if isinstance(action, SendFile):
+            held.fd, size = files.open_download(jail, action)
+        elif isinstance(action, ReceiveFile):
+            held.fd, held.name, held.partial = files.open_upload(jail, action)
+        else:
+            assert isinstance(action, SendListing)
+            payload = await asyncio.to_thread(_render_listing, cc, jail, action)
+    except OSError as e:
+        return TransferDone("local_error", error=e)
+    try:
+        held.sock = await cc.data.connect(cc.session.data_kind, cc.session.port_target)
+    except data.DataRefused:
+        return TransferDone("no_data_connection")
+    if isinstance(action, ReceiveFile) and not (action.append or action.offset or action.unique):
+        # only now, with the data connection up, may an old file be emptied:
+        # a STOR answered 425 leaves it as it was
+        assert held.fd is not None
+        os.ftruncate(held.fd, 0)
+    start: TransferAction = action
+    if isinstance(action, ReceiveFile) and action.unique:
+        start = ReceiveFile(paths.resolve(paths.parent(action.path), held.name), unique=True)
+    cc.send(cc.session.transfer_started(start, size))
+    if isinstance(start, (SendFile, ReceiveFile)):
+        cc.events.transfer_start(cc.sid, cc.remote_ip, cc.user, start.path,
+                                 "o" if isinstance(start, SendFile) else "i")
+    await cc.drain()
+    upload = isinstance(action, ReceiveFile)
+    link = cc.ctx.tls_link if action.protected else None
+    refused = await _connect(cc, action, held, upload)
+    if refused is not None:
+        return refused
+    held.moving = True
+    conn = held.conn
+    assert conn is not None
+    stall = float(cc.cfg.data_connection_timeout or 0)
+    throttle = _throttle(cc, action)
+    try:
+        if isinstance(action, SendFile):
+            assert held.fd is not None
+            await data.send_file(conn, held.fd, action.offset, action.ascii, progress, stall, throttle)
+        elif isinstance(action, ReceiveFile):
+            assert held.fd is not None
+            await data.receive_file(conn, held.fd, action.ascii, progress, stall, throttle)
+        else:
+            progress[0] = await data.send_bytes(conn, payload)
+    except (ConnectionError, TimeoutError, ssl.SSLError):
+        return TransferDone("connection_lost", progress[0])
+    except OSError as e:  # the local file failed (disk full, quota)
+        return TransferDone("local_error", progress[0], error=e)
+    if link is not None and not upload:  # whole: the helper may send close_notify
+        try:
+            await asyncio.to_thread(link.sent)
+        except Exception:  # the helper is gone
+            return TransferDone("connection_lost", progress[0])
+    # close_notify (TLS): the client knows the data is whole; strict_ssl_write_shutdown
+    # wants the client's close_notify back on a download
+    confirm = 0.0 if upload or not action.protected else _confirm_seconds(cc)
+    held.conn = None
+    if not await conn.close(confirm=confirm):
+        return TransferDone("connection_lost", progress[0])
+    if link is not None:  # how the helper saw the TLS stream end decides
+        ended = await asyncio.to_thread(link.ended, _confirm_seconds(cc) + 30)
+        if ended is not None:
+            return TransferDone("connection_lost", progress[0])
+    if isinstance(action, ReceiveFile):
+        return await _finish_upload(cc, jail, action, held, progress[0])
+    return TransferDone("ok", progress[0], name=held.name)
+
+
+async def _connect(cc: ControlConnection, action: TransferAction, held: Held, upload: bool) -> TransferDone | None:
+    """Make `held.sock` the data connection `held.conn` (TLS as the action says); None when it is up."""
+    sock = held.sock
+    assert sock is not None
+    if action.protected and cc.ctx.tls_link is not None:  # isolated: the TLS helper does TLS, we see plaintext
+        held.sock = None  # wrap takes it
+        try:
+            plain = await asyncio.to_thread(cc.ctx.tls_link.wrap, sock, upload, action.reuse_required)
+        except Exception as e:  # TlsRefused, or the helper is gone
+            return TransferDone("tls_refused", detail=str(e) or e.__class__.__name__)
+        held.conn = data.PlainConn(plain)
+        return None
+    if action.protected:  # the handshake follows the 150, as clients expect (and vsftpd does)
+        assert cc.ssl_context is not None
+        try:
+            conn = await tls.accept_data(sock, cc.ssl_context, float(cc.cfg.accept_timeout or 60),
+                                         strict_eof=bool(cc.cfg.strict_ssl_read_eof))
+        except (TimeoutError, OSError, ssl.SSLError) as e:
+            return TransferDone("tls_refused", detail=f"handshake failed ({e.__class__.__name__})")
+        held.sock = None
+        refusal = await tls.refuse_unresumed(conn, action.reuse_required)
+        if refusal:
+            return TransferDone("tls_refused", detail=refusal)
+        held.conn = conn
+        return None
+    held.sock = None
+    held.conn = data.PlainConn(sock)
+    return None
+
+
+async def _finish_upload(cc: ControlConnection, jail: Jail, action: ReceiveFile, held: Held,
+                         size: int) -> TransferDone:
+    if held.partial is not None:  # atomic_uploads: the name appears only now, complete
+        # A client that died closed both connections; the end of the data is
+        # then no proof of a complete file.  Give the control EOF a moment to
+        # arrive (atomic uploads only: it costs this much per upload).
+        await asyncio.sleep(ATOMIC_GRACE)
+        if cc.reader.at_eof():
+            return TransferDone("connection_lost", size)
+        try:  # no replace where the user may not overwrite: the kernel refuses atomically
+            jail.rename(held.partial, action.path, replace=action.may_overwrite)
+        except OSError as e:
+            return TransferDone("local_error", size, error=e)
+    if action.chown and cc.ctx.broker is not None:  # pooled mode runs as one user: nobody to give it to
+        try:
+            await asyncio.to_thread(cc.ctx.broker.chown_upload, held.fd)
+        except OSError as e:
+            return TransferDone("local_error", size, error=e)
+    return TransferDone("ok", size, name=held.name)
+
+
+def _confirm_seconds(cc: ControlConnection) -> float:
+    """strict_ssl_write_shutdown: how long a download waits for the client's close_notify."""
+    if not cc.cfg.strict_ssl_write_shutdown:
+        return 0.0
+    return float(cc.cfg.data_connection_timeout or 60)
+
+
+def _throttle(cc: ControlConnection, action: TransferAction) -> data.Throttle | None:
+    """The action's rate and the account's shared budget, or None (the zero-copy path) when neither."""
+    rates = cc.ctx.account_rates
+    account = cc.session.account
+    shared = rates.reserve_for(account.name) if rates is not None and account is not None else None
+    return data.Throttle(action.rate, shared) if action.rate or shared else None
+
+
+def _log(cc: ControlConnection, action: SendFile | ReceiveFile, done: TransferDone, started: float,
+         name: str) -> None:
+    account = cc.session.account
+    path = action.path
+    if isinstance(action, ReceiveFile) and action.unique and name:
+        path = paths.resolve(paths.parent(action.path), name)
+    cc.events.transfer(TransferRecord(
+        session=cc.sid, remote_ip=cc.remote_ip, user=cc.user,
+        user_class=account.user_class.value if account is not None else "",
+        anon_password=getattr(account, "anon_password", ""), path=path,
+        direction="o" if isinstance(action, SendFile) else "i", ascii=action.ascii,
+        size=done.size, seconds=time.time() - started, complete=done.status == "ok",
+        started_at=started))
+
+
+def _render_listing(cc: ControlConnection, jail: Jail, action: SendListing) -> bytes:
+    st = jail.stat(action.path)
+    given = action.given
+    # NLST prints names as the client spelled the directory (vsftpd):
+    # "NLST sub" -> "sub/a.txt", "NLST /sub/*.txt" -> "/sub/a.txt", "NLST" -> "a.txt"
+    prefix = ""
+    show_hidden = action.show_hidden
+    if stat_mod.S_ISDIR(st.st_mode):
+        entries = jail.listdir(action.path)
+        entries.sort(key=lambda e: e.name)
+        if action.pattern:
+            prefix = given[:len(given) - len(action.pattern)]
+        elif given not in ("", "."):
+            prefix = given if given.endswith("/") else given + "/"
+    elif action.dir_only:
+        raise NotADirectoryError(20, "Not a directory")
+    else:
+        entries = [Entry.from_stat(paths.basename(action.path), jail.lstat(action.path))]
+        if action.kind == "NLST":  # one file: its name exactly as given
+            entries = [entries[0]._replace(name=given or entries[0].name)]
+        show_hidden = True  # named outright: shown even if it is a dot file
+    lines = cc.session.render_lines(action.kind, entries, time.time(), show_hidden,
+                                    pattern=action.pattern, prefix=prefix)
+    if not lines:
+        return b""
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
