@@ -294,9 +294,12 @@ def _serve(args: argparse.Namespace) -> int:
     quick_users = _quick_users(args.user)
     isolated = isolated_mode(cfg, quick)
     # the same checks as check-config: every problem at once, at its line
-    report = check_site(cfg, args.config or "serve", isolated=isolated, quick_root=root)
-    if report.errors:
-        raise ConfigError.several(report.errors)
+    if isolated:  # the check reads the user DB: in a child, so no hash stays in the listener
+        errors = _site_errors_apart(cfg, args.config)
+    else:
+        errors = check_site(cfg, args.config or "serve", isolated=isolated, quick_root=root).errors
+    if errors:
+        raise ConfigError.several(errors)
     if isolated:
         return _serve_isolated(args, cfg)
     if cfg.local_enable and "local_enable" in cfg.explicit:
@@ -375,8 +378,37 @@ def _ban_list(cfg: Any, kept: list[Any] | None) -> Any:
     return kept[0]
 
 
+def _site_errors_apart(cfg: Any, source: str) -> list[ConfigError]:
+    """check_site (isolated mode) run in a child that exits: its reading of the
+    user DB leaves no hash in the listener, which forks every session (issue 18.6)."""
+    from .preflight import check_site
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            errors = check_site(cfg, source, isolated=True).errors
+            with os.fdopen(w, "wb") as out:
+                out.write("\x1e".join(f"{e.where}\x1f{e.message}" for e in errors).encode("utf-8", "surrogateescape"))
+            code = 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as inp:
+        data = inp.read().decode("utf-8", "surrogateescape")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise StartupError("the configuration check failed")
+    return [ConfigError(*item.split("\x1f", 1)) for item in data.split("\x1e") if item]
+
+
 def _isolated_login(cfg: Any) -> Any:
-    """Isolated mode's password check, run by each session's monitor (root)."""
+    """Isolated mode's password check, run only in the password checker (priv/checker.py):
+    the one process that loads the user DB and runs PAM."""
     from .policy.auth.base import LoginRefused, LoginRequest
     from .policy.auth.local import LocalAuthenticator
     from .policy.identity import isolated_identity
@@ -396,6 +428,7 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
     from .policy.config import load_config
     from .preflight import prepare_secure_dir, secure_dir
     from .priv import worker  # imported before fork so sessions start fast
+    from .priv.checker import Checker, refused
     from .priv.listener import Listener, run_one_session
 
     prepare_secure_dir(cfg)  # our default jail, made now if missing (checked by check_site)
@@ -403,20 +436,43 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
 
     account_rates = _account_rates(cfg)
 
-    def load() -> Any:
+    def config() -> Any:
         fresh, _warnings = load_config(args.config, args.overrides, flags=_flags(args))
         # the pre-login jail actually used (ours unless the file names one)
-        fresh = fresh.replace(secure_chroot_dir=secure_dir(fresh))
-        return worker.Site(fresh, _isolated_login(fresh), banner=_banner(fresh),
+        return fresh.replace(secure_chroot_dir=secure_dir(fresh))
+
+    def login() -> Any:  # in the password checker only: it loads the user DB
+        return _isolated_login(config())
+
+    def load() -> Any:  # the listener's: no user DB (checks go to the checker)
+        fresh = config()
+        return worker.Site(fresh, refused, banner=_banner(fresh),
                            events=_events(fresh, args.verbose),
                            bans=_ban_list(fresh, kept_bans), account_rates=account_rates)
 
     if not cfg.listen and not cfg.listen_ipv6:  # inetd / systemd Accept=yes: the client is on stdin
         conn = socket.socket(fileno=os.dup(0))
         kept_bans = None  # inetd: one connection per process, no bans to share
-        return run_one_session(load(), conn)
+        # this session's own checker, forked before anything loads the user DB; the
+        # session keeps only its channel (the checker ends with the session)
+        def leave_client() -> None:  # the checker never holds the client's connection
+            conn.close()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+        try:
+            checker = Checker(login, leave_client)
+        except RuntimeError as e:
+            raise StartupError(str(e)) from None
+        client = checker.connect()
+        checker.close()
+        return run_one_session(load(), conn, checker=client)
     (socks,) = _listen(_addresses(cfg, args.bind, False), cfg, 1)
-    listener = Listener(list(socks), load)
+    try:
+        listener = Listener(list(socks), load, login)
+    except RuntimeError as e:
+        raise StartupError(str(e)) from None
 
     def ready() -> None:
         _say_serving(args.config, socks, "isolated mode")

@@ -29,8 +29,17 @@ def ids(pid: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(map(int, uid[:3])), tuple(map(int, gid[:3]))
 
 
+def is_checker(pid: int) -> bool:
+    """The password checker (priv/checker.py) or one of its short-lived check children."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "ftpwarden-check"
+    except OSError:
+        return False
+
+
 def session_processes(srv: Server) -> list[int]:
-    return descendants(srv.proc.pid)
+    """The listener's sessions (monitors and workers), not its password checker."""
+    return [p for p in descendants(srv.proc.pid) if not is_checker(p)]
 
 
 def socket_inode(sock: socket.socket) -> int:

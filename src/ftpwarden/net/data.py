@@ -289,11 +289,17 @@ class Stalled:
 class Throttle:
     """anon_max_rate / local_max_rate: keep a transfer's average at `rate` bytes/s;
     `shared` (user_max_rate) reserves time on the account's bucket shared by all
-    of its sessions and returns how long to wait."""
+    of its sessions and returns how long to wait.
 
-    def __init__(self, rate: int, shared: Callable[[int], float] | None = None) -> None:
+    `grant` > 0 (isolated mode): `shared` is a blocking request to the monitor,
+    asked off the event loop for `grant` bytes at a time; the bytes of a grant
+    then move without asking again (a few requests a second)."""
+
+    def __init__(self, rate: int, shared: Callable[[int], float] | None = None, grant: int = 0) -> None:
         self.rate = rate
         self.shared = shared
+        self.grant = grant
+        self.granted = 0  # bytes of grants not yet moved
         self.started = 0.0
         self.moved = 0
 
@@ -302,7 +308,7 @@ class Throttle:
         return max(4096, min(default, self.rate // 10)) if self.rate else min(default, 64 * 1024)
 
     async def account(self, n: int) -> None:
-        wait = self.shared(n) if self.shared else 0.0
+        wait = await self._shared_wait(n) if self.shared else 0.0
         if self.rate:
             now = asyncio.get_running_loop().time()
             if not self.moved:
@@ -311,6 +317,18 @@ class Throttle:
             wait = max(wait, self.moved / self.rate - (now - self.started))
         if wait > 0:
             await asyncio.sleep(wait)
+
+    async def _shared_wait(self, n: int) -> float:
+        assert self.shared is not None
+        if not self.grant:
+            return self.shared(n)
+        self.granted -= n
+        if self.granted >= 0:
+            return 0.0
+        ask = max(self.grant, -self.granted)
+        wait = await asyncio.to_thread(self.shared, ask)
+        self.granted += ask
+        return wait
 
 
 async def send_file(conn: Conn, fd: int, offset: int, ascii_mode: bool, progress: list[int],

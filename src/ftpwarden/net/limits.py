@@ -8,15 +8,19 @@ a collision can only make the limit stricter, never looser).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import mmap
 import multiprocessing
+import os
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["SessionLimits", "AccountRates", "held_lock"]
+__all__ = ["SessionLimits", "AccountRates", "RateGrants", "grant_size", "max_grant", "MAX_WAIT", "held_lock"]
 
 _BUCKETS = 4096
 _SLOT = struct.Struct("=q")
@@ -77,45 +81,117 @@ class SessionLimits:
 
 
 _RATE_SLOT = struct.Struct("=Id")  # account-name hash, time the account's bucket is booked until
+MAX_WAIT = 5.0  # seconds: the longest wait one booking may ask for, whatever the table says
+_LOCK_WAIT = 1.0  # seconds; a lock held longer than this is a stopped holder's: go on without it
+_LOCK_POLL = 0.001
+
+
+def grant_size(rate: int) -> int:
+    """Bytes an isolated worker asks its monitor for at once: about 1/10 s of the
+    rate, and at least one transfer chunk (64 KiB), so a transfer asks a few times a second."""
+    return max(rate // 10, 64 * 1024)
+
+
+def max_grant(rate: int) -> int:
+    """The most one request may book; a bigger ask is a broken worker."""
+    return 4 * grant_size(rate)
 
 
 class AccountRates:
     """user_max_rate: one byte budget per account, shared by all its sessions in
-    every process (pooled workers, isolated session processes alike)."""
+    every process.  Pooled workers book on it directly (one uid); in isolated
+    mode only the root monitors hold it and book for their own session's
+    account (`grants`), the workers drop it (`detach`).
+
+    The table is a memfd (named in /proc/PID/maps) locked with a POSIX record
+    lock, as priv/checkslots.py: a process that closes the fd and unmaps the
+    table keeps nothing of it, and a holder that dies releases the lock."""
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
-        self._mem = mmap.mmap(-1, _RATE_SLOT.size * _BUCKETS)
-        self._lock = multiprocessing.Lock()
+        size = _RATE_SLOT.size * _BUCKETS
+        self._fd = os.memfd_create("ftpwarden-rates", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, size)
+        self._ino = os.fstat(self._fd).st_ino
+        self._mem: mmap.mmap | None = mmap.mmap(self._fd, size)  # MAP_SHARED: survives fork
+        self._threads = threading.Lock()  # record locks are per process: threads need their own
 
     def detach(self) -> None:
-        """A process that moves no user's bytes (pre-login worker, TLS helper) drops the table."""
-        self._mem.close()
+        """A process that must not book (isolated workers, TLS helper) drops the table and its lock."""
+        if self._mem is not None:
+            self._mem.close()
+            self._mem = None
+        fd, self._fd = self._fd, -1
+        try:  # close only our memfd: a hygiene pass may have closed the number already
+            if fd >= 0 and os.fstat(fd).st_ino == self._ino:
+                os.close(fd)
+        except OSError:
+            pass
 
     def reserve_for(self, account: str) -> Callable[[int], float]:
-        """A function booking n bytes on the account's bucket; it returns the wait in seconds."""
+        """A function booking n bytes on the account's bucket; it returns the wait in
+        seconds, never more than MAX_WAIT (a bad entry cannot stall a session for good)."""
         key = zlib.crc32(account.encode("utf-8", "surrogateescape")) or 1
 
         def reserve(n: int) -> float:
             now = time.monotonic()
-            with held_lock(self._lock):
-                offset = self._slot(key, now)
-                _, booked = _RATE_SLOT.unpack_from(self._mem, offset)
-                start: float = max(now, booked)
-                _RATE_SLOT.pack_into(self._mem, offset, key, start + n / self.rate)
-            return start + n / self.rate - now
+            with self._locked() as mem:
+                if mem is None:
+                    return 0.0
+                offset = self._slot(mem, key, now)
+                _, booked = _RATE_SLOT.unpack_from(mem, offset)
+                # booked past the horizon (a backlog or a bad entry): book from the horizon
+                start: float = min(max(now, booked), now + MAX_WAIT)
+                _RATE_SLOT.pack_into(mem, offset, key, start + n / self.rate)
+            return min(start + n / self.rate - now, MAX_WAIT)
         return reserve
 
-    def _slot(self, key: int, now: float) -> int:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[mmap.mmap | None]:
+        """The table, locked; None when detached or a holder keeps it too long (fail open)."""
+        with self._threads:
+            if self._mem is None or not _lockf(self._fd, time.monotonic() + _LOCK_WAIT):
+                yield None
+                return
+            try:
+                yield self._mem
+            finally:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _slot(mem: mmap.mmap, key: int, now: float) -> int:
         """The account's slot: its own, or a free or expired one (probing), so two
         accounts never share a budget while both are busy."""
         first = key % _BUCKETS
         for i in range(16):
             offset = ((first + i) % _BUCKETS) * _RATE_SLOT.size
-            owner, booked = _RATE_SLOT.unpack_from(self._mem, offset)
+            owner, booked = _RATE_SLOT.unpack_from(mem, offset)
             if owner in (key, 0) or booked < now:
                 return offset
         return first * _RATE_SLOT.size  # all 16 busy: share (stricter, never looser)
+
+
+def _lockf(fd: int, deadline: float) -> bool:
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_LOCK_POLL)
+
+
+class RateGrants:
+    """An isolated post-login worker's user_max_rate: no table, only the right to
+    ask its monitor for grants.  `ask(n)` books n bytes for this session's own
+    account (the monitor knows which) and returns the wait in seconds."""
+
+    def __init__(self, ask: Callable[[int], float], rate: int) -> None:
+        self.ask = ask
+        self.size = grant_size(rate)
 
 
 @contextlib.contextmanager

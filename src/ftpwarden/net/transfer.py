@@ -22,6 +22,7 @@ from ..proto.actions import ReceiveFile, SendFile, SendListing, TransferAction, 
 from ..proto.listing import Entry
 from . import data, files, tls
 from .jail import Jail
+from .limits import RateGrants
 
 if TYPE_CHECKING:
     from .control import ControlConnection
@@ -199,6 +200,10 @@ async def _finish_upload(cc: ControlConnection, jail: Jail, action: ReceiveFile,
             await asyncio.to_thread(cc.ctx.broker.chown_upload, held.fd)
         except OSError as e:
             return TransferDone("local_error", size, error=e)
+        finally:  # the file is chown_username's now: this session writes no more to it
+            if held.fd is not None:
+                os.close(held.fd)
+                held.fd = None
     return TransferDone("ok", size, name=held.name)
 
 
@@ -213,8 +218,11 @@ def _throttle(cc: ControlConnection, action: TransferAction) -> data.Throttle | 
     """The action's rate and the account's shared budget, or None (the zero-copy path) when neither."""
     rates = cc.ctx.account_rates
     account = cc.session.account
-    shared = rates.reserve_for(account.name) if rates is not None and account is not None else None
-    return data.Throttle(action.rate, shared) if action.rate or shared else None
+    if rates is None or account is None:
+        return data.Throttle(action.rate) if action.rate else None
+    if isinstance(rates, RateGrants):  # isolated: the monitor books for this session's account
+        return data.Throttle(action.rate, rates.ask, grant=rates.size)
+    return data.Throttle(action.rate, rates.reserve_for(account.name))
 
 
 def _log(cc: ControlConnection, action: SendFile | ReceiveFile, done: TransferDone, started: float,

@@ -13,7 +13,11 @@ import os
 import resource
 import signal
 
-__all__ = ["drop_privileges", "set_parent_death_signal", "no_new_privs", "CredentialError"]
+__all__ = ["drop_privileges", "set_parent_death_signal", "no_new_privs", "CredentialError",
+           "close_strays", "minimal_environment", "WORKER_PATH"]
+
+WORKER_PATH = "/usr/bin:/bin"
+_KEPT_VARIABLES = ("LANG", "LC_ALL", "TZ")  # the service's locale and zone, if it has them
 
 _PR_SET_PDEATHSIG = 1
 _PR_GET_PDEATHSIG = 2
@@ -86,3 +90,53 @@ def drop_privileges(uid: int, gid: int, *, groups: list[int] | None = None, root
     _prctl(_PR_SET_DUMPABLE, 0)  # no core files or ptrace from other processes of this uid
     if memory_limit:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+
+def close_strays(keep: set[int]) -> None:
+    """Close every descriptor but `keep` and stderr (where a crash is reported):
+    whatever the launcher left open must not reach a worker.  stdin and stdout
+    become /dev/null unless kept, so a later socket never takes their numbers
+    (a stray print would go to it)."""
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for fd in (0, 1):
+        if fd not in keep:
+            os.dup2(devnull, fd, inheritable=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = max(soft, hard, max(keep, default=0) + 1)
+    if top == resource.RLIM_INFINITY or top > 1 << 20:
+        top = 1 << 20  # close_range(2) copes; a fallback loop must end
+    low = 3
+    for fd in sorted(keep | {0, 1, 2}):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, top)  # devnull too, unless it took a free number below 3 (then it stays there)
+
+
+def minimal_environment() -> None:
+    """PATH, and the service's LANG, LC_ALL and TZ: nothing else of the launcher's
+    environment (it may hold secrets).  The strings the kernel placed at exec
+    (what /proc/PID/environ shows, and what this process could read back from
+    its own memory) are overwritten too; unsetenv alone leaves them there."""
+    keep = {"PATH": WORKER_PATH} | {k: os.environ[k] for k in _KEPT_VARIABLES if k in os.environ}
+    os.environ.clear()
+    os.environ.update(keep)
+    _overwrite_exec_environment(b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0"
+                                         for k, v in keep.items()))
+
+
+def _overwrite_exec_environment(block: bytes) -> None:
+    """Replace the exec-time environment strings with `block`, zero-padded.  After
+    os.environ.clear() nothing in libc points there any more (setenv copied the
+    new values); a block that does not fit leaves the area all zeros."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return  # no /proc: os.environ is still minimal
+    start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50 and 51 of stat)
+    size = end - start
+    if size <= 0:
+        return
+    data = block if len(block) <= size else b""
+    ctypes.memmove(start, data.ljust(size, b"\0"), size)

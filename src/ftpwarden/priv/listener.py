@@ -5,7 +5,9 @@ are closed.  SIGHUP re-reads the config for new sessions; SIGTERM stops the
 listener and the sessions (each monitor gets SIGTERM and ends its workers with
 a 421; a listener that dies any other way sends its monitors SIGTERM through
 their parent-death signal); children are reaped as they end (no zombies).
-Password checks are bounded across all monitors (checkslots.CheckSlots).
+Password checks are bounded across all monitors (checkslots.CheckSlots) and
+run in the password checker (priv/checker.py), started here before anything
+loads the user DB and started again if it dies.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..policy.passwords import dummy_verify
+from .checker import Authenticate, Checker, CheckerClient
 from .checkslots import CheckSlots, default_slots
 from .creds import set_parent_death_signal
 from .monitor import Monitor
@@ -35,17 +38,20 @@ BANNED = b"421 Too many failed logins from your address; try again later.\r\n"
 _M_MMAP_THRESHOLD = -3
 
 
-def run_one_session(site: Any, conn: socket.socket, slots: CheckSlots | None = None) -> int:
+def run_one_session(site: Any, conn: socket.socket, slots: CheckSlots | None = None,
+                    checker: CheckerClient | None = None) -> int:
     """One session in this process (a forked child, or inetd mode).
-    `slots`: the listener's bound on concurrent password checks."""
+    `slots`: the listener's bound on concurrent password checks; `checker`: this
+    session's channel to the password checker (None: site.authenticate checks)."""
     from . import worker  # already imported by the caller in standalone mode (fork shares it)
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
-    return Monitor(site.cfg, conn, authenticate=site.authenticate,
+    return Monitor(site.cfg, conn, authenticate=site.authenticate if checker is None else checker,
                    prelogin=functools.partial(worker.prelogin, site),
                    postlogin=functools.partial(worker.postlogin, site),
-                   bans=site.bans, events=site.events, slots=slots).run()
+                   bans=site.bans, events=site.events, slots=slots,
+                   account_rates=site.account_rates).run()
 
 
 def _hash_buffers_unmapped() -> None:
@@ -66,21 +72,27 @@ def _drain(fd: int) -> bool:
 
 
 class Listener:
-    def __init__(self, sockets: list[socket.socket], load: Callable[[], Any]) -> None:
-        """`load()` -> a worker.Site: called at start and on SIGHUP."""
+    def __init__(self, sockets: list[socket.socket], load: Callable[[], Any],
+                 login: Callable[[], Authenticate] | None = None) -> None:
+        """`load()` -> a worker.Site: called at start and on SIGHUP.  `login()` ->
+        the password check, run only in the checker (None: no checker, the
+        monitors run site.authenticate themselves)."""
         self.sockets = sockets
         self.load = load
+        self._wake: tuple[int, ...] = ()
+        # first, before anything here could load the user DB: only the checker holds it
+        self.checker = Checker(login, self._close_in_checker) if login is not None else None
         self.site = load()
         self.slots = CheckSlots(default_slots())  # kept across SIGHUP: monitors of both configs share it
         _hash_buffers_unmapped()
-        # One check here first: what the hashing library sets up on first use is
-        # then shared by every monitor (copy-on-write) instead of made in each.
-        dummy_verify("warm-up")
+        if self.checker is None:
+            # One check here first: what the hashing library sets up on first use is
+            # then shared by every monitor (copy-on-write) instead of made in each.
+            dummy_verify("warm-up")
         self.children: dict[int, str] = {}  # pid -> client ip
         self.per_ip: dict[str, int] = {}
         self.stopping = False
         self.reload = False
-        self._wake: tuple[int, ...] = ()
 
     def serve(self, ready: Callable[[], None] | None = None) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -99,6 +111,8 @@ class Listener:
             if self.reload:
                 self._reload()
             self._reap()
+            if self.checker is not None:
+                self.checker.ensure()  # it died: a new one (meanwhile logins are refused)
             try:
                 readable, _, _ = select.select(watched, [], [], 1.0)
             except InterruptedError:
@@ -126,6 +140,8 @@ class Listener:
             old, self.site = self.site, self.load()
             if old.events is not None and old.events is not self.site.events:
                 old.events.close()
+            if self.checker is not None:
+                self.checker.reload()  # the checker reads the user DB again itself
             print("ftpwarden: configuration re-read; new sessions use it", file=sys.stderr)
         except Exception as e:  # a broken file keeps the old config running
             print(f"ftpwarden: SIGHUP: keeping the old configuration: {e}", file=sys.stderr)
@@ -155,6 +171,7 @@ class Listener:
             conn.close()
             return
         conn.setblocking(True)
+        client = self.checker.connect() if self.checker is not None else None
         me = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -167,18 +184,22 @@ class Listener:
                 signal.set_wakeup_fd(-1)
                 for fd in self._wake:
                     os.close(fd)
-                code = run_one_session(self.site, conn, self.slots)
+                if self.checker is not None:
+                    self.checker.close()  # a monitor has its own channel, never the control one
+                code = run_one_session(self.site, conn, self.slots, client)
             except BaseException:  # never return into the accept loop
                 import traceback
                 traceback.print_exc()
             finally:
                 os._exit(code)
         conn.close()
+        if client is not None:
+            client.detach()  # the monitor's now
         self.children[pid] = ip
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
 
     def _reap(self) -> None:
-        while self.children:
+        while self.children or (self.checker is not None and self.checker.pid):
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -187,6 +208,9 @@ class Listener:
                 return
             if pid == 0:
                 return
+            if self.checker is not None and self.checker.ended(pid):
+                print("ftpwarden: the password checker ended; starting a new one", file=sys.stderr)
+                continue
             ip = self.children.pop(pid, None)
             if ip is not None:
                 left = self.per_ip.get(ip, 1) - 1
@@ -213,4 +237,33 @@ class Listener:
             except ProcessLookupError:
                 pass
         self._reap()
+        if self.checker is not None:
+            self._end_checker()
         return 0
+
+    def _end_checker(self) -> None:
+        assert self.checker is not None
+        pid = self.checker.pid
+        self.checker.close()  # with no monitor left, the checker ends on this
+        deadline = time.monotonic() + 5
+        while pid and time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return
+            time.sleep(0.01)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+    def _close_in_checker(self) -> None:
+        """Run in a new checker: it never accepts, and the wake-up pipe is the listener's."""
+        for s in self.sockets:
+            s.close()
+        signal.set_wakeup_fd(-1)
+        for fd in self._wake:
+            os.close(fd)

@@ -20,6 +20,10 @@ __all__ = [
     "Message", "ChannelError", "MAX_MESSAGE", "encode", "decode",
     "Login", "LoginOk", "LoginFailed", "Handover", "ActiveDataSocket", "DataSocket",
     "ChownUpload", "Done", "Refused", "WrapData", "DataWrapped", "DataEnded", "DataSent",
+    "LogConnect", "LogCommand", "LogReply", "LogTransferStart", "LogTransfer", "LogFsChange",
+    "LogDisconnect", "LogNotice",
+    "RateGrant", "RateWait",
+    "CheckerConn", "CheckerReload", "CheckerUp", "CheckLogin", "CheckGranted", "CheckRefused",
 ]
 
 MAX_MESSAGE = 64 * 1024  # a login or a handover of pipelined commands fits easily
@@ -37,11 +41,14 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Login(Message):
-    """Pre-login: check these credentials."""
+    """Pre-login: check these credentials.  `tls_protected`: the worker says the
+    control connection is under TLS: the worker's claim, which the monitor
+    cannot verify (it never sees the TLS layer; vsftpd's monitor trusts it too)."""
 
     kind: ClassVar[int] = 1
     user: str
     password: str = dataclasses.field(repr=False)
+    tls_protected: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +169,171 @@ class Refused(Message):
     reason: str
 
 
+# --- the password checker (priv/checker.py) ------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CheckerConn(Message):
+    """Listener -> checker: the descriptor is one monitor's own channel to the checker."""
+
+    kind: ClassVar[int] = 20
+
+
+@dataclass(frozen=True, slots=True)
+class CheckerReload(Message):
+    """Listener -> checker (SIGHUP): load the configuration and the user DB again."""
+
+    kind: ClassVar[int] = 21
+
+
+@dataclass(frozen=True, slots=True)
+class CheckerUp(Message):
+    """Checker -> listener, once at its start: `error` is empty when the user DB loaded."""
+
+    kind: ClassVar[int] = 22
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckLogin(Message):
+    """Monitor -> checker: check these credentials."""
+
+    kind: ClassVar[int] = 23
+    user: str
+    password: str = dataclasses.field(repr=False)
+    remote_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckGranted(Message):
+    """Checker -> monitor: a good login, as the account's fields (never a hash);
+    `grants` is the Perm values joined by commas."""
+
+    kind: ClassVar[int] = 24
+    name: str
+    user_class: str
+    root: str
+    grants: str
+    umask: int
+    anon_password: str
+    uid: int
+    gid: int
+    chroot: bool
+    start_dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRefused(Message):
+    """Checker -> monitor: refused (wrong password, unknown user, or no check possible)."""
+
+    kind: ClassVar[int] = 25
+
+
 KINDS: dict[int, type[Message]] = {
     cls.kind: cls for cls in (Login, Handover, ActiveDataSocket, ChownUpload, WrapData, DataSent, LoginOk,
                               LoginFailed, DataSocket, DataWrapped, DataEnded, Done, Refused)
 }
+KINDS.update({cls.kind: cls for cls in (CheckerConn, CheckerReload, CheckerUp, CheckLogin, CheckGranted,
+                                        CheckRefused)})
+
+
+# --- worker -> monitor: log events (kinds 30-39) -----------------------------
+# One-way: the monitor writes them through the configured sinks and answers
+# nothing.  It fills in the client address, the session id and (after login)
+# the user and class itself; the rest is the worker's word, bounded by logrelay.
+
+@dataclass(frozen=True, slots=True)
+class LogConnect(Message):
+    """The client is connected (pre-login only, once)."""
+
+    kind: ClassVar[int] = 30
+
+
+@dataclass(frozen=True, slots=True)
+class LogCommand(Message):
+    """A raw control line (the monitor masks PASS); `user` as the session knows it."""
+
+    kind: ClassVar[int] = 31
+    user: str
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogReply(Message):
+    """Encoded reply lines as sent (a long reply comes in several messages)."""
+
+    kind: ClassVar[int] = 32
+    user: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogTransferStart(Message):
+    kind: ClassVar[int] = 33
+    path: str
+    upload: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogTransfer(Message):
+    """A finished transfer; times in microseconds (the codec has no float)."""
+
+    kind: ClassVar[int] = 34
+    path: str
+    upload: bool
+    ascii: bool
+    size: int
+    micros: int
+    complete: bool
+    started_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogFsChange(Message):
+    kind: ClassVar[int] = 35
+    op: str
+    path: str
+    target: str
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogDisconnect(Message):
+    kind: ClassVar[int] = 36
+    user: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogNotice(Message):
+    """A worker's own diagnostic (Python logging): its fd 2 is /dev/null."""
+
+    kind: ClassVar[int] = 37
+    level: int
+    text: str
+
+
+KINDS.update({cls.kind: cls for cls in (LogConnect, LogCommand, LogReply, LogTransferStart, LogTransfer,
+                                        LogFsChange, LogDisconnect, LogNotice)})
+# --- user_max_rate grants (post-login worker <-> monitor) -------------------
+
+@dataclass(frozen=True, slots=True)
+class RateGrant(Message):
+    """Worker -> monitor: may this session move `nbytes` (1..limits.max_grant)?
+    The monitor books them for the session's own account; the worker names none."""
+
+    kind: ClassVar[int] = 40
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateWait(Message):
+    """Monitor -> worker: wait this long (microseconds, clamped) before moving them."""
+
+    kind: ClassVar[int] = 41
+    micros: int
+
+
+KINDS.update({cls.kind: cls for cls in (RateGrant, RateWait)})
 _INT = struct.Struct(">q")
 _LEN = struct.Struct(">I")
 

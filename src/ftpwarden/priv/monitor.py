@@ -1,8 +1,10 @@
 """The per-session privileged monitor: root, blocking, small, never reads the network.
 
 It forks the pre-login worker, answers exactly one kind of request before
-login (Login) and a closed set after it (ActiveDataSocket, ChownUpload), and
-ends the session on anything else.  Imports neither asyncio nor `net`.
+login (Login) and a closed set after it (ActiveDataSocket, ChownUpload,
+RateGrant), and ends the session on anything else.  Imports neither asyncio nor `net`.
+In both phases it also writes the workers' log events (logrelay): the
+processes that run as nopriv_user or as the login user hold no log descriptor.
 
 Ending: SIGTERM (the listener stopping) asks the worker to say 421 and go,
 then kills whatever is left within a few seconds.  Each worker has a parent-
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
+import logging
 import os
 import signal
 import socket
@@ -24,10 +28,14 @@ from typing import Any
 
 from ..net.bans import login_failed
 from ..net.data import active_socket
+from ..net.limits import max_grant
+from ..policy.auth.local import refused_at_user
 from ..proto import addr
 from .channel import Channel, ChannelClosed, channel_pair
+from .checker import CheckerClient
 from .checkslots import CheckSlots
 from .creds import set_parent_death_signal
+from .logrelay import LOG_EVENTS, LogRelay
 from .messages import (
     ActiveDataSocket,
     ChannelError,
@@ -38,10 +46,15 @@ from .messages import (
     Login,
     LoginFailed,
     LoginOk,
+    Message,
+    RateGrant,
+    RateWait,
     Refused,
 )
 
 __all__ = ["Monitor"]
+
+log = logging.getLogger("ftpwarden.monitor")
 
 # What the worker functions look like (priv/worker.py; injected so this
 # module never imports the asyncio side).
@@ -73,11 +86,12 @@ class Monitor:
 
     def __init__(self, cfg: Any, conn: socket.socket, *, authenticate: Callable[[str, str, str], Any],
                  prelogin: PreLogin, postlogin: PostLogin, bans: Any = None, events: Any = None,
-                 slots: CheckSlots | None = None) -> None:
+                 slots: CheckSlots | None = None, account_rates: Any = None) -> None:
         """`bans`: the listener's net.bans.BanList (None: off); `events` logs a ban;
         `slots` bounds password checks across the listener's monitors (None: no bound)."""
         self.cfg = cfg
         self.slots = slots
+        self.account_rates = account_rates  # net.limits.AccountRates: booked here, never by a worker
         self.bans = bans
         self.events = events
         self.conn = conn
@@ -88,6 +102,8 @@ class Monitor:
         self.remote_ip = conn.getpeername()[0]
         self.worker = 0
         self.helper = 0  # the pre-login worker kept as TLS helper
+        # the workers' log events, written here: they hold no log descriptor
+        self.relay = LogRelay(events, self.remote_ip, f"{os.getpid()}.1")
 
     # ------------------------------------------------------------------ phases
 
@@ -128,12 +144,14 @@ class Monitor:
                 set_parent_death_signal(parent=me)  # the worker sets its own SIGTERM handler
                 if self.slots is not None:
                     self.slots.detach()  # a worker could hold every slot: it gets none
+                if isinstance(self.authenticate, CheckerClient):
+                    self.authenticate.detach()  # only the monitor asks the password checker
                 mine.close()
                 body(theirs)
                 code = 0
             except BaseException:
-                import traceback
-                traceback.print_exc()
+                # to the monitor through the channel: a worker's fd 2 is /dev/null (logrelay)
+                log.exception("session worker failed")
             finally:
                 os._exit(code)
         theirs.close()
@@ -144,15 +162,20 @@ class Monitor:
         chan = self._fork_worker(lambda ch: self.prelogin(self.conn, ch))
         fails = 0
         max_fails = max(1, int(self.cfg.max_login_fails or 3))
+        granted = False  # once logged in, the pre-login worker's later events are not the session's
         try:
             while True:
                 try:
-                    msg, _ = chan.recv(Login)
+                    msg, _ = self._recv(chan, Login)
                 except ChannelClosed:
                     return None  # QUIT, timeout or disconnect before login
                 assert isinstance(msg, Login)
                 started = time.monotonic()
                 account = self._check(msg)
+                if account is not None and (why := self._login_refusal(msg, account)):
+                    log.warning("login %s refused by the monitor: %s", msg.user, why)
+                    account = None
+                self.relay.login(msg.user, account)
                 if account is None:
                     fails += 1
                     # the delay is read here, not taken from the (untrusted) worker
@@ -165,8 +188,9 @@ class Monitor:
                         self._end_worker(wait=5.0)
                         return None
                     continue
+                granted = True
                 chan.send(LoginOk(account.name, account.user_class.value))
-                msg, fds = chan.recv(Handover, max_fds=2)
+                msg, fds = self._recv(chan, Handover, max_fds=2)
                 assert isinstance(msg, Handover)
                 if fds:  # TLS: the pre-login worker stays on as the TLS helper
                     if len(fds) != 2:
@@ -178,6 +202,8 @@ class Monitor:
                     self._end_worker(wait=5.0)
                 return account, msg, fds
         finally:
+            if not granted:
+                self._drain_logs(chan)  # what it said last (530, disconnect, or before a SIGTERM)
             chan.close()
 
     def _check(self, msg: Login) -> Any:
@@ -199,10 +225,31 @@ class Monitor:
             raise _Stopped()
         return account
 
+    def _login_refusal(self, msg: Login, account: Any) -> str | None:
+        """What the pre-login worker checks at USER, checked again here for every
+        class of account: userlist_file, force_*_logins_ssl and allow_anon_ssl.
+        `msg.tls_protected` is the worker's word (see messages.Login)."""
+        cfg = self.cfg
+        if refused_at_user(cfg, msg.user):
+            return "refused by userlist_file"
+        if not cfg.ssl_enable:
+            return None
+        if account.user_class.value == "anonymous":
+            if msg.tls_protected and not cfg.allow_anon_ssl:
+                return "anonymous sessions may not use encryption"
+            if not msg.tls_protected and cfg.force_anon_logins_ssl:
+                return "anonymous sessions must use encryption"
+        elif not msg.tls_protected and cfg.force_local_logins_ssl:
+            return "non-anonymous sessions must use encryption"
+        return None
+
     def _post_login(self, account: Any, handover: Handover, fds: list[int]) -> None:
         conn = socket.socket(fileno=fds[0]) if fds else self.conn
         tls_fd = fds[1] if fds else -1
         addresses = (self.local_ip, self.remote_ip)
+        self.relay.logged_in(account)  # from now on the user in every line is the account's
+        if fds:  # TLS: the client's TCP socket is the helper's alone; the worker never holds it
+            self.conn.close()
         chan = self._fork_worker(lambda ch: self.postlogin(
             conn, ch, account, handover.pending, tls_state=handover.tls_state, tls_fd=tls_fd,
             addresses=addresses))
@@ -211,16 +258,22 @@ class Monitor:
         if fds:
             conn.close()
             os.close(tls_fd)
+        # user_max_rate: this session's account is the only one the worker's grants book on
+        reserve = self.account_rates.reserve_for(account.name) if self.account_rates is not None else None
         try:
             while True:
                 try:
-                    msg, fds = chan.recv(ActiveDataSocket, ChownUpload, max_fds=1)
+                    msg, fds = self._recv(chan, ActiveDataSocket, ChownUpload, RateGrant, max_fds=1)
                 except ChannelClosed:
                     return
                 if isinstance(msg, ActiveDataSocket):
                     if fds:
                         raise ChannelError("ActiveDataSocket carries no descriptor")
                     self._active_socket(chan, msg)
+                elif isinstance(msg, RateGrant):
+                    if fds:
+                        raise ChannelError("RateGrant carries no descriptor")
+                    self._rate_grant(chan, msg, reserve)
                 else:
                     if len(fds) != 1:
                         raise ChannelError("ChownUpload needs exactly one descriptor")
@@ -229,7 +282,40 @@ class Monitor:
                     finally:
                         os.close(fds[0])
         finally:
+            self._drain_logs(chan)  # what the worker said before a SIGTERM or a broken request
             chan.close()
+
+    # ------------------------------------------------------------------ log events
+
+    def _recv(self, chan: Channel, *expected: type[Message], max_fds: int = 0) -> tuple[Message, list[int]]:
+        """The next request of `expected`; the log events before it are written on the way."""
+        while True:
+            msg, fds = chan.recv(*expected, *LOG_EVENTS, max_fds=max_fds)
+            if not isinstance(msg, LOG_EVENTS):
+                return msg, fds
+            for fd in fds:
+                os.close(fd)
+            if fds:
+                raise ChannelError("a log event carries no descriptor")
+            self._write(msg)
+
+    def _write(self, msg: Message) -> None:
+        """A line is written whole or not at all: SIGTERM (_Stopped) waits until it is out."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            self.relay.handle(msg)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _drain_logs(self, chan: Channel) -> None:
+        """The log events an ended worker left in the channel (bounded: it is gone)."""
+        chan.sock.setblocking(False)
+        try:
+            for _ in range(10_000):
+                msg, _ = chan.recv(*LOG_EVENTS)
+                self._write(msg)
+        except (OSError, ChannelError):  # empty (BlockingIOError), closed or malformed
+            pass
 
     # ------------------------------------------------------------------ requests
 
@@ -254,20 +340,34 @@ class Monitor:
         finally:
             sock.close()
 
+    def _rate_grant(self, chan: Channel, msg: RateGrant, reserve: Callable[[int], float] | None) -> None:
+        """Book the bytes and say how long to wait (reserve clamps it to limits.MAX_WAIT)."""
+        if reserve is None or not 0 < msg.nbytes <= max_grant(self.account_rates.rate):
+            raise ChannelError("a rate grant out of bounds, or user_max_rate is off")
+        chan.send(RateWait(int(reserve(msg.nbytes) * 1_000_000)))
+
     def _chown_upload(self, chan: Channel, fd: int, account: Any) -> None:
-        """Only a regular file owned by the anonymous user, given to chown_username."""
+        """Only a regular file owned by the anonymous user, given to chown_username,
+        and only where chown_uploads is on: anything else ends the session."""
+        if not self.cfg.chown_uploads or account.user_class.value != "anonymous":
+            raise _refuse("CHOWN_UPLOAD without chown_uploads for an anonymous session")
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:  # fchown/fchmod would fail with EBADF
+            raise _refuse("CHOWN_UPLOAD of an O_PATH descriptor")
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or account.uid is None or st.st_uid != account.uid:
-            raise ChannelError("chown of something that is not the session's own upload")
+            raise _refuse("chown of something that is not the session's own upload")
         import pwd
         try:
             target = pwd.getpwnam(self.cfg.chown_username or "root")
         except KeyError:
             chan.send(Refused("no such chown_username"))
             return
-        os.fchown(fd, target.pw_uid, -1)  # the kernel clears setuid/setgid bits
         mode = int(self.cfg.chown_upload_mode or 0o600) & 0o777
-        os.fchmod(fd, mode)
+        try:
+            os.fchown(fd, target.pw_uid, -1)  # the kernel clears setuid/setgid bits
+            os.fchmod(fd, mode)
+        except OSError as e:  # a descriptor the checks above let through: still no traceback
+            raise _refuse(f"CHOWN_UPLOAD failed: {e.strerror or e}") from None
         chan.send(Done())
 
     # ------------------------------------------------------------------ helpers
@@ -302,6 +402,12 @@ class Monitor:
                     pass
                 return
             time.sleep(0.005)
+
+
+def _refuse(why: str) -> ChannelError:
+    """A request out of what this session may ask: logged, then the session ends."""
+    log.warning("session ended: %s", why)
+    return ChannelError(why)
 
 
 def _trim() -> None:

@@ -26,14 +26,28 @@ from typing import Any
 
 from ..net.context import ServerContext
 from ..net.control import ControlConnection
+from ..net.limits import MAX_WAIT, RateGrants
 from ..net.tls import Contexts, handshake_deadline, make_context
 from ..policy.auth.base import LoginRefused, LoginRequest
 from ..proto.actions import TlsState
 from ..proto.framing import line_cap
 from ..proto.principal import Principal, UserClass
 from .channel import Channel
-from .creds import drop_privileges, set_parent_death_signal
-from .messages import ActiveDataSocket, ChownUpload, DataSocket, Done, Handover, Login, LoginFailed, LoginOk, Refused
+from .creds import close_strays, drop_privileges, minimal_environment, set_parent_death_signal
+from .logrelay import forward_logs
+from .messages import (
+    ActiveDataSocket,
+    ChownUpload,
+    DataSocket,
+    Done,
+    Handover,
+    Login,
+    LoginFailed,
+    LoginOk,
+    RateGrant,
+    RateWait,
+    Refused,
+)
 from .tlshelper import TlsLink, serve_helper
 
 __all__ = ["Site", "prelogin", "postlogin", "WORKER_MEMORY_LIMIT"]
@@ -60,9 +74,11 @@ class MonitorAuthenticator:
 
     def __init__(self, chan: Channel) -> None:
         self.chan = chan
+        self.protected: Callable[[], bool] = lambda: False  # is the control connection under TLS now?
 
     def authenticate(self, req: LoginRequest) -> Principal:
-        self.chan.send(Login(req.user, req.password))
+        # the monitor re-checks force_*_logins_ssl against what we say here
+        self.chan.send(Login(req.user, req.password, self.protected()))
         msg, _ = self.chan.recv(LoginOk, LoginFailed)
         if isinstance(msg, LoginFailed):
             raise LoginRefused("refused by the monitor")
@@ -86,6 +102,14 @@ class MonitorBroker:
         if isinstance(msg, Refused):
             raise ConnectionRefusedError(msg.reason)
         return socket.socket(fileno=fds[0])
+
+    def rate_grant(self, nbytes: int) -> float:
+        """user_max_rate: book `nbytes` on this session's account; seconds to wait before moving them."""
+        with self.lock:
+            self.chan.send(RateGrant(nbytes))
+            msg, _ = self.chan.recv(RateWait)
+        assert isinstance(msg, RateWait)
+        return min(max(msg.micros, 0) / 1e6, MAX_WAIT)
 
     def chown_upload(self, fd: int) -> None:
         with self.lock:
@@ -124,7 +148,8 @@ def _detach_bans(site: Site) -> None:
 
 
 def _detach_rates(site: Site) -> None:
-    """Only the post-login worker books bytes on the shared account budgets."""
+    """Only the monitors book bytes on the shared account budgets: a worker
+    could book (or stall) every account's; the post-login one asks its monitor."""
     if site.account_rates is not None:
         site.account_rates.detach()
         site.account_rates = None
@@ -144,6 +169,7 @@ def _prepare(conn: socket.socket | None = None) -> None:
         os._exit(0)
     signal.signal(signal.SIGTERM, stop)
     set_parent_death_signal()
+    minimal_environment()  # before tzset: TZ is one of the few variables kept
     time.tzset()
     time.localtime()  # load the zone data now: /etc/localtime is gone after chroot
 
@@ -151,6 +177,7 @@ def _prepare(conn: socket.socket | None = None) -> None:
 def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     cfg = site.cfg
     _prepare(None if cfg.ssl_enable else conn)  # TLS may be on: no plain-text 421 then
+    forward_logs(site, chan.sock)  # no log fd here: the monitor writes what we report
     _detach_bans(site)
     _detach_rates(site)
     nobody = pwd.getpwnam(cfg.nopriv_user or "nobody")
@@ -175,12 +202,15 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     # Made before the jail: the userlist file and (TLS) the private key are read
     # here.  Only this process ever loads the key; the monitor never does, so
     # the post-login process, forked from the monitor, never holds it.
-    ctx = ServerContext(cfg, MonitorAuthenticator(chan), banner=site.banner, events=site.events,
+    monitor_auth = MonitorAuthenticator(chan)
+    ctx = ServerContext(cfg, monitor_auth, banner=site.banner, events=site.events,
                         handover=handover)
     if cfg.ssl_enable:
         # one session per pre-login process, so one context: it is this session's alone
         ctx.tls_contexts = Contexts.fixed(make_context(cfg))
     implicit = ctx.tls_contexts is not None and (cfg.implicit_ssl or conn.getsockname()[1] == cfg.implicit_ssl_port)
+    # all this process needs: its client, its channel (log events go through it too)
+    close_strays({conn.fileno(), chan.fileno()})
     drop_privileges(nobody.pw_uid, nobody.pw_gid, root=cfg.secure_chroot_dir,
                     memory_limit=WORKER_MEMORY_LIMIT)
 
@@ -201,6 +231,7 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
         else:
             reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
         control = ControlConnection(ctx, reader, writer)
+        monitor_auth.protected = lambda: control.session.tls_state().protected
         await control.run()
         if helper:
             assert control.ssl_context is not None
@@ -235,6 +266,9 @@ def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pend
               addresses: tuple[str, str] | None = None) -> None:
     cfg = site.cfg
     _prepare(conn)  # with TLS, the plain-text end whose bytes the TLS helper relays
+    rate = site.account_rates.rate if site.account_rates is not None else 0
+    _detach_rates(site)  # before anything else runs here: the budgets are the monitor's
+    forward_logs(site, chan.sock)  # no log fd here: the monitor writes what we report
     # vsftpd's rule: a user who can write the top of its own chroot could plant
     # files that a process inside trusts (/etc, /lib).  Refused unless the
     # operator says otherwise (never for anonymous).
@@ -252,11 +286,16 @@ def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pend
     groups: list[int] = []
     if account.user_class.value == "real":
         groups = os.getgrouplist(pwd.getpwuid(account.uid).pw_name, account.gid)
-    ctx = ServerContext(cfg, None, broker=MonitorBroker(chan), events=site.events)
-    ctx.account_rates = site.account_rates
+    broker = MonitorBroker(chan)
+    ctx = ServerContext(cfg, None, broker=broker, events=site.events)
+    if rate:  # user_max_rate: grants from the monitor, for this session's account only
+        ctx.account_rates = RateGrants(broker.rate_grant, rate)
     ctx.preload_names(names)
     if tls_fd >= 0:
         ctx.tls_link = TlsLink(Channel(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=tls_fd)))
+    # all this process needs: its client (or the TLS helper's plaintext end), its
+    # channel (log events and rate grants go through it too), the TLS link
+    close_strays({conn.fileno(), chan.fileno(), *([tls_fd] if tls_fd >= 0 else [])})
     try:
         drop_privileges(account.uid, account.gid, groups=groups,
                         root=account.root if account.chroot else None, memory_limit=WORKER_MEMORY_LIMIT)
