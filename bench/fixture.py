@@ -15,6 +15,7 @@ removed again at the end if this run created them.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import pwd
@@ -25,8 +26,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["USER", "PASSWORD", "Sizes", "Fixture", "SRC", "REPO", "BENCH", "SECURE_CHROOT_DIR", "sha256_file",
-           "first_line"]
+__all__ = ["USER", "PASSWORD", "CHEAP_USER", "Sizes", "Fixture", "SRC", "REPO", "BENCH", "SECURE_CHROOT_DIR",
+           "sha256_file", "first_line"]
 
 USER, PASSWORD = "benchuser", "benchpass"
 BENCH = Path(__file__).resolve().parent
@@ -49,8 +50,20 @@ class Sizes:
     login_seconds: float = 5.0
     concurrent: int = 200       # concurrent
     concurrent_seconds: float = 8.0
-    idle_sessions: int = 1000   # idle_sessions
+    idle_sessions: int = 3000   # idle_sessions (ftpwarden-isolated: at most 1,000)
     failed_logins: int = 200    # failed_logins (parallel clients, each one wrong PASS)
+
+
+CHEAP_USER = "benchcheap"  # ftpwarden's user DB only: same password, scrypt at its cheapest
+
+
+def cheap_hash(password: str) -> str:
+    """ftpwarden's scrypt format at ln=1, r=1, p=1: a check costs microseconds, so a login
+    as this user measures the server's own work per login without subtracting a hash."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2, r=1, p=1, dklen=32)
+    b64 = lambda b: base64.b64encode(b).decode("ascii").rstrip("=")  # noqa: E731
+    return f"$scrypt$ln=1,r=1,p=1${b64(salt)}${b64(digest)}"
 
 
 @dataclass
@@ -122,6 +135,8 @@ class Fixture:
             return
         if r.returncode == 0 and db.exists():
             self.userdb = db
+            with open(db, "a") as f:  # login_rate's second user: what a login costs beyond the hash
+                f.write(f"{CHEAP_USER}:{cheap_hash(PASSWORD)}:root={self.data},write=yes\n")
         else:
             self.userdb_error = f"ftpwarden user add failed: {first_line(r.stderr or r.stdout)}"
 

@@ -63,7 +63,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size-big", type=parse_size, help="size of the big file (default 1G, --quick 64M)")
     p.add_argument("--small-files", type=int, help="retr_small file count (default 2000)")
     p.add_argument("--list-entries", type=int, help="list_big directory size (default 10000)")
-    p.add_argument("--idle-sessions", type=int, help="idle_sessions count (default 1000)")
+    p.add_argument("--idle-sessions", type=int, help="idle_sessions count (default 3000; isolated: at most 1000)")
     p.add_argument("--concurrent", type=int, help="concurrent clients (default 200)")
     p.add_argument("--failed-logins", type=int, help="failed_logins parallel clients (default 200)")
     p.add_argument("--login-seconds", type=float, help="login_rate duration per sample (default 5)")

@@ -14,7 +14,7 @@ import os
 import random
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from ..proto import addr
@@ -52,9 +52,8 @@ class DataChannel:
         self.close()
         family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
         lo, hi = int(self.cfg.pasv_min_port or 0), int(self.cfg.pasv_max_port or 0)
-        candidates = random.sample(range(lo, hi + 1), min(hi - lo + 1, 100)) if lo and hi and lo <= hi else [0]
         last: OSError | None = None
-        for port in candidates:
+        for port in _passive_ports(lo, hi):
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
                 sock.setblocking(False)
@@ -127,6 +126,16 @@ class DataChannel:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+
+
+def _passive_ports(lo: int, hi: int) -> Iterator[int]:
+    """Ports to try, in random order: one pick first, then up to 100 distinct
+    ones (sampling the range costs more than the bind, so only when needed)."""
+    if not (lo and hi and lo <= hi):
+        yield 0
+        return
+    yield random.randint(lo, hi)
+    yield from random.sample(range(lo, hi + 1), min(hi - lo + 1, 100))
 
 
 def active_socket(host: str, local_ip: str, port: int = 0) -> socket.socket:

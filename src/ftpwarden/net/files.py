@@ -147,9 +147,7 @@ def entries(jail: Jail, vpath: str, single: bool) -> list[Entry]:
     """STAT path lists a directory's entries, or the one file; MLST one entry."""
     st = jail.stat(vpath)
     if stat_mod.S_ISDIR(st.st_mode) and not single:
-        entries = jail.listdir(vpath)
-        entries.sort(key=lambda e: e.name)
-        return entries
+        return jail.listdir(vpath)  # sorted by name
     return [Entry.from_stat(paths.basename(vpath) or "/", st)]
 
 

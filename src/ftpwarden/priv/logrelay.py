@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..logs.configured import ConfiguredEventLog
 from ..logs.events import EventLog, TransferRecord
 from ..logs.xferlog import printable
 from .messages import (
@@ -81,8 +82,13 @@ def _quiet(method: Callable[..., None]) -> Callable[..., None]:
 class ForwardingEventLog(EventLog):
     """A worker's EventLog: each event is one datagram to the monitor.  Never raises."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, commands: bool = True, replies: bool = True,
+                 starts: bool = True, transfers: bool = True) -> None:
         self._sock = sock
+        # what the monitor's sinks write (ConfiguredEventLog): the rest is not sent,
+        # which spares a datagram per command, reply and transfer on the hot path
+        self._commands, self._replies, self._starts = commands, replies, starts
+        self._transfers = transfers
 
     def post(self, msg: Message) -> None:
         try:
@@ -113,22 +119,27 @@ class ForwardingEventLog(EventLog):
 
     @_quiet
     def command(self, session: str, remote_ip: str, user: str, line: bytes) -> None:
-        self.post(LogCommand(user[:USER_MAX], line[:LINE_MAX]))
+        if self._commands:
+            self.post(LogCommand(user[:USER_MAX], line[:LINE_MAX]))
 
     @_quiet
     def reply(self, session: str, remote_ip: str, user: str, data: bytes) -> None:
+        if not self._replies:
+            return
         for piece in _pieces(data):
             self.post(LogReply(user[:USER_MAX], piece))
 
     @_quiet
     def transfer_start(self, session: str, remote_ip: str, user: str, path: str, direction: str) -> None:
-        self.post(LogTransferStart(path[:PATH_MAX], direction == "i"))
+        if self._starts:
+            self.post(LogTransferStart(path[:PATH_MAX], direction == "i"))
 
     @_quiet
     def transfer(self, record: TransferRecord) -> None:
-        self.post(LogTransfer(record.path[:PATH_MAX], record.direction == "i", record.ascii,
-                              max(0, record.size), max(0, round(record.seconds * 1e6)), record.complete,
-                              max(0, round(record.started_at * 1e6))))
+        if self._transfers:
+            self.post(LogTransfer(record.path[:PATH_MAX], record.direction == "i", record.ascii,
+                                  max(0, record.size), max(0, round(record.seconds * 1e6)), record.complete,
+                                  max(0, round(record.started_at * 1e6))))
 
     @_quiet
     def fs_change(self, session: str, remote_ip: str, user: str, op: str, path: str,
@@ -180,12 +191,27 @@ def quiet_stdio() -> None:
         os.close(null)
 
 
+def wanted_events(events: Any) -> dict[str, bool]:
+    """Which of the frequent events the sinks write (ConfiguredEventLog: the same as the
+    monitor's); ForwardingEventLog's keywords.  Another kind: all of them."""
+    if isinstance(events, ForwardingEventLog):  # the post-login process, forked from the pre-login one
+        return {"commands": events._commands, "replies": events._replies, "starts": events._starts,
+                "transfers": events._transfers}
+    if type(events) is EventLog:  # no log configured: the monitor writes none of them
+        return {"commands": False, "replies": False, "starts": False, "transfers": False}
+    if not isinstance(events, ConfiguredEventLog):
+        return {}
+    json = events.json is not None
+    return {"commands": events.protocol or json, "replies": events.protocol, "starts": json}
+
+
 def forward_logs(site: Any, sock: socket.socket) -> None:
     """In a freshly forked worker, before its jail: close every inherited log sink
     and log through the monitor from now on."""
+    wants = wanted_events(site.events)
     if site.events is not None:
         site.events.close()  # this process's copies only: the monitor's stay open
-    events = ForwardingEventLog(sock)
+    events = ForwardingEventLog(sock, **wants)
     site.events = events
     root = logging.getLogger()
     handler = ForwardingLogHandler(events)

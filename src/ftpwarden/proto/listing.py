@@ -13,10 +13,11 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 __all__ = [
-    "Entry", "ls_line", "mlsx_facts", "perm_fact", "nlst_line", "parse_list_args",
+    "Entry", "ls_line", "ls_lines", "mlsx_lines", "mlsx_facts", "perm_fact", "nlst_line", "parse_list_args",
     "mdtm", "parse_mfmt_time", "visible", "DEFAULT_FACTS", "SUPPORTED_FACTS",
 ]
 
@@ -86,13 +87,18 @@ def _ls_date(mtime: float, now: float, localtime: bool) -> str:
     # shows the year instead of the time.
     secs, now_secs = int(mtime // 1), int(now // 1)
     recent = not (secs > now_secs or now_secs - secs > _SIX_MONTHS)
-    return _date_text(secs // 60, recent, localtime)
+    return _date_text(secs // 60, recent, _zone(localtime))
+
+
+def _zone(localtime: bool) -> tuple[str, ...] | None:
+    """The cache key of local time: the zone in force (TZ may change, e.g. in tests)."""
+    return time.tzname if localtime else None
 
 
 @functools.lru_cache(maxsize=4096)  # files of one directory share minutes
-def _date_text(minute: int, recent: bool, localtime: bool) -> str:
+def _date_text(minute: int, recent: bool, zone: tuple[str, ...] | None) -> str:
     secs = minute * 60
-    tm = time.localtime(secs) if localtime else time.gmtime(secs)
+    tm = time.localtime(secs) if zone is not None else time.gmtime(secs)
     month = _MONTHS[tm.tm_mon - 1]
     if not recent:
         return f"{month} {tm.tm_mday:02d}  {tm.tm_year}"
@@ -110,6 +116,55 @@ def ls_line(e: Entry, now: float, *, owner: str, group: str, localtime: bool = F
         name = f"{name} -> {e.link_target}"
     return (f"{_mode_string(e.mode)} {e.nlink:>4} {owner:<8} {group:<8} "
             f"{e.size:>8} {_ls_date(e.mtime, now, localtime)} {name}")
+
+
+def _utc_recent(minute: int, days: dict[int, str]) -> str:
+    """_date_text(minute, True, None), with "Mmm dd " taken from `days`."""
+    day, left = divmod(minute, 1440)
+    head = days.get(day) or days.setdefault(day, _date_text(day * 1440, True, None)[:7])
+    return f"{head}{left // 60:02d}:{left % 60:02d}"
+
+
+def ls_lines(entries: Iterable[Entry], now: float, *, owner: Callable[[int], str],
+             group: Callable[[int], str], localtime: bool = False) -> list[str]:
+    """`ls_line` of each entry, byte for byte, for a whole directory.
+
+    A listing of 10,000 files repeats a few modes, owners and minutes: each
+    is worked out once here, not per line (issue 16).
+    """
+    now_secs = int(now // 1)
+    oldest = now_secs - _SIX_MONTHS
+    zone = _zone(localtime)
+    modes: dict[int, str] = {}
+    ids: dict[int, str] = {}
+    recent_dates: dict[int, str] = {}
+    old_dates: dict[int, str] = {}
+    days: dict[int, str] = {}
+    out: list[str] = []
+    append = out.append
+    for name, mode, nlink, uid, gid, size, mtime, _ino, _dev, target in entries:
+        m = modes.get(mode)
+        if m is None:
+            m = modes[mode] = _mode_string(mode)
+        key = uid << 32 | gid
+        og = ids.get(key)
+        if og is None:
+            og = ids[key] = f"{owner(uid):<8} {group(gid):<8}"
+        secs = int(mtime // 1)
+        minute = secs // 60
+        recent = oldest <= secs <= now_secs  # the negation of _ls_date's test
+        if localtime:  # an offset may change at any minute (DST)
+            dates = recent_dates if recent else old_dates
+            date = dates.get(minute) or dates.setdefault(minute, _date_text(minute, recent, zone))
+        elif recent:  # UTC: "Mmm dd " once per day, the time of day by arithmetic
+            date = recent_dates.get(minute) or recent_dates.setdefault(minute, _utc_recent(minute, days))
+        else:
+            day = minute // 1440
+            date = old_dates.get(day) or old_dates.setdefault(day, _date_text(day * 1440, False, None))
+        if target is not None and mode & 0o170000 == stat.S_IFLNK:
+            name = f"{name} -> {target}"
+        append(f"{m} {nlink:>4} {og} {size:>8} {date} {name}")
+    return out
 
 
 def nlst_line(e: Entry) -> str:
@@ -185,6 +240,55 @@ def perm_fact(is_dir: bool, *, can_read: bool, can_write: bool, can_delete: bool
         pairs = (("a", can_write), ("d", can_delete), ("f", can_rename),
                  ("r", can_read), ("w", can_write))
     return "".join(letter for letter, ok in pairs if ok)
+
+
+def mlsx_lines(entries: Iterable[Entry], *, perm_file: str, perm_dir: str,
+               owner: Callable[[int], str], group: Callable[[int], str],
+               facts: frozenset[str] = DEFAULT_FACTS) -> list[str]:
+    """`mlsx_facts` of each entry, byte for byte, for MLSD of a whole directory.
+
+    The selection of facts and the perm letters are decided once; stamps are
+    built from a per-minute prefix (issue 16).
+    """
+    wanted = {f.lower() for f in facts}
+    w_type, w_size, w_modify, w_perm, w_unique, w_mode, w_owner, w_group, w_uid, w_gid = (
+        f in wanted for f in SUPPORTED_FACTS)
+    if w_perm:
+        perm_file, perm_dir = f"perm={perm_file};", f"perm={perm_dir};"
+    else:
+        perm_file = perm_dir = ""
+    minutes: dict[int, str] = {}
+    modes: dict[int, str] = {}
+    owners: dict[int, str] = {}
+    groups: dict[int, str] = {}
+    out: list[str] = []
+    append = out.append
+    for name, mode, _nlink, uid, gid, size, mtime, ino, dev, target in entries:
+        fmt = mode & 0o170000
+        is_dir = fmt == stat.S_IFDIR
+        kind = size_fact = modify = mode_fact = owner_fact = group_fact = ""
+        if w_type:
+            kind = ("type=dir;" if is_dir else "type=file;" if fmt == stat.S_IFREG
+                    else f"type={_type_fact(mode, target)};")
+        if w_size and not is_dir:
+            size_fact = f"size={size};"
+        if w_modify:
+            secs = int(mtime // 1)
+            minute = secs // 60
+            head = minutes.get(minute)
+            if head is None:
+                head = minutes[minute] = time.strftime("%Y%m%d%H%M", time.gmtime(minute * 60))
+            modify = f"modify={head}{secs - minute * 60:02d};"
+        if w_mode:
+            mode_fact = modes.get(mode) or modes.setdefault(mode, f"unix.mode=0{stat.S_IMODE(mode):03o};")
+        if w_owner:
+            owner_fact = owners.get(uid) or owners.setdefault(uid, f"unix.owner={owner(uid)};")
+        if w_group:
+            group_fact = groups.get(gid) or groups.setdefault(gid, f"unix.group={group(gid)};")
+        append(f"{kind}{size_fact}{modify}{perm_dir if is_dir else perm_file}"
+               f"{f'unique={dev:x}U{ino:x};' if w_unique else ''}{mode_fact}{owner_fact}{group_fact}"
+               f"{f'unix.uid={uid};' if w_uid else ''}{f'unix.gid={gid};' if w_gid else ''} {name}")
+    return out
 
 
 def _type_fact(mode: int, link_target: str | None) -> str:

@@ -421,26 +421,35 @@ class Session(VerbHandlers):
             entries = [e for e in entries if paths.glob_match(e.name, pattern)]
             if len(entries) > paths.GLOB_MAX:
                 raise OSError(errno.E2BIG, f"more than {paths.GLOB_MAX} names match {pattern!r}")
-        hide_ids = self.options.hide_ids
-        localtime = self.options.use_localtime
+        hide = self._hide
+        shown = [e for e in entries
+                 if e.name not in (".", "..") and (show_hidden or not e.name.startswith("."))
+                 and not (hide and matches_any(hide, e.name))]  # listing.visible, inlined
+        if kind == "NLST":
+            return [prefix + e.name for e in shown]
+        owner, group = self._id_names()
+        if kind == "MLSD":
+            perm_file, perm_dir = self._perm_facts()
+            return listing.mlsx_lines(shown, perm_file=perm_file, perm_dir=perm_dir,
+                                      owner=owner, group=group, facts=self.mlst_facts)
+        return listing.ls_lines(shown, now, owner=owner, group=group, localtime=self.options.use_localtime)
+
+    def _id_names(self) -> tuple[Callable[[int], str], Callable[[int], str]]:
+        """uid -> owner and gid -> group as listings show them."""
+        if self.options.hide_ids:
+            return (lambda _: "ftp"), (lambda _: "ftp")
         names = self.name_of
-        out = []
-        for e in entries:
-            if not listing.visible(e.name, show_hidden=show_hidden):
-                continue
-            if self._hide and matches_any(self._hide, e.name):
-                continue
-            if kind == "NLST":
-                out.append(prefix + e.name)
-            elif kind == "MLSD":
-                out.append(self._mlsx_line(e, name=e.name))
-            else:
-                owner = group = "ftp"
-                if not hide_ids:
-                    owner = names(e.uid, True) if names else str(e.uid)
-                    group = names(e.gid, False) if names else str(e.gid)
-                out.append(listing.ls_line(e, now, owner=owner, group=group, localtime=localtime))
-        return out
+        if names is None:
+            return str, str
+        return (lambda uid: names(uid, True)), (lambda gid: names(gid, False))
+
+    def _perm_facts(self) -> tuple[str, str]:
+        """MLSx perm= letters of a file and of a directory for this account."""
+        may = self.may
+        grants = dict(can_read=may(Perm.DOWNLOAD), can_write=may(Perm.UPLOAD),
+                      can_delete=may(Perm.DELETE), can_rename=may(Perm.RENAME),
+                      can_mkdir=may(Perm.MKDIR), can_list=may(Perm.LIST))
+        return listing.perm_fact(False, **grants), listing.perm_fact(True, **grants)
 
     def _mlsx_line(self, e: listing.Entry, *, name: str) -> str:
         is_dir = stat_mod.S_ISDIR(e.mode)

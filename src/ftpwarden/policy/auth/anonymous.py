@@ -5,6 +5,7 @@ Not yet implemented: secure_email_list_enable, deny_email_enable.
 
 from __future__ import annotations
 
+from ...proto.commands import Perm
 from ..config import Config, number, text
 from ..passwords import dummy_verify
 from ..users import Account, UserClass, grants_for
@@ -23,6 +24,7 @@ class AnonymousAuthenticator:
         self._root = text(cfg, "anon_root") or default_root
         if cfg.anonymous_enable and not self._root:
             raise ValueError("anonymous_enable=YES needs anon_root (no default root given)")
+        self._grants: frozenset[Perm] | None = None  # built at the first login, shared by all
 
     def wants(self, user: str) -> bool:
         return bool(self._cfg.anonymous_enable) and user.isascii() and user.lower() in ANONYMOUS_NAMES
@@ -38,7 +40,12 @@ class AnonymousAuthenticator:
             name=req.user,
             user_class=UserClass.ANONYMOUS,
             root=self._root,
-            grants=grants_for(self._cfg, UserClass.ANONYMOUS),
+            grants=self._anon_grants(),
             umask=number(self._cfg, "anon_umask"),
             anon_password=req.password,  # any text is accepted: it is the e-mail, for logs
         )
+
+    def _anon_grants(self) -> frozenset[Perm]:
+        if self._grants is None:
+            self._grants = grants_for(self._cfg, UserClass.ANONYMOUS)
+        return self._grants

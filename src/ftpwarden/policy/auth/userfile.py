@@ -17,6 +17,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 
+from ...proto.commands import Perm
 from ..config import Config, number
 from ..passwords import dummy_verify, known_scheme, verify_password
 from ..users import Account, UserClass, grants_for
@@ -135,6 +136,9 @@ class _RecordAuthenticator:
     def __init__(self, cfg: Config, default_root: str) -> None:
         self._cfg = cfg
         self._default_root = default_root
+        # One frozenset per write setting, shared by every session: building one per
+        # login cost ~0.7 KiB per idle session.  Racing threads at worst build it twice.
+        self._grants: dict[bool | None, frozenset[Perm]] = {}
 
     def _records(self) -> tuple[dict[str, UserRecord], str | None]:
         """(records, None), or ({}, why the source is unusable)."""
@@ -162,9 +166,15 @@ class _RecordAuthenticator:
             name=rec.name,
             user_class=UserClass.GUEST,
             root=root,
-            grants=grants_for(self._cfg, UserClass.GUEST, write=rec.write),
+            grants=self._grants_for(rec.write),
             umask=number(self._cfg, "local_umask") if rec.umask is None else rec.umask,
         )
+
+    def _grants_for(self, write: bool | None) -> frozenset[Perm]:
+        grants = self._grants.get(write)
+        if grants is None:
+            grants = self._grants[write] = grants_for(self._cfg, UserClass.GUEST, write=write)
+        return grants
 
 
 class MemoryUserAuthenticator(_RecordAuthenticator):

@@ -1,0 +1,97 @@
+"""Issue 16, pooled idle sessions and logins: the per-session savings keep working.
+
+- every login of a user-file or anonymous authenticator shares one grants frozenset
+  (with a per-write-setting key: read-only and writable users never mix);
+- the pooled server's stream protocol keeps its drain waiters in a list that still
+  wakes a writer paused by backpressure, and still fails it when the connection drops;
+- bench's cheap-hash user (what a login costs beyond the check) verifies with
+  ftpwarden's own password check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ftpwarden.net.server import _StreamProtocol
+from ftpwarden.policy.auth.anonymous import AnonymousAuthenticator
+from ftpwarden.policy.auth.base import LoginRequest
+from ftpwarden.policy.auth.userfile import MemoryUserAuthenticator, UserRecord
+from ftpwarden.policy.passwords import hash_password, verify_password
+from ftpwarden.proto.commands import Perm
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _cfg(**over: object) -> SimpleNamespace:
+    base = dict(anonymous_enable=True, anon_root="/srv/ftp", anon_umask=0o077, no_anon_password=False,
+                local_umask=0o022, download_enable=True, dirlist_enable=True, write_enable=False,
+                anon_upload_enable=False, anon_mkdir_write_enable=False, anon_other_write_enable=False,
+                chmod_enable=True, mdtm_write=False, anon_world_readable_only=True)
+    return SimpleNamespace(**{**base, **over})
+
+
+def test_user_logins_share_grants_per_write_setting() -> None:
+    h = hash_password("pw")
+    auth = MemoryUserAuthenticator(_cfg(), {"w": UserRecord("w", h, "/srv/w", True, None),
+                                            "r": UserRecord("r", h, "/srv/r", None, None)}, "/srv")
+    w1 = auth.authenticate(LoginRequest("w", "pw", "192.0.2.1"))
+    w2 = auth.authenticate(LoginRequest("w", "pw", "192.0.2.2"))
+    r1 = auth.authenticate(LoginRequest("r", "pw", "192.0.2.1"))
+    assert w1.grants is w2.grants
+    assert Perm.UPLOAD in w1.grants and Perm.UPLOAD not in r1.grants  # write_enable=NO for "r"
+
+
+def test_anonymous_logins_share_grants() -> None:
+    auth = AnonymousAuthenticator(_cfg())
+    a = auth.authenticate(LoginRequest("ftp", "a@example.org", "192.0.2.1"))
+    b = auth.authenticate(LoginRequest("anonymous", "b@example.org", "192.0.2.1"))
+    assert a.grants is b.grants and Perm.UPLOAD not in a.grants
+
+
+def _protocol(loop: asyncio.AbstractEventLoop) -> _StreamProtocol:
+    return _StreamProtocol(asyncio.StreamReader(loop=loop), loop=loop)
+
+
+def test_drain_waiters_are_a_list_that_resumes() -> None:
+    async def main() -> None:
+        proto = _protocol(asyncio.get_running_loop())
+        assert proto._drain_waiters == []
+        proto.pause_writing()
+        drain = asyncio.ensure_future(proto._drain_helper())
+        await asyncio.sleep(0)
+        assert not drain.done() and len(proto._drain_waiters) == 1
+        proto.resume_writing()
+        await asyncio.wait_for(drain, 5)
+        assert proto._drain_waiters == []
+
+    asyncio.run(main())
+
+
+def test_drain_waiter_fails_when_the_connection_drops() -> None:
+    async def main() -> None:
+        proto = _protocol(asyncio.get_running_loop())
+        proto.pause_writing()
+        drain = asyncio.ensure_future(proto._drain_helper())
+        await asyncio.sleep(0)
+        proto.connection_lost(ConnectionResetError("gone"))
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(drain, 5)
+
+    asyncio.run(main())
+
+
+def test_bench_cheap_hash_verifies() -> None:
+    spec = importlib.util.spec_from_file_location("ftpwarden_bench_fixture", BENCH / "fixture.py")
+    assert spec is not None and spec.loader is not None
+    fixture = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = fixture
+    spec.loader.exec_module(fixture)
+    stored = fixture.cheap_hash("benchpass")
+    assert stored.startswith("$scrypt$ln=1,r=1,p=1$")
+    assert verify_password("benchpass", stored) and not verify_password("benchpasS", stored)
