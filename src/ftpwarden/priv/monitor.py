@@ -30,7 +30,9 @@ from ..net.bans import login_failed
 from ..net.data import active_socket
 from ..net.limits import max_grant
 from ..policy.auth.local import refused_at_user
+from ..policy.options import session_options
 from ..proto import addr
+from ..proto.verbs import tls_login_refusal
 from .channel import Channel, ChannelClosed, channel_pair
 from .checker import CheckerClient
 from .checkslots import CheckSlots
@@ -229,19 +231,10 @@ class Monitor:
         """What the pre-login worker checks at USER, checked again here for every
         class of account: userlist_file, force_*_logins_ssl and allow_anon_ssl.
         `msg.tls_protected` is the worker's word (see messages.Login)."""
-        cfg = self.cfg
-        if refused_at_user(cfg, msg.user):
+        if refused_at_user(self.cfg, msg.user):
             return "refused by userlist_file"
-        if not cfg.ssl_enable:
-            return None
-        if account.user_class.value == "anonymous":
-            if msg.tls_protected and not cfg.allow_anon_ssl:
-                return "anonymous sessions may not use encryption"
-            if not msg.tls_protected and cfg.force_anon_logins_ssl:
-                return "anonymous sessions must use encryption"
-        elif not msg.tls_protected and cfg.force_local_logins_ssl:
-            return "non-anonymous sessions must use encryption"
-        return None
+        return tls_login_refusal(session_options(self.cfg), anonymous=account.user_class.value == "anonymous",
+                                 protected=msg.tls_protected)
 
     def _post_login(self, account: Any, handover: Handover, fds: list[int]) -> None:
         conn = socket.socket(fileno=fds[0]) if fds else self.conn

@@ -40,7 +40,7 @@ from .principal import Principal
 from .replies import Code, Reply
 from .sequence import out_of_sequence
 
-__all__ = ["VerbHandlers", "HANDLERS", "Handler", "handles", "HASH_ALGORITHMS", "ANONYMOUS_NAMES"]
+__all__ = ["VerbHandlers", "HANDLERS", "Handler", "handles", "HASH_ALGORITHMS", "ANONYMOUS_NAMES", "tls_login_refusal"]
 
 Event = Reply | Action
 
@@ -129,18 +129,7 @@ class VerbHandlers:
         return [Reply(Code.NEED_PASSWORD, "Please specify the password.")]
 
     def _tls_login_refusal(self, anonymous: bool) -> str | None:
-        """vsftpd's force_*_logins_ssl and allow_anon_ssl, checked at USER."""
-        o = self.options
-        if not o.ssl_enable:
-            return None
-        if anonymous:
-            if self.tls and not o.allow_anon_ssl:
-                return "Anonymous sessions may not use encryption."
-            if not self.tls and o.force_anon_logins_ssl:
-                return "Anonymous sessions must use encryption."
-        elif not self.tls and o.force_local_logins_ssl:
-            return "Non-anonymous sessions must use encryption."
-        return None
+        return tls_login_refusal(self.options, anonymous=anonymous, protected=self.tls)
 
     @handles("PASS")
     def _pass(self, arg: str, _p: str | None) -> list[Event]:
@@ -593,3 +582,19 @@ class VerbHandlers:
         self.idle_timeout = max(30, min(int(arg), limit))
         return [Reply(Code.OK, f"SITE IDLE set to {self.idle_timeout}")]
 
+
+
+def tls_login_refusal(o: SessionOptions, *, anonymous: bool, protected: bool) -> str | None:
+    """vsftpd's force_*_logins_ssl and allow_anon_ssl: why this login may not
+    go on (the reply text), or None.  Checked at USER, and again by the
+    isolated-mode monitor at login."""
+    if not o.ssl_enable:
+        return None
+    if anonymous:
+        if protected and not o.allow_anon_ssl:
+            return "Anonymous sessions may not use encryption."
+        if not protected and o.force_anon_logins_ssl:
+            return "Anonymous sessions must use encryption."
+    elif not protected and o.force_local_logins_ssl:
+        return "Non-anonymous sessions must use encryption."
+    return None
