@@ -97,3 +97,23 @@ def tls_lines(base: Path) -> list[str]:
     """A certificate made in `base`, as the lines that turn TLS on with it."""
     cert, key = make_cert(base)
     return ["ssl_enable=YES", f"rsa_cert_file={cert}", f"rsa_private_key_file={key}"]
+
+
+def memory_holds(pid: int, needles: list[bytes]) -> list[bytes]:
+    """The needles found in the readable memory of `pid` (as root, via /proc/PID/mem)."""
+    seen: set[bytes] = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            addr, perms = line.split()[:2]
+            if "r" not in perms:
+                continue
+            start, end = (int(x, 16) for x in addr.split("-"))
+            if end - start > 512 << 20:
+                continue
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, OverflowError, ValueError):
+                continue
+            seen.update(n for n in needles if n in chunk)
+    return sorted(seen)

@@ -24,7 +24,7 @@ from ftpwarden.priv.channel import channel_pair
 
 from ..conftest import descendants, proc_stat, wait_for
 from ..integration.conftest import REPO, start_server, stop_server, tls_login
-from .conftest import ids, is_checker, tls_lines, write_conf
+from .conftest import ids, is_checker, memory_holds, tls_lines, write_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 30
@@ -67,26 +67,6 @@ def _shadow_needles() -> list[bytes]:
     return out
 
 
-def _found(pid: int, needles: list[bytes]) -> list[bytes]:
-    """The needles in the readable memory of `pid`."""
-    seen: set[bytes] = set()
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
-        for line in maps:
-            addr, perms = line.split()[:2]
-            if "r" not in perms:
-                continue
-            start, end = (int(x, 16) for x in addr.split("-"))
-            if end - start > 512 << 20:
-                continue
-            try:
-                mem.seek(start)
-                chunk = mem.read(end - start)
-            except (OSError, OverflowError, ValueError):
-                continue
-            seen.update(n for n in needles if n in chunk)
-    return sorted(seen)
-
-
 @pytest.fixture
 def hash_server(tmp_path_factory, accounts):
     base = tmp_path_factory.mktemp("hashes")
@@ -110,14 +90,14 @@ def _scan(srv, login_uid: int, nobody_uid: int) -> None:
     procs = descendants(srv.proc.pid)
     unprivileged = [p for p in procs if ids(p)[0][0] != 0]
     assert worker in unprivileged
-    held = {p: f for p in unprivileged if (f := _found(p, needles))}
+    held = {p: f for p in unprivileged if (f := memory_holds(p, needles))}
     assert not held, f"hash material in unprivileged processes: {held}"
     # root: the listener and the monitors hold none either; the checker does (the scan works)
     checkers = [p for p in procs if is_checker(p)]
     assert checkers, "no password checker"
-    assert _found(checkers[0], needles), "the scan finds the checker's user DB"
+    assert memory_holds(checkers[0], needles), "the scan finds the checker's user DB"
     root_held = {p: f for p in [srv.proc.pid, *procs] if p not in checkers and ids(p)[0][0] == 0
-                 and (f := _found(p, needles))}
+                 and (f := memory_holds(p, needles))}
     assert not root_held, f"hash material in the listener or a monitor: {root_held}"
     assert any(ids(p)[0][0] == nobody_uid for p in procs) or login_uid != nobody_uid
 

@@ -14,7 +14,7 @@ import pytest
 
 from ..conftest import descendants, wait_for
 from ..integration.conftest import client_ctx, start_server, stop_server, tls_login
-from .conftest import ids, is_checker, tls_lines, write_conf
+from .conftest import ids, is_checker, memory_holds, tls_lines, write_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 30
@@ -81,27 +81,6 @@ def _key_fragments(key: Path) -> list[bytes]:
     return [pem_lines[3].encode(), p[:32], p[::-1][:32]]
 
 
-def _memory_has(pid: int, needles: list[bytes]) -> bool:
-    found = False
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
-        for line in maps:
-            addr, perms = line.split()[:2]
-            if "r" not in perms:
-                continue
-            start, end = (int(x, 16) for x in addr.split("-"))
-            if end - start > 512 << 20:
-                continue
-            try:
-                mem.seek(start)
-                chunk = mem.read(end - start)
-            except (OSError, OverflowError, ValueError):
-                continue
-            if any(n in chunk for n in needles):
-                found = True
-                break
-    return found
-
-
 def test_the_login_users_process_never_holds_the_key(tls_iso, accounts):
     needles = _key_fragments(tls_iso.extra["key"])
     alice_uid = accounts["alice"].pw_uid
@@ -114,8 +93,8 @@ def test_the_login_users_process_never_holds_the_key(tls_iso, accounts):
         helpers = [p for p in procs if ids(p)[0][0] == nobody_uid]
         assert helpers, "the TLS helper runs as nopriv_user"
         # the search works: the helper, which does TLS, has the key in memory
-        assert _memory_has(helpers[0], needles)
-        assert not _memory_has(worker, needles)
+        assert memory_holds(helpers[0], needles)
+        assert not memory_holds(worker, needles)
         # nor does the monitor or the listener (the monitor forks the worker)
         monitors = [p for p in procs if ids(p)[0][0] == 0 and not is_checker(p)]
-        assert monitors and not any(_memory_has(p, needles) for p in monitors + [tls_iso.proc.pid])
+        assert monitors and not any(memory_holds(p, needles) for p in monitors + [tls_iso.proc.pid])
