@@ -8,11 +8,14 @@ blocking (the monitor is blocking by design; workers call it from a thread).
 from __future__ import annotations
 
 import os
+import signal
 import socket
+from collections.abc import Callable
 
+from .creds import set_parent_death_signal
 from .messages import MAX_MESSAGE, ChannelError, Message, decode, encode
 
-__all__ = ["Channel", "ChannelClosed", "channel_pair"]
+__all__ = ["Channel", "ChannelClosed", "channel_pair", "fork_with_channel"]
 
 
 class ChannelClosed(ChannelError):
@@ -22,6 +25,28 @@ class ChannelClosed(ChannelError):
 def channel_pair() -> tuple[Channel, Channel]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     return Channel(a), Channel(b)
+
+
+def fork_with_channel(body: Callable[[Channel], int], on_error: Callable[[], None],
+                      death_signal: int = signal.SIGKILL) -> tuple[int, Channel]:
+    """Fork a child that runs `body(its end)` and exits with what it returns;
+    it dies with us (the death signal is armed and our pid re-checked first),
+    and an exception in it goes to `on_error`, never back into our code."""
+    mine, theirs = channel_pair()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            set_parent_death_signal(death_signal, parent=parent)
+            mine.close()
+            code = body(theirs)
+        except BaseException:
+            on_error()
+        finally:
+            os._exit(code)
+    theirs.close()
+    return pid, mine
 
 
 class Channel:

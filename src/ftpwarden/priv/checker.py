@@ -31,8 +31,7 @@ from typing import Any
 from ..policy.passwords import dummy_verify
 from ..proto.commands import Perm
 from ..proto.principal import Principal, UserClass
-from .channel import Channel, ChannelClosed, channel_pair
-from .creds import set_parent_death_signal
+from .channel import Channel, ChannelClosed, channel_pair, fork_with_channel
 from .messages import (
     ChannelError,
     CheckerConn,
@@ -105,22 +104,11 @@ class Checker:
         """Fork a checker and wait until it has loaded; its error ("" if none)."""
         self.close()
         self.started = time.monotonic()
-        mine, theirs = channel_pair()
-        me = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                set_parent_death_signal(signal.SIGKILL, parent=me)
-                mine.close()
-                self.after_fork()
-                code = _serve(theirs, self.load)
-            except BaseException:
-                import traceback
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        theirs.close()
+        def child(chan: Channel) -> int:
+            self.after_fork()
+            return _serve(chan, self.load)
+
+        pid, mine = fork_with_channel(child, _print_exception)
         self.pid, self.control = pid, mine
         try:
             mine.sock.settimeout(ANSWER_WAIT)
@@ -305,3 +293,8 @@ def _name(name: bytes) -> None:
     """The process name in ps and /proc/PID/comm (tests find the checker by it)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
+def _print_exception() -> None:
+    import traceback
+    traceback.print_exc()

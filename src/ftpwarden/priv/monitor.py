@@ -33,10 +33,9 @@ from ..policy.auth.local import refused_at_user
 from ..policy.options import session_options
 from ..proto import addr
 from ..proto.verbs import tls_login_refusal
-from .channel import Channel, ChannelClosed, channel_pair
+from .channel import Channel, ChannelClosed, fork_with_channel
 from .checker import CheckerClient
 from .checkslots import CheckSlots
-from .creds import set_parent_death_signal
 from .logrelay import LOG_EVENTS, LogRelay
 from .messages import (
     ActiveDataSocket,
@@ -136,28 +135,17 @@ class Monitor:
                 self._end_worker(wait=5.0)
 
     def _fork_worker(self, body: Callable[[Channel], None]) -> Channel:
-        mine, theirs = channel_pair()
-        me = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the monitor's handler
-                set_parent_death_signal(parent=me)  # the worker sets its own SIGTERM handler
-                if self.slots is not None:
-                    self.slots.detach()  # a worker could hold every slot: it gets none
-                if isinstance(self.authenticate, CheckerClient):
-                    self.authenticate.detach()  # only the monitor asks the password checker
-                mine.close()
-                body(theirs)
-                code = 0
-            except BaseException:
-                # to the monitor through the channel: a worker's fd 2 is /dev/null (logrelay)
-                log.exception("session worker failed")
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.worker = pid
+        def child(chan: Channel) -> int:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the monitor's; the worker sets its own
+            if self.slots is not None:
+                self.slots.detach()  # a worker could hold every slot: it gets none
+            if isinstance(self.authenticate, CheckerClient):
+                self.authenticate.detach()  # only the monitor asks the password checker
+            body(chan)
+            return 0
+
+        # a worker's errors reach the monitor through the channel: its fd 2 is /dev/null (logrelay)
+        self.worker, mine = fork_with_channel(child, lambda: log.exception("session worker failed"))
         return mine
 
     def _pre_login(self) -> tuple[Any, Handover, list[int]] | None:
