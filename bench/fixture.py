@@ -9,8 +9,12 @@ Every server serves the same directory to the same user (benchuser/benchpass):
     <tmp>/data/up/          where uploads land (checked, then deleted)
 
 As root (and only if vsftpd is wanted), benchuser also becomes a system user with
-that password, and /etc/pam.d/ftpwarden-bench is written for vsftpd; both are
-removed again at the end if this run created them.
+that password, and /etc/pam.d/ftpwarden-bench is written for vsftpd; benchcheap
+becomes one too, with a cheap SHA-512 hash (vsftpd's login cost beyond the check).
+As root, for the local-users workload (idle_local), ten system users ftpwb_0..9 are
+made with the same password (cheap SHA-512 hashes: their logins are not what is
+measured). At the end the users and the PAM file are removed (those this run made, and
+what earlier runs left), unless another run is going on: the last one to end removes them.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["USER", "PASSWORD", "CHEAP_USER", "Sizes", "Fixture", "SRC", "REPO", "BENCH", "SECURE_CHROOT_DIR",
-           "sha256_file", "first_line"]
+__all__ = ["USER", "PASSWORD", "CHEAP_USER", "LOCAL_USERS", "Sizes", "Fixture", "SRC", "REPO", "BENCH",
+           "SECURE_CHROOT_DIR", "sha256_file", "first_line"]
 
 USER, PASSWORD = "benchuser", "benchpass"
 BENCH = Path(__file__).resolve().parent
@@ -37,6 +41,7 @@ PAM_SERVICE = "ftpwarden-bench"
 PAM_FILE = Path("/etc/pam.d") / PAM_SERVICE
 PAM_TEXT = "auth required pam_unix.so\naccount required pam_unix.so\n"
 SECURE_CHROOT_DIR = Path("/var/run/vsftpd/empty")  # Debian's; both vsftpd and isolated ftpwarden use it
+RUN_PID = "run.pid"  # in the temp dir: the pid of the run that made it
 SMALL_SIZE = 8 * 1024
 CONC_SIZE = 10 * 1024 * 1024
 
@@ -50,11 +55,15 @@ class Sizes:
     login_seconds: float = 5.0
     concurrent: int = 200       # concurrent
     concurrent_seconds: float = 8.0
-    idle_sessions: int = 3000   # idle_sessions (ftpwarden-isolated: at most 1,000)
+    idle_sessions: int = 3000   # idle_sessions (anonymous)
+    idle_local: int = 1000      # idle_local (sessions of the 10 local users LOCAL_USERS)
+    idle_tls: int = 1000        # idle_tls (explicit FTPS sessions of benchuser)
     failed_logins: int = 200    # failed_logins (parallel clients, each one wrong PASS)
 
 
-CHEAP_USER = "benchcheap"  # ftpwarden's user DB only: same password, scrypt at its cheapest
+CHEAP_USER = "benchcheap"  # same password, hashed as cheaply as each server allows
+LOCAL_USERS = [f"ftpwb_{i}" for i in range(10)]  # system users of idle_local
+CHEAP_ROUNDS = "1000"  # SHA-512 crypt's fewest rounds: a check costs well under a millisecond
 
 
 def cheap_hash(password: str) -> str:
@@ -71,6 +80,7 @@ class Fixture:
     sizes: Sizes
     want_system_user: bool
     keep: bool = False
+    want_local_users: bool = False
     tmp: Path = field(init=False)
     data: Path = field(init=False)
     big_sha256: str = ""
@@ -81,12 +91,14 @@ class Fixture:
     cert_error: str | None = None
     system_user: bool = False
     system_user_error: str | None = None
-    _created_user: bool = False
-    _created_pam: bool = False
+    local_users: bool = False
+    local_users_error: str | None = None
+    _created_users: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="ftpwarden-bench-"))
         os.chmod(self.tmp, 0o755)  # vsftpd's benchuser must traverse it
+        (self.tmp / RUN_PID).write_text(str(os.getpid()))  # this run is going on (see _other_runs)
         self.data = self.tmp / "data"
 
     # -- building ------------------------------------------------------------------
@@ -112,6 +124,8 @@ class Fixture:
             SECURE_CHROOT_DIR.mkdir(parents=True, exist_ok=True)
         if self.want_system_user:
             self._make_system_user()
+        if self.want_local_users and os.geteuid() == 0:
+            self._make_local_users()
 
     def _make_cert(self) -> None:
         cert, key = self.tmp / "cert.pem", self.tmp / "key.pem"
@@ -148,19 +162,29 @@ class Fixture:
                 return line.split(":")[1]
         return None
 
+    def _add_user(self, name: str) -> None:
+        """A system user `name` with DATA as home, unless it exists (kept as it is: another
+        run going on now may be using it; its password is set again, to the same)."""
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-M", "-d", str(self.data), "-s", "/bin/bash", name],
+                           check=True, capture_output=True, timeout=60)
+            self._created_users.append(name)
+
+    def _set_passwords(self, names: list[str], cheap: bool) -> None:
+        argv = ["chpasswd"] + (["-c", "SHA512", "-s", CHEAP_ROUNDS] if cheap else [])
+        subprocess.run(argv, input="".join(f"{n}:{PASSWORD}\n" for n in names), text=True,
+                       check=True, capture_output=True, timeout=60)
+
     def _make_system_user(self) -> None:
         try:
-            try:
-                pwd.getpwnam(USER)
-            except KeyError:
-                subprocess.run(["useradd", "-M", "-d", str(self.data), "-s", "/bin/bash", USER],
-                               check=True, capture_output=True, timeout=60)
-                self._created_user = True
-            subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True,
-                           check=True, capture_output=True, timeout=60)
+            self._add_user(USER)
+            self._set_passwords([USER], cheap=False)  # Debian's default: yescrypt
+            self._add_user(CHEAP_USER)
+            self._set_passwords([CHEAP_USER], cheap=True)
             if not PAM_FILE.exists():
                 PAM_FILE.write_text(PAM_TEXT)
-                self._created_pam = True
             elif PAM_FILE.read_text() != PAM_TEXT:
                 raise RuntimeError(f"{PAM_FILE} exists with other content; not touching it")
             uid, gid = pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid
@@ -173,11 +197,23 @@ class Fixture:
             err = getattr(e, "stderr", None)
             self.system_user_error = f"system user setup failed: {first_line(err) if err else e}"
 
-    def shadow_hash(self) -> str | None:
+    def _make_local_users(self) -> None:
+        try:
+            for name in LOCAL_USERS:
+                self._add_user(name)
+            self._set_passwords(LOCAL_USERS, cheap=True)
+            if not PAM_FILE.exists():
+                PAM_FILE.write_text(PAM_TEXT)
+            self.local_users = True
+        except (OSError, subprocess.SubprocessError) as e:
+            err = getattr(e, "stderr", None)
+            self.local_users_error = f"local users setup failed: {first_line(err) if err else e}"
+
+    def shadow_hash(self, user: str = USER) -> str | None:
         try:
             with open("/etc/shadow") as f:
                 for line in f:
-                    if line.startswith(USER + ":"):
+                    if line.startswith(user + ":"):
                         return line.split(":")[1]
         except OSError:
             pass
@@ -185,17 +221,52 @@ class Fixture:
 
     # -- teardown -------------------------------------------------------------------
     def cleanup(self) -> None:
-        if self._created_user:
-            subprocess.run(["userdel", USER], capture_output=True, timeout=60)
-            self._created_user = False
-        if self._created_pam:
+        """Remove the users and the PAM file this run made, and those a bench run left (home in a
+        bench temp dir that is gone), unless another run is going on now: the last one removes them."""
+        if not self._other_runs():
+            for name in [USER, CHEAP_USER, *LOCAL_USERS]:
+                if name in self._created_users or self._leftover(name):
+                    subprocess.run(["userdel", name], capture_output=True, timeout=60)
             try:
-                PAM_FILE.unlink()
-            except FileNotFoundError:
+                if PAM_FILE.read_text() == PAM_TEXT:  # ours by its content, whichever run wrote it
+                    PAM_FILE.unlink()
+            except OSError:
                 pass
-            self._created_pam = False
+        self._created_users.clear()
         if not self.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _leftover(self, name: str) -> bool:
+        """`name`'s home is this run's data or a bench temp dir that is gone."""
+        try:
+            home = pwd.getpwnam(name).pw_dir
+        except KeyError:
+            return False
+        if home.startswith(str(self.tmp) + "/"):
+            return True
+        return home.startswith(tempfile.gettempdir() + "/ftpwarden-bench-") and not os.path.exists(home)
+
+    def _other_runs(self) -> bool:
+        """Another run is going on now: its temp dir names a live pid, or a process works in
+        it (each server runs there). It may be using the users and the PAM file."""
+        dirs = [d for d in Path(tempfile.gettempdir()).glob("ftpwarden-bench-*") if d != self.tmp]
+        for d in dirs:
+            try:
+                pid = int((d / RUN_PID).read_text())
+            except (OSError, ValueError):
+                continue
+            if pid != os.getpid() and os.path.exists(f"/proc/{pid}"):
+                return True
+        if not dirs:
+            return False
+        for name in os.listdir("/proc"):
+            try:
+                cwd = os.readlink(f"/proc/{name}/cwd") if name.isdigit() else ""
+            except OSError:
+                continue
+            if any(cwd == str(d) or cwd.startswith(f"{d}/") for d in dirs):
+                return True
+        return False
 
 
 def _random_file(path: Path, size: int) -> str:

@@ -1,9 +1,10 @@
 """pyftpdlib's default server (FTPServer: one process, one asyncio-style IOLoop) for the benchmark.
 
-    python3 bench/pyftpdlib_server.py --port P --root DIR --pasv MIN-MAX [--tls CERT KEY]
+    python3 bench/pyftpdlib_server.py --port P --root DIR --pasv MIN-MAX [--tls CERT KEY] [--anonymous]
 
 The test user benchuser/benchpass gets full rights on DIR. Two departures from
-the library's defaults, both to match the other servers' configuration:
+the library's defaults, both to match the other servers' configuration
+(--anonymous adds read-only anonymous logins on DIR):
 max_cons/max_cons_per_ip are 5000 (like max_clients/max_per_ip=5000 elsewhere),
 and the log level is WARNING (pyftpdlib logs every command and transfer at INFO
 by default; the others run with xferlog_enable=NO).
@@ -28,6 +29,7 @@ def main() -> int:
     p.add_argument("--root", required=True)
     p.add_argument("--pasv", required=True, help="MIN-MAX")
     p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    p.add_argument("--anonymous", action="store_true", help="read-only anonymous logins on --root")
     args = p.parse_args()
 
     if args.tls:
@@ -44,6 +46,8 @@ def main() -> int:
 
     auth = DummyAuthorizer()
     auth.add_user(USER, PASSWORD, args.root, perm="elradfmwMT")
+    if args.anonymous:
+        auth.add_anonymous(args.root)
     lo, hi = (int(x) for x in args.pasv.split("-"))
     Handler.authorizer = auth
     Handler.passive_ports = list(range(lo, hi + 1))

@@ -19,10 +19,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["METRICS", "CEILINGS", "percentile", "summarize", "fmt_num", "fmt_cell", "ratio",
+__all__ = ["METRICS", "CEILINGS", "TARGETS", "target_rows", "percentile", "summarize", "fmt_num", "fmt_cell", "ratio",
            "fmt_ratio", "build_table", "render_text", "render_markdown", "to_json", "summarize_results"]
+
+_IDLE = [("accepted", "sessions accepted", "ok", None),
+         ("tree_pss_mib", "tree PSS, all sessions", "MiB", "lower"),
+         ("marginal_pss_kib", "marginal PSS per session (slope min(500,N/2)->N)", "KiB", "lower"),
+         ("fixed_pss_mib", "fixed PSS (line at 0 sessions - warm base)", "MiB", "lower"),
+         ("pss_kib", "PSS per session (incl. fixed)", "KiB", "lower"),
+         ("uss_kib", "USS per session", "KiB", "lower"),
+         ("procs", "processes per session", "procs", "lower")]
 
 # workload -> [(metric key, label, unit, better: "higher" | "lower" | None)]; unit "ok" = a count of successes
 METRICS: dict[str, list[tuple[str, str, str, str | None]]] = {
@@ -52,13 +61,9 @@ METRICS: dict[str, list[tuple[str, str, str, str | None]]] = {
                    ("cpu_s_per_gib", "server CPU", "s/GiB", "lower"),
                    ("client_cores", "client CPU", "cores", None),
                    ("clients_ok", "clients completed", "ok", None)],
-    "idle_sessions": [("accepted", "sessions accepted", "ok", None),
-                      ("tree_pss_mib", "tree PSS, all sessions", "MiB", "lower"),
-                      ("marginal_pss_kib", "marginal PSS per session (slope 500->N)", "KiB", "lower"),
-                      ("fixed_pss_mib", "fixed PSS (line at 0 sessions - warm base)", "MiB", "lower"),
-                      ("pss_kib", "PSS per session (incl. fixed)", "KiB", "lower"),
-                      ("uss_kib", "USS per session", "KiB", "lower"),
-                      ("procs", "processes per session", "procs", "lower")],
+    "idle_sessions": _IDLE,
+    "idle_local": _IDLE,
+    "idle_tls": _IDLE,
     "failed_logins": [("answered", "failed logins answered 530", "ok", None),
                       ("rss_connected_mib", "root RSS, all connected", "MiB", "lower"),
                       ("rss_peak_mib", "root RSS peak, during the PASSes", "MiB", "lower"),
@@ -223,6 +228,94 @@ def build_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]], li
     return headers, rows, [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
 
 
+# -- issue 11's targets -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """One row of the targets table: `metric` of `workload` on `subject` against vsftpd's."""
+
+    figure: str  # {n} becomes the workload's session count
+    workload: str
+    metric: str
+    subject: str
+    limit: float
+    unit: str
+    higher: bool = False  # a floor (>=) instead of a ceiling (<=)
+    vs_vsftpd: bool = False  # the figure is subject / vsftpd, the limit a ratio
+    also: str | None = None  # a second metric shown beside it (its label: ALSO_LABELS)
+
+
+TARGETS: list[Target] = [
+    Target("PSS per idle plain session, {n} anonymous sessions", "idle_sessions", "pss_kib",
+           "ftpwarden-isolated", 64, "KiB"),
+    Target("PSS per idle plain session, {n} sessions of 10 local users", "idle_local", "pss_kib",
+           "ftpwarden-isolated", 128, "KiB"),
+    Target("PSS per idle session, session_isolation=process ({n} anonymous)", "idle_sessions", "pss_kib",
+           "ftpwarden-isolated-process", 1536, "KiB"),
+    Target("PSS per idle TLS session ({n} sessions)", "idle_tls", "pss_kib", "ftpwarden-isolated", 2048, "KiB"),
+    Target("server CPU per login beyond the password check (cheap-hash user)", "login_rate", "beyond_check_ms",
+           "ftpwarden-isolated", 5, "ms", also="overhead_ms"),
+    Target("concurrent {n}-client aggregate rate", "concurrent", "agg_mib_s", "ftpwarden-isolated", 1.3,
+           "× vsftpd", higher=True, vs_vsftpd=True),
+]
+TARGET_HEADERS = ["issue 11 figure", "vsftpd", "ftpwarden", "target", "met"]
+ALSO_LABELS = {"overhead_ms": "CPU/login - check", "marginal_pss_kib": "marginal"}
+_COUNTS = {"idle_sessions": "idle_sessions", "idle_local": "idle_local", "idle_tls": "idle_tls",
+           "concurrent": "concurrent"}
+
+
+def _median(results: dict[str, Any], workload: str, server: str, metric: str) -> float | None:
+    entry = results.get("workloads", {}).get(workload, {}).get(server)
+    if not entry or entry.get("status") != "ok":
+        return None
+    summary = (entry.get("summary") or {}).get(metric)
+    return summary["median"] if summary else None
+
+
+def _reached(results: dict[str, Any], workload: str, server: str) -> str:
+    """' [k of n sessions]' when an idle workload did not reach its count (memory guard, refusals)."""
+    entry = results.get("workloads", {}).get(workload, {}).get(server) or {}
+    samples = [x for x in entry.get("samples", []) if "accepted" in x.get("metrics", {})]
+    if not samples or not workload.startswith("idle"):
+        return ""
+    got = min(int(x["metrics"]["accepted"]) for x in samples)
+    want = int(samples[0].get("expected", {}).get("accepted", got))
+    return f" [{got} of {want} sessions]" if got < want else ""
+
+
+def _target_cell(results: dict[str, Any], t: Target, server: str) -> tuple[str, float | None]:
+    value = _median(results, t.workload, server, t.metric)
+    also = "marginal_pss_kib" if t.workload.startswith("idle") else t.also
+    second = _median(results, t.workload, server, also) if also else None
+    extra = f" ({ALSO_LABELS.get(also or '', also)} {fmt_num(second)})" if second is not None else ""
+    if value is None:
+        return ("n/a" + extra).strip(), None
+    unit = "MiB/s" if t.metric == "agg_mib_s" else t.unit
+    return f"{fmt_num(value)} {unit}{extra}{_reached(results, t.workload, server)}", value
+
+
+def target_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Issue 11's target table: each figure for vsftpd and ftpwarden from this run, the target, met or not.
+    Idle figures are PSS per session including the fixed cost (the marginal slope in brackets)."""
+    sizes = results.get("meta", {}).get("sizes", {})
+    rows = []
+    for t in TARGETS:
+        if t.workload not in results.get("workloads", {}):
+            continue
+        figure = t.figure.format(n=sizes.get(_COUNTS.get(t.workload, ""), "N"))
+        peer, peer_value = _target_cell(results, t, "vsftpd")
+        mine, value = _target_cell(results, t, t.subject)
+        if t.vs_vsftpd:
+            value = ratio(value, peer_value)
+            mine = f"{fmt_ratio(value)} ({mine})" if value is not None else f"n/a ({mine})"
+            peer = f"1× ({peer})"
+        if t.subject != "ftpwarden-isolated":
+            mine += f" [{_short(t.subject)}]"
+        target = f"{'≥' if t.higher else '≤'} {fmt_num(t.limit)} {t.unit}"
+        met = "n/a" if value is None else ("yes" if (value >= t.limit if t.higher else value <= t.limit) else "NO")
+        rows.append([figure, peer, mine, target, met])
+    return rows
+
+
 def ceiling_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for key, label in CEILINGS:
@@ -282,6 +375,9 @@ def render_all_text(results: dict[str, Any]) -> str:
     parts = [_header_lines(results), "",
              render_text(CEILING_HEADERS, ceiling_rows(results), 1), "",
              render_text(headers, rows)]
+    targets = target_rows(results)
+    if targets:
+        parts += ["", render_text(TARGET_HEADERS, targets, 1)]
     if footnotes:
         parts += ["", *footnotes]
     notes = _notes(results)
@@ -300,6 +396,7 @@ def _header_lines(results: dict[str, Any]) -> str:
         f"servers: {versions}",
         f"sizes: {m.get('sizes_text', '?')}; repeat {m.get('repeat', '?')}; "
         f"median (min–max) of the repeats; took {m.get('duration_s', 0):.0f}s",
+        f"command: {m.get('command', '?')} (commit {m.get('commit') or '?'})",
     ])
 
 
@@ -310,6 +407,10 @@ def render_markdown(results: dict[str, Any]) -> str:
           _md_table(CEILING_HEADERS, ceiling_rows(results), 1), "",
           "## Servers", "",
           _md_table(headers, rows, 3), ""]
+    targets = target_rows(results)
+    if targets:
+        md += ["## Issue 11 targets (ftpwarden-isolated unless named; idle: PSS per session incl. the fixed "
+               "cost, marginal slope in brackets)", "", _md_table(TARGET_HEADERS, targets, 1), ""]
     if footnotes:
         md += [*(f"{f}  " for f in footnotes), ""]
     notes = _notes(results)

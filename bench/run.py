@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark ftpwarden against pyftpdlib and vsftpd on loopback, in one run.
 
-    python3 bench/run.py                      # everything, full sizes (< 15 min on 2 cores)
-    python3 bench/run.py --quick              # smoke run with small sizes (< 1 min)
+    python3 bench/run.py                      # everything, full sizes
+    python3 bench/run.py --quick              # smoke run with small sizes (a few minutes)
     python3 bench/run.py --servers pyftpdlib,vsftpd --workloads retr_big,login_rate --repeat 5
 
 Prints the table and writes results.json and results.md into --out. See bench/README.md.
@@ -29,11 +29,11 @@ import report
 from ceiling import measure_ceilings
 from client import FtpError
 from fixture import REPO, Fixture, Sizes
-from servers import ALL_SERVERS, VSFTPD, PortPlan, Server, Unavailable, server_version, start_server
+from servers import ALL_SERVERS, ISOLATED, VSFTPD, PortPlan, Server, Unavailable, server_version, start_server
 from workloads import WORKLOADS, Ctx, Sample
 
-QUICK = dict(big=64 << 20, small_files=200, list_entries=1000, idle_sessions=50, concurrent=20, failed_logins=50,
-             login_seconds=1.0, concurrent_seconds=1.5)
+QUICK = dict(big=64 << 20, small_files=200, list_entries=1000, idle_sessions=50, idle_local=50, idle_tls=20,
+             concurrent=20, failed_logins=50, login_seconds=1.0, concurrent_seconds=1.5)
 
 
 def parse_size(text: str) -> int:
@@ -54,21 +54,24 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--servers", default="ftpwarden,pyftpdlib,vsftpd",
-                   help="comma list of ftpwarden (= pooled, plus isolated when root), ftpwarden-pooled, "
-                        "ftpwarden-isolated, pyftpdlib, vsftpd (default: %(default)s)")
+                   help="comma list of ftpwarden (= pooled, plus isolated and isolated-process when root), "
+                        "ftpwarden-pooled, ftpwarden-isolated, ftpwarden-isolated-process "
+                        "(session_isolation=process), pyftpdlib, vsftpd (default: %(default)s)")
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help="comma list of " + ", ".join(WORKLOADS) + " (default: all)")
     p.add_argument("--repeat", type=int, help="samples per workload and server (default 3; --quick: 2, "
-                                              "and 1 for idle_sessions)")
+                                              "and 1 for the fresh-server workloads; idle_local, idle_tls: 1)")
     p.add_argument("--size-big", type=parse_size, help="size of the big file (default 1G, --quick 64M)")
     p.add_argument("--small-files", type=int, help="retr_small file count (default 2000)")
     p.add_argument("--list-entries", type=int, help="list_big directory size (default 10000)")
-    p.add_argument("--idle-sessions", type=int, help="idle_sessions count (default 3000; isolated: at most 1000)")
+    p.add_argument("--idle-sessions", type=int, help="idle_sessions count: anonymous sessions (default 3000)")
+    p.add_argument("--idle-local", type=int, help="idle_local count: sessions of 10 system users (default 1000)")
+    p.add_argument("--idle-tls", type=int, help="idle_tls count: explicit-FTPS sessions (default 1000)")
     p.add_argument("--concurrent", type=int, help="concurrent clients (default 200)")
     p.add_argument("--failed-logins", type=int, help="failed_logins parallel clients (default 200)")
     p.add_argument("--login-seconds", type=float, help="login_rate duration per sample (default 5)")
     p.add_argument("--concurrent-seconds", type=float, help="concurrent duration per sample (default 8)")
-    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run in under a minute")
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few minutes")
     p.add_argument("--subject", default="ftpwarden",
                    help="servers whose name starts with this are compared to the others (default: %(default)s)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
@@ -87,7 +90,7 @@ def _servers(spec: str) -> list[str]:
         if not name:
             continue
         if name == "ftpwarden":
-            names = ["ftpwarden-pooled"] + (["ftpwarden-isolated"] if os.geteuid() == 0 else [])
+            names = ["ftpwarden-pooled"] + (list(ISOLATED) if os.geteuid() == 0 else [])
         elif name in ALL_SERVERS:
             names = [name]
         else:
@@ -98,8 +101,8 @@ def _servers(spec: str) -> list[str]:
 
 def _sizes(args: argparse.Namespace) -> Sizes:
     base = Sizes(**QUICK) if args.quick else Sizes()
-    for field in ("small_files", "list_entries", "idle_sessions", "concurrent", "failed_logins", "login_seconds",
-                  "concurrent_seconds"):
+    for field in ("small_files", "list_entries", "idle_sessions", "idle_local", "idle_tls", "concurrent",
+                  "failed_logins", "login_seconds", "concurrent_seconds"):
         if getattr(args, field) is not None:
             setattr(base, field, getattr(args, field))
     if args.size_big:
@@ -110,7 +113,8 @@ def _sizes(args: argparse.Namespace) -> Sizes:
 def _sizes_text(s: Sizes) -> str:
     return (f"big {s.big / 2**20:.0f} MiB, {s.small_files} small files, {s.list_entries} list entries, "
             f"{s.login_clients} login clients x {s.login_seconds:g}s, {s.concurrent} concurrent x "
-            f"{s.concurrent_seconds:g}s, {s.idle_sessions} idle sessions, {s.failed_logins} failed logins")
+            f"{s.concurrent_seconds:g}s, {s.idle_sessions} idle anonymous / {s.idle_local} local-user / "
+            f"{s.idle_tls} TLS sessions, {s.failed_logins} failed logins")
 
 
 def _meta(args: argparse.Namespace, sizes: Sizes, repeat: int) -> dict:
@@ -141,8 +145,11 @@ class Run:
         self.repeat = args.repeat or (2 if args.quick else 3)
         self.names = _servers(args.servers)
         self.workloads = [WORKLOADS[w] for w in args.workloads.split(",") if w]
-        want_user = "vsftpd" in self.names and os.geteuid() == 0 and os.path.exists(VSFTPD)
-        self.fx = Fixture(self.sizes, want_system_user=want_user, keep=args.keep)
+        root = os.geteuid() == 0
+        want_user = "vsftpd" in self.names and root and os.path.exists(VSFTPD)
+        want_local = root and any(w.name == "idle_local" for w in self.workloads) and any(
+            n in ISOLATED or n == "vsftpd" for n in self.names)
+        self.fx = Fixture(self.sizes, want_system_user=want_user, keep=args.keep, want_local_users=want_local)
         self.ports = PortPlan()
         self.running: dict[tuple[str, bool], Server | str] = {}
         self.t0 = time.monotonic()
@@ -198,11 +205,12 @@ class Run:
             reps = 1  # a fresh server per sample is the slow part of a smoke run
         table = self.results["workloads"].setdefault(w.name, {})
         ctx = Ctx(self.fx)
-        for name in self.names:
+        names = [n for n in self.names if w.runs_on(n)]
+        for name in names:
             table[name] = {"status": "ok", "reason": None, "samples": [], "errors": []}
             self.server(name, w.tls)
         for rep in range(reps):
-            order = self.names[rep % len(self.names):] + self.names[:rep % len(self.names)]
+            order = names[rep % len(names):] + names[:rep % len(names)]
             for name in order:
                 entry = table[name]
                 srv = self.server(name, w.tls)
@@ -212,7 +220,8 @@ class Run:
                 fresh = None
                 try:
                     if w.fresh:  # a second instance, started for this sample only
-                        fresh = srv = start_server(name, self.fx, self.ports, tls=w.tls, tag=f"-{w.name}{rep}")
+                        fresh = srv = start_server(name, self.fx, self.ports, tls=w.tls, tag=f"-{w.name}{rep}",
+                                                   features=w.features)
                     sample: Sample = w.fn(srv, ctx)
                 except (OSError, FtpError, TimeoutError, ValueError, RuntimeError, Unavailable) as e:
                     why = f"{type(e).__name__}: {e}" if not isinstance(e, (FtpError, Unavailable)) else str(e)

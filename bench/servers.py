@@ -28,9 +28,15 @@ from pathlib import Path
 from client import Control, FtpError, tls_client_context, wait_ready
 from fixture import BENCH, PAM_SERVICE, PASSWORD, SECURE_CHROOT_DIR, SRC, USER, Fixture, first_line
 
-__all__ = ["ALL_SERVERS", "Server", "Unavailable", "start_server", "server_version", "PortPlan", "proc_table"]
+__all__ = ["ALL_SERVERS", "ISOLATED", "FEATURES", "Server", "Unavailable", "start_server", "server_version",
+           "PortPlan", "proc_table"]
 
-ALL_SERVERS = ["ftpwarden-pooled", "ftpwarden-isolated", "pyftpdlib", "vsftpd"]
+ALL_SERVERS = ["ftpwarden-pooled", "ftpwarden-isolated", "ftpwarden-isolated-process", "pyftpdlib", "vsftpd"]
+ISOLATED = ("ftpwarden-isolated", "ftpwarden-isolated-process")  # root only
+# What a workload may ask of a server beside the common setup (Workload.features):
+# "anonymous": anonymous logins (read-only) on the data directory;
+# "local": the system users fixture.LOCAL_USERS log in (PAM service PAM_SERVICE).
+FEATURES = ("anonymous", "local")
 VSFTPD = "/usr/sbin/vsftpd"
 HOST = "127.0.0.1"
 _CLK = os.sysconf("SC_CLK_TCK")
@@ -68,6 +74,17 @@ def descendants(root: int, table: dict[int, tuple[int, str, int, int]]) -> list[
         out.append(pid)
         todo.extend(kids.get(pid, []))
     return out
+
+
+SESSION_COMMS = ("ftpwarden-login", "ftpwarden-user")  # priv/zygote.py's names of its children
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _smaps_rollup(pid: int) -> tuple[int, int]:
@@ -182,6 +199,19 @@ class Server:
         table = proc_table()
         return sum(1 for pid in descendants(self.proc.pid, table) if table[pid][1] != "Z")
 
+    def session_procs(self) -> int:
+        """Processes that exist for sessions, not for the server itself: isolated ftpwarden's
+        pre-login processes, TLS helpers and identity workers (an idle one lingers 10 s after
+        its last session), vsftpd's per-session processes (below its listener). 0 elsewhere."""
+        table = proc_table()
+        live = [pid for pid in descendants(self.proc.pid, table) if table[pid][1] != "Z"]
+        if self.name in ISOLATED:
+            return sum(1 for pid in live if _comm(pid) in SESSION_COMMS)
+        if self.name == "vsftpd":
+            top = {pid for pid in live if table[pid][0] == self.proc.pid}
+            return sum(1 for pid in live if pid not in top)
+        return 0
+
     def first_error(self) -> str:
         for name in ("stderr", "stdout"):
             try:
@@ -221,10 +251,11 @@ def _conf(lines: dict[str, object]) -> str:
     return "".join(f"{k}={v}\n" for k, v in lines.items())
 
 
-def _ftpwarden(name: str, fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, conf: Path):
+def _ftpwarden(name: str, fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, conf: Path,
+               features: frozenset[str]):
     if fx.userdb is None:
         raise Unavailable(fx.userdb_error or "no user DB")
-    if name == "ftpwarden-isolated" and os.geteuid() != 0:
+    if name in ISOLATED and os.geteuid() != 0:
         raise Unavailable("isolated mode needs root")
     opts: dict[str, object] = {
         "listen": "YES", "listen_port": port, "listen_address": HOST,
@@ -237,6 +268,16 @@ def _ftpwarden(name: str, fx: Fixture, port: int, pasv: tuple[int, int], tls: bo
         opts["pooled"] = "YES"
     else:
         opts["secure_chroot_dir"] = SECURE_CHROOT_DIR
+    if name == "ftpwarden-isolated-process":
+        opts["session_isolation"] = "process"
+    if "anonymous" in features:
+        opts.update(anonymous_enable="YES", anon_root=fx.data, no_anon_password="YES")
+    if "local" in features:
+        if name not in ISOLATED:
+            raise Unavailable("system users log in only in isolated mode")
+        if not fx.local_users:
+            raise Unavailable(fx.local_users_error or "no local users (needs root)")
+        opts.update(local_enable="YES", pam_service_name=PAM_SERVICE)
     if tls:
         if fx.cert is None:
             raise Unavailable(fx.cert_error or "no certificate")
@@ -246,9 +287,11 @@ def _ftpwarden(name: str, fx: Fixture, port: int, pasv: tuple[int, int], tls: bo
     return [sys.executable, "-m", "ftpwarden", "serve", "--config", str(conf)], env
 
 
-def _pyftpdlib(fx: Fixture, port: int, pasv: tuple[int, int], tls: bool):
+def _pyftpdlib(fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, features: frozenset[str]):
+    if "local" in features:
+        raise Unavailable("no system users (DummyAuthorizer)")
     argv = [sys.executable, str(BENCH / "pyftpdlib_server.py"), "--port", str(port), "--root", str(fx.data),
-            "--pasv", f"{pasv[0]}-{pasv[1]}"]
+            "--pasv", f"{pasv[0]}-{pasv[1]}"] + (["--anonymous"] if "anonymous" in features else [])
     if tls:
         if fx.cert is None:
             raise Unavailable(fx.cert_error or "no certificate")
@@ -256,7 +299,7 @@ def _pyftpdlib(fx: Fixture, port: int, pasv: tuple[int, int], tls: bool):
     return argv, dict(os.environ)
 
 
-def _vsftpd(fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, conf: Path):
+def _vsftpd(fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, conf: Path, features: frozenset[str]):
     if os.geteuid() != 0:
         raise Unavailable("vsftpd needs root")
     if not os.path.exists(VSFTPD):
@@ -271,6 +314,10 @@ def _vsftpd(fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, conf: Path
         "max_clients": 5000, "max_per_ip": 5000,
         "secure_chroot_dir": SECURE_CHROOT_DIR, "xferlog_enable": "NO",
     }
+    if "anonymous" in features:  # as ftp_username (Debian's "ftp"), chrooted to anon_root
+        opts.update(anonymous_enable="YES", anon_root=fx.data, no_anon_password="YES")
+    if "local" in features and not fx.local_users:
+        raise Unavailable(fx.local_users_error or "no local users")
     if tls:
         if fx.cert is None:
             raise Unavailable(fx.cert_error or "no certificate")
@@ -298,26 +345,28 @@ def server_version(name: str) -> str:
 
 
 def start_server(name: str, fx: Fixture, ports: PortPlan, *, tls: bool = False, tag: str = "",
-                 ready_timeout: float = 20.0) -> Server:
+                 ready_timeout: float = 20.0, features: frozenset[str] = frozenset()) -> Server:
     """Start `name` and check one login and one download; Unavailable if it cannot.
-    `tag` names a second instance's config and log files."""
+    `tag` names a second instance's config and log files; `features` (FEATURES) what
+    it must offer beside the common setup."""
     port, pasv = ports.control(), ports.pasv()
     try:
-        return _start(name, fx, port, pasv, tls, f"{name}{'-tls' if tls else ''}{tag}", ready_timeout)
+        return _start(name, fx, port, pasv, tls, f"{name}{'-tls' if tls else ''}{tag}", ready_timeout,
+                      features)
     except Unavailable:
         ports.release(pasv)
         raise
 
 
 def _start(name: str, fx: Fixture, port: int, pasv: tuple[int, int], tls: bool, stem: str,
-           ready_timeout: float) -> Server:
+           ready_timeout: float, features: frozenset[str]) -> Server:
     conf = fx.tmp / f"{stem}.conf"
     if name.startswith("ftpwarden"):
-        argv, env = _ftpwarden(name, fx, port, pasv, tls, conf)
+        argv, env = _ftpwarden(name, fx, port, pasv, tls, conf, features)
     elif name == "pyftpdlib":
-        argv, env = _pyftpdlib(fx, port, pasv, tls)
+        argv, env = _pyftpdlib(fx, port, pasv, tls, features)
     elif name == "vsftpd":
-        argv, env = _vsftpd(fx, port, pasv, tls, conf)
+        argv, env = _vsftpd(fx, port, pasv, tls, conf, features)
     else:
         raise Unavailable(f"unknown server {name!r}")
     env["BENCH_PARENT_PID"] = str(os.getpid())

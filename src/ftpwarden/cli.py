@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
@@ -292,22 +292,30 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     _check_bind(args, cfg)
     quick_users = _quick_users(args.user)
-    isolated = isolated_mode(cfg, quick)
+    isolated = isolated_mode(cfg)
+    if isolated and quick:  # as root: every session runs as nopriv_user, jailed in the directory
+        cfg = _quick_as_nopriv(cfg)
     # the same checks as check-config: every problem at once, at its line
     if isolated:  # the check reads the user DB: in a child, so no hash stays in the listener
-        errors = _site_errors_apart(cfg, args.config)
+        errors = _site_errors_apart(cfg, args.config or "quick mode", quick_root=root)
     else:
         errors = check_site(cfg, args.config or "serve", isolated=isolated, quick_root=root).errors
     if errors:
         raise ConfigError.several(errors)
+    if isolated and quick:
+        if args.workers is not None:
+            print(f"warning: --workers {args.workers}: isolated mode (quick mode as root) has no worker "
+                  "processes; ignored", file=sys.stderr)
+        return _serve_isolated(args, cfg, lambda: _quick_as_nopriv(_quick_config(args)[0]),
+                               quick_root=root, quick_users=quick_users)
     if isolated:
-        return _serve_isolated(args, cfg)
+        return _serve_isolated(args, cfg, lambda: load_config(args.config, args.overrides, flags=_flags(args))[0])
     if cfg.local_enable and "local_enable" in cfg.explicit:
         print("warning: local_enable: system users log in only in isolated mode (started as root "
               "without pooled=YES); pooled mode serves anonymous and user_db_file users", file=sys.stderr)
     if os.geteuid() == 0 and quick:
-        print("warning: quick mode as root runs pooled mode as root; prefer a normal user, "
-              "or a config file for isolated mode", file=sys.stderr)
+        print("warning: quick mode with pooled=YES as root runs every session as root; without "
+              "pooled=YES they run as nopriv_user", file=sys.stderr)
     auth = _authenticator(cfg, root, quick_users)
     banner = _banner(cfg)
     workers = int(cfg.worker_processes) or os.cpu_count() or 1
@@ -323,15 +331,83 @@ def _serve(args: argparse.Namespace) -> int:
     socks = listeners[0]
     host, bound_port = socks[0].getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
-    what = args.config
-    if quick:  # say who may do what: anonymous, then each --user (always writable)
-        who = [f"anonymous {'writable' if args.write else 'read-only'}"]
-        who += [f"{name} writable" for name, _ in quick_users]
-        what = f"{root} ({', '.join(who)})"
+    what = _quick_what(args, root, quick_users) if quick else args.config
     _say_serving(what, socks, f"{workers} worker process(es)")
     print(f"  connect: curl ftp://{url_host}:{bound_port}/   or   lftp -p {bound_port} {url_host.strip('[]')}")
     sys.stdout.flush()
     return serve_pooled(ctx, listeners)
+
+
+def _quick_what(args: argparse.Namespace, root: str | None, quick_users: list[tuple[str, str]]) -> str:
+    """Quick mode's served directory and who may do what: anonymous, then each --user (always writable)."""
+    who = [f"anonymous {'writable' if args.write else 'read-only'}"]
+    who += [f"{name} writable" for name, _ in quick_users]
+    return f"{root} ({', '.join(who)})"
+
+
+def _quick_as_nopriv(cfg: Any) -> Any:
+    """Quick mode as root: anonymous and --user sessions run as nopriv_user (ftp_username
+    and guest_username follow it unless -o names them); a --user may write the top of
+    the jail (allow_writeable_chroot; anonymous never may, see _check_quick_root)."""
+    changes: dict[str, Any] = {"allow_writeable_chroot": True}
+    for name in ("ftp_username", "guest_username"):
+        if name not in cfg.where:
+            changes[name] = cfg.nopriv_user
+    return cfg.replace(**changes)
+
+
+def _nopriv_access(root: str, user: str) -> tuple[bool, bool]:
+    """(can list, can write) `root` as `user` would inside its jail: tried in a child
+    chrooted there that runs as the user, so ownership, mode bits and ACLs all count."""
+    import pwd
+    pw = pwd.getpwnam(user)
+    pid = os.fork()
+    if pid == 0:
+        code = 4
+        try:
+            os.chroot(root)
+            os.chdir("/")
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            try:
+                os.listdir("/")
+                code = 1
+            except OSError:
+                code = 0
+            code |= 2 if os.access("/", os.W_OK) else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code not in range(4):
+        raise StartupError(f"{root}: cannot check what {user} may do there")
+    return bool(code & 1), bool(code & 2)
+
+
+def _check_quick_root(cfg: Any, root: str) -> None:
+    """Quick mode as root: the jail must be readable by nopriv_user and, as anonymous
+    sessions run in it, not writable by it (vsftpd's rule for a chroot's top)."""
+    user = cfg.nopriv_user
+    readable, writable = _nopriv_access(root, user)
+    if not readable:
+        raise StartupError(f"{root}: {user} cannot read it, and the sessions run as {user} jailed there; "
+                           f"make it readable and searchable by {user} (e.g. chmod o+rx), or use -o nopriv_user=USER")
+    if writable and cfg.anonymous_enable:
+        raise StartupError(f"{root}: {user} can write it, and anonymous sessions never run in a jail whose top "
+                           f"they can write (vsftpd's rule); serve a directory {user} cannot write and give it "
+                           f"a subdirectory to upload into, or add -o anonymous_enable=NO")
+
+
+def _nopriv_who(cfg: Any) -> str:
+    import grp
+    import pwd
+    pw = pwd.getpwnam(cfg.nopriv_user)
+    try:
+        group = grp.getgrgid(pw.pw_gid).gr_name
+    except KeyError:
+        group = str(pw.pw_gid)
+    return f"{pw.pw_name}:{group} (uid {pw.pw_uid}, gid {pw.pw_gid})"
 
 
 def _listen(addresses: list[tuple[str, bool | None]], cfg: Any, workers: int) -> list[Any]:
@@ -378,7 +454,7 @@ def _ban_list(cfg: Any, kept: list[Any] | None) -> Any:
     return kept[0]
 
 
-def _site_errors_apart(cfg: Any, source: str) -> list[ConfigError]:
+def _site_errors_apart(cfg: Any, source: str, quick_root: str | None = None) -> list[ConfigError]:
     """check_site (isolated mode) run in a child that exits: its reading of the
     user DB leaves no hash in the listener, which forks every session (issue 18.6)."""
     from .preflight import check_site
@@ -388,7 +464,7 @@ def _site_errors_apart(cfg: Any, source: str) -> list[ConfigError]:
         code = 1
         try:
             os.close(r)
-            errors = check_site(cfg, source, isolated=True).errors
+            errors = check_site(cfg, source, isolated=True, quick_root=quick_root).errors
             with os.fdopen(w, "wb") as out:
                 out.write("\x1e".join(f"{e.where}\x1f{e.message}" for e in errors).encode("utf-8", "surrogateescape"))
             code = 0
@@ -406,14 +482,15 @@ def _site_errors_apart(cfg: Any, source: str) -> list[ConfigError]:
     return [ConfigError(*item.split("\x1f", 1)) for item in data.split("\x1e") if item]
 
 
-def _isolated_login(cfg: Any) -> Any:
+def _isolated_login(cfg: Any, quick_root: str | None = None, quick_users: Sequence[tuple[str, str]] = ()) -> Any:
     """Isolated mode's password check, run only in the password checker (priv/checker.py):
-    the one process that loads the user DB and runs PAM."""
+    the one process that loads the user DB, hashes quick mode's --user passwords and runs PAM."""
     from .policy.auth.base import LoginRefused, LoginRequest
     from .policy.auth.local import LocalAuthenticator
     from .policy.identity import isolated_identity
 
-    auths = _authenticator(cfg, None, [], extra=[LocalAuthenticator(cfg)] if cfg.local_enable else [])
+    auths = _authenticator(cfg, quick_root, list(quick_users),
+                           extra=[LocalAuthenticator(cfg)] if cfg.local_enable else [])
 
     def authenticate(user: str, password: str, remote_ip: str) -> Any:
         try:
@@ -423,13 +500,16 @@ def _isolated_login(cfg: Any) -> Any:
     return authenticate
 
 
-def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
-    """Started as root: one monitor and unprivileged workers per session (priv/)."""
-    from .policy.config import load_config
+def _serve_isolated(args: argparse.Namespace, cfg: Any, reload: Callable[[], Any], *,
+                    quick_root: str | None = None, quick_users: Sequence[tuple[str, str]] = ()) -> int:
+    """Started as root: the broker, the zygote and unprivileged session processes (priv/).
+    `reload()` builds the config again (at start and on SIGHUP): from the file, or quick
+    mode's in memory (`quick_root`, `quick_users`)."""
     from .preflight import prepare_secure_dir, secure_dir
     from .priv import worker  # imported before fork so sessions start fast
+    from .priv.broker import Broker
     from .priv.checker import Checker, refused
-    from .priv.listener import Listener, run_one_session
+    from .priv.monitor import run_one_session
 
     prepare_secure_dir(cfg)  # our default jail, made now if missing (checked by check_site)
     kept_bans: list[Any] | None = []  # the listener's one BanList, kept across SIGHUP
@@ -437,12 +517,12 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
     account_rates = _account_rates(cfg)
 
     def config() -> Any:
-        fresh, _warnings = load_config(args.config, args.overrides, flags=_flags(args))
+        fresh = reload()
         # the pre-login jail actually used (ours unless the file names one)
         return fresh.replace(secure_chroot_dir=secure_dir(fresh))
 
     def login() -> Any:  # in the password checker only: it loads the user DB
-        return _isolated_login(config())
+        return _isolated_login(config(), quick_root, quick_users)
 
     def load() -> Any:  # the listener's: no user DB (checks go to the checker)
         fresh = config()
@@ -468,14 +548,24 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any) -> int:
         client = checker.connect()
         checker.close()
         return run_one_session(load(), conn, checker=client)
-    (socks,) = _listen(_addresses(cfg, args.bind, False), cfg, 1)
+    quick = quick_root is not None
+    (socks,) = _listen(_addresses(cfg, args.bind, quick), cfg, 1)
+    if quick_root is not None:  # after the port: "Address already in use" comes first, as in pooled mode
+        _check_quick_root(cfg, quick_root)
     try:
-        listener = Listener(list(socks), load, login)
+        listener = Broker(list(socks), load, login)
     except RuntimeError as e:
         raise StartupError(str(e)) from None
 
     def ready() -> None:
-        _say_serving(args.config, socks, "isolated mode")
+        if not quick:
+            _say_serving(args.config, socks, "isolated mode")
+        else:  # say who the sessions run as, and how to connect
+            _say_serving(_quick_what(args, quick_root, list(quick_users)), socks, "isolated mode")
+            print(f"  sessions run as {_nopriv_who(cfg)}, jailed in {quick_root}")
+            host, port = socks[0].getsockname()[:2]
+            url_host = f"[{host}]" if ":" in host else host
+            print(f"  connect: curl ftp://{url_host}:{port}/   or   lftp -p {port} {host}")
         sys.stdout.flush()
 
     if cfg.background:

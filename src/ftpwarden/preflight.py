@@ -36,9 +36,10 @@ class Report:
     notes: list[str] = field(default_factory=list)  # what was used, for check-config
 
 
-def isolated_mode(cfg: Any, quick: bool = False) -> bool:
-    """serve's choice: root and a config file without pooled=YES -> isolated mode."""
-    return os.geteuid() == 0 and not cfg.pooled and not quick
+def isolated_mode(cfg: Any) -> bool:
+    """serve's choice: root without pooled=YES -> isolated mode (quick mode too: its
+    sessions then run as nopriv_user, jailed in the served directory)."""
+    return os.geteuid() == 0 and not cfg.pooled
 
 
 def _at(cfg: Any, source: str, *names: str) -> str:

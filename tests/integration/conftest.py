@@ -45,7 +45,16 @@ class Server:
         return self.stderr_path.read_text(errors="replace")
 
 
+# `-o` options given to every isolated-mode server (one started with --config): tests/privileged
+# runs each of its tests once per session_isolation setting through this (see its conftest).
+ISOLATED_OPTIONS: list[str] = []
+
+
 def start_server(args: list[str], root: Path, tmp: Path, timeout: float = 15.0) -> Server:
+    if "--config" in args:
+        args = [*args, *ISOLATED_OPTIONS]
+    elif os.geteuid() == 0:  # quick mode as root would be isolated mode (tests/privileged/test_quick_root.py)
+        args = [*args, "-o", "pooled=YES"]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONUNBUFFERED="1")
     err = tmp / f"server-{len(list(tmp.glob('server-*.err')))}.err"
     with open(err, "wb") as err_file:  # the child keeps its own copy

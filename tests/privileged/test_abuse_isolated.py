@@ -1,11 +1,12 @@
-"""Abuse resistance in isolated mode (root listener, a monitor and unprivileged
-workers per session): timeouts in both workers, hostile input, data-channel
-hijack, a SIGKILLed post-login worker in the middle of a transfer."""
+"""Abuse resistance in isolated mode (root listener+broker, unprivileged pre-login
+processes and identity workers): timeouts before and after login, hostile input,
+data-channel hijack, a SIGKILLed identity worker in the middle of a transfer."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import time
@@ -15,10 +16,11 @@ import pytest
 
 from ..conftest import wait_for
 from ..integration.conftest import REPLY_START, Ctl, Prober, data_socket, recv_all, start_server, stop_server
-from .conftest import holders, ids, session_processes, socket_inode, write_conf
+from .conftest import holders, ids, session_processes, sessions_gone, socket_inode, write_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 ALICE = ("ftpw_alice", "alice-pw-1")
+BOB = ("ftpw_bob", "bob-pw-2")
 BIG_SIZE = 48 * 1024 * 1024
 
 
@@ -53,7 +55,7 @@ def no_traceback(srv) -> None:
     assert "Traceback" not in err, err[-3000:]
 
 
-def test_idle_timeouts_in_both_workers(tmp_path_factory, accounts):
+def test_idle_timeouts_in_both_workers(tmp_path_factory, accounts, session_isolation):
     srv = serve(tmp_path_factory, accounts, "idle_session_timeout=2")
     try:
         pre = Ctl(srv.host, srv.port)  # the nopriv pre-login worker reads it
@@ -63,13 +65,13 @@ def test_idle_timeouts_in_both_workers(tmp_path_factory, accounts):
         assert post.reply() == b"421 Timeout.\r\n"
         assert time.monotonic() - started < 6
         assert pre.closed(3) and post.closed(3)
-        assert wait_for(lambda: not session_processes(srv), timeout=10), session_processes(srv)
+        assert wait_for(lambda: not sessions_gone(srv, session_isolation), timeout=10), session_processes(srv)
         no_traceback(srv)
     finally:
         stop_server(srv)
 
 
-def test_hostile_input_before_and_after_login(iso):
+def test_hostile_input_before_and_after_login(iso, session_isolation):
     listener = iso.proc.pid
     with Prober(iso, "hostile input, isolated mode", user=ALICE[0], password=ALICE[1]):
         for login in (False, True):
@@ -89,7 +91,7 @@ def test_hostile_input_before_and_after_login(iso):
         flood.sock.sendall(os.urandom(1 << 20))
         assert flood.closed(5)
     assert iso.proc.poll() is None and listener == iso.proc.pid
-    assert wait_for(lambda: len(session_processes(iso)) == 0, timeout=10), session_processes(iso)
+    assert wait_for(lambda: not sessions_gone(iso, session_isolation), timeout=10), session_processes(iso)
     no_traceback(iso)
 
 
@@ -142,12 +144,19 @@ def test_stalled_download_426_in_the_post_login_worker(iso, big_file):
     assert ctl.cmd("NOOP").startswith(b"200")
 
 
-def test_sigkill_of_a_post_login_worker_mid_transfer_spares_the_other_session(iso, big_file, accounts):
+def test_sigkill_of_an_identity_worker_mid_transfer_spares_the_other_sessions(iso, big_file, accounts,
+                                                                               session_isolation):
+    """Three downloads: the victim's, another of alice's, one of bob's.  The worker serving the
+    victim is killed: the victim's session ends, and so does alice's other one exactly when the
+    two share that worker (identity setting); every other download finishes byte-exact."""
     path, digest = big_file
+    bobs = Path(accounts["bob"].pw_dir) / path.name
+    shutil.copyfile(path, bobs)
+    os.chown(bobs, accounts["bob"].pw_uid, accounts["bob"].pw_gid)
     alice_uid = accounts["alice"].pw_uid
 
-    def start(source: str) -> tuple[Ctl, socket.socket]:
-        ctl = Ctl(iso.host, iso.port, source=source).login(*ALICE)
+    def start(source: str, cred: tuple[str, str]) -> tuple[Ctl, socket.socket]:
+        ctl = Ctl(iso.host, iso.port, source=source).login(*cred)
         assert ctl.cmd("TYPE I").startswith(b"200")
         host, port = ctl.pasv()
         d = data_socket(host, port, source=source, rcvbuf=65536)
@@ -155,30 +164,40 @@ def test_sigkill_of_a_post_login_worker_mid_transfer_spares_the_other_session(is
         assert ctl.reply().startswith(b"150")
         return ctl, d
 
-    victim_ctl, victim_data = start("127.0.0.1")
-    other_ctl, other_data = start("127.0.0.2")
-    head = other_data.recv(1 << 16)
-    victim_data.recv(1 << 16)
-    workers = [p for p in session_processes(iso) if ids(p)[0][0] == alice_uid]
-    (victim,) = [p for p in workers if holders(socket_inode(victim_ctl.sock), [p])]
-    before = len(session_processes(iso))
-    os.kill(victim, signal.SIGKILL)
-    h = hashlib.sha256(head)
-    size = len(head)
-    while chunk := other_data.recv(1 << 20):
-        h.update(chunk)
-        size += len(chunk)
-    assert other_ctl.reply().startswith(b"226")
-    assert (size, h.hexdigest()) == (BIG_SIZE, digest)
-    assert other_ctl.cmd("NOOP").startswith(b"200")
-    # the killed session is over: its connections end, its monitor leaves
-    assert victim_ctl.closed(5)
-    victim_data.close()
-    assert wait_for(lambda: victim not in session_processes(iso) and len(session_processes(iso)) <= before - 2,
-                    timeout=10), session_processes(iso)
-    assert iso.proc.poll() is None
-    fresh = Ctl(iso.host, iso.port).login(*ALICE)
-    assert fresh.cmd("NOOP").startswith(b"200")
-    fresh.close()
-    other_ctl.close()
-    other_data.close()
+    try:
+        victim_ctl, victim_data = start("127.0.0.1", ALICE)
+        sibling_ctl, sibling_data = start("127.0.0.2", ALICE)
+        bob_ctl, bob_data = start("127.0.0.3", BOB)
+        heads = {name: d.recv(1 << 16) for name, d in (("sibling", sibling_data), ("bob", bob_data))}
+        victim_data.recv(1 << 16)
+        workers = [p for p in session_processes(iso) if ids(p)[0][0] == alice_uid]
+        assert len(workers) == (1 if session_isolation == "identity" else 2), workers
+        (victim,) = [p for p in workers if holders(socket_inode(victim_ctl.sock), [p])]
+        shared = victim in holders(socket_inode(sibling_ctl.sock), workers)
+        assert shared == (session_isolation == "identity")
+        os.kill(victim, signal.SIGKILL)
+        survivors = [("bob", bob_ctl, bob_data)] + ([] if shared else [("sibling", sibling_ctl, sibling_data)])
+        for name, ctl, data in survivors:
+            h = hashlib.sha256(heads[name])
+            size = len(heads[name])
+            while chunk := data.recv(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+            assert ctl.reply().startswith(b"226"), name
+            assert (size, h.hexdigest()) == (BIG_SIZE, digest), name
+            assert ctl.cmd("NOOP").startswith(b"200"), name
+        # the killed worker's sessions are over: the client sees its connection end
+        assert victim_ctl.closed(5)
+        if shared:
+            assert sibling_ctl.closed(5)
+        assert wait_for(lambda: victim not in session_processes(iso), timeout=10), session_processes(iso)
+        assert iso.proc.poll() is None
+        fresh = Ctl(iso.host, iso.port).login(*ALICE)  # the killed identity logs in again
+        assert fresh.cmd("NOOP").startswith(b"200")
+        fresh.close()
+        for c in (victim_ctl, sibling_ctl, bob_ctl):
+            c.close()
+        for d in (victim_data, sibling_data, bob_data):
+            d.close()
+    finally:
+        bobs.unlink(missing_ok=True)

@@ -1,8 +1,8 @@
 """No process that runs as nopriv_user or as a login user holds hash material (issue 18.6).
 
 Only the password checker (priv/checker.py) loads the user DB and runs PAM; the
-listener and the monitors ask it and get the account's fields, never a hash, so
-no worker forked from them can hold one.  The scan reads /proc/PID/mem as root:
+listener+broker asks it and gets the account's fields, never a hash; the zygote,
+which forks every unprivileged process, never asks at all.  The scan reads /proc/PID/mem as root:
 every hash of the user file and every shadow hash of the test accounts.
 """
 
@@ -24,7 +24,7 @@ from ftpwarden.priv.channel import channel_pair
 
 from ..conftest import descendants, proc_stat, wait_for
 from ..integration.conftest import REPO, start_server, stop_server, tls_login
-from .conftest import ids, is_checker, memory_holds, tls_lines, write_conf
+from .conftest import ids, is_checker, memory_holds, tls_lines, write_conf, zygote
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 30
@@ -92,13 +92,14 @@ def _scan(srv, login_uid: int, nobody_uid: int) -> None:
     assert worker in unprivileged
     held = {p: f for p in unprivileged if (f := memory_holds(p, needles))}
     assert not held, f"hash material in unprivileged processes: {held}"
-    # root: the listener and the monitors hold none either; the checker does (the scan works)
+    # root: the listener and the zygote hold none either; the checker does (the scan works)
     checkers = [p for p in procs if is_checker(p)]
     assert checkers, "no password checker"
     assert memory_holds(checkers[0], needles), "the scan finds the checker's user DB"
-    root_held = {p: f for p in [srv.proc.pid, *procs] if p not in checkers and ids(p)[0][0] == 0
-                 and (f := memory_holds(p, needles))}
-    assert not root_held, f"hash material in the listener or a monitor: {root_held}"
+    root = [p for p in [srv.proc.pid, *procs] if p not in checkers and ids(p)[0][0] == 0]
+    assert zygote(srv) in root
+    root_held = {p: f for p in root if (f := memory_holds(p, needles))}
+    assert not root_held, f"hash material in the listener or the zygote: {root_held}"
     assert any(ids(p)[0][0] == nobody_uid for p in procs) or login_uid != nobody_uid
 
 
@@ -141,7 +142,7 @@ def _checker(srv) -> int:
 def test_a_dead_checker_refuses_then_is_replaced(hash_server):
     old = _checker(hash_server)
     waiting = ftplib.FTP(timeout=TIMEOUT)
-    waiting.connect(hash_server.host, hash_server.port)  # its monitor's channel is to the old checker
+    waiting.connect(hash_server.host, hash_server.port)  # connected while the old checker ran
     os.kill(old, signal.SIGKILL)
     with pytest.raises(ftplib.error_perm, match=r"^530"):
         waiting.login("carol", "carol-pw")  # never a grant without a checker

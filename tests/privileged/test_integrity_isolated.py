@@ -1,5 +1,5 @@
-"""Issues 10 and 17 in isolated mode (root listener, a monitor and unprivileged
-workers per session): the same checks as tests/integration/integrity_checks.py and
+"""Issues 10 and 17 in isolated mode (root listener+broker, unprivileged pre-login
+processes and identity workers): the same checks as tests/integration/integrity_checks.py and
 newuser_checks.py, run as the real user ftpw_alice jailed in her home."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def serve(base: Path, home: Path, *lines: str, delay: int = 0):
 
 
 @pytest.fixture(scope="module")
-def iso_site(tmp_path_factory, accounts):
+def iso_site(tmp_path_factory, accounts, session_isolation):  # a server per setting
     home = Path(accounts["alice"].pw_dir)
     srv = serve(tmp_path_factory.mktemp("integrity"), home)
     yield I.Site(srv.host, srv.port, *ALICE, home)
@@ -67,8 +67,8 @@ def test_trailing_slash_on_a_file_name_is_550(site):
 
 
 def test_last_login_failure_gets_its_530(tmp_path_factory, accounts):
-    # delay_failed_login as by default: the pre-login worker then answers a moment
-    # after the monitor's refusal, and the monitor used to kill it before it could
+    # delay_failed_login as by default: the pre-login process then answers a moment
+    # after the broker's refusal (a monitor once killed it before it could)
     srv = serve(tmp_path_factory.mktemp("fails"), Path(accounts["alice"].pw_dir), delay=1)
     try:
         site = I.Site(srv.host, srv.port, *ALICE, Path(accounts["alice"].pw_dir))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ftplib
 import io
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from ..conftest import descendants, wait_for
 from ..integration.conftest import client_ctx, start_server, stop_server, tls_login
-from .conftest import ids, is_checker, memory_holds, tls_lines, write_conf
+from .conftest import ids, is_checker, key_fragments, memory_holds, tls_lines, write_conf, zygote
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 30
@@ -69,20 +68,8 @@ def test_curl_ssl_reqd(tls_iso):
     assert r.stdout == b"over the helper\n"
 
 
-def _key_fragments(key: Path) -> list[bytes]:
-    """Pieces of the private key as they would sit in memory: PEM text, and the
-    prime p in big- and little-endian order (OpenSSL keeps little-endian limbs)."""
-    pem_lines = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
-    text = subprocess.run(["openssl", "rsa", "-in", str(key), "-noout", "-text"], capture_output=True,
-                          text=True, timeout=30).stdout
-    m = re.search(r"prime1:\s*\n((?:\s+[0-9a-f:]+\n)+)", text)
-    assert m, text[:200]
-    p = bytes.fromhex(re.sub(r"[\s:]", "", m.group(1))).lstrip(b"\0")
-    return [pem_lines[3].encode(), p[:32], p[::-1][:32]]
-
-
 def test_the_login_users_process_never_holds_the_key(tls_iso, accounts):
-    needles = _key_fragments(tls_iso.extra["key"])
+    needles = key_fragments(tls_iso.extra["key"])
     alice_uid = accounts["alice"].pw_uid
     nobody_uid = accounts["nobody"].pw_uid
     with tls_login(tls_iso, user="ftpw_alice", password="alice-pw-1", timeout=TIMEOUT) as ftp:
@@ -95,6 +82,8 @@ def test_the_login_users_process_never_holds_the_key(tls_iso, accounts):
         # the search works: the helper, which does TLS, has the key in memory
         assert memory_holds(helpers[0], needles)
         assert not memory_holds(worker, needles)
-        # nor does the monitor or the listener (the monitor forks the worker)
-        monitors = [p for p in procs if ids(p)[0][0] == 0 and not is_checker(p)]
-        assert monitors and not any(memory_holds(p, needles) for p in monitors + [tls_iso.proc.pid])
+        # nor does the listener or the zygote (the zygote forks the worker)
+        root = [p for p in procs if ids(p)[0][0] == 0 and not is_checker(p)]
+        assert zygote(tls_iso) in root
+        held = {p: f for p in [*root, tls_iso.proc.pid] if (f := memory_holds(p, needles))}
+        assert not held, f"the key in a root process: {held}"

@@ -1,6 +1,7 @@
 """Issue 18 item 7: no process of an isolated session that runs as nopriv_user or
 as the login user holds a log descriptor (it could clear O_APPEND and truncate
-root's logs); the monitor writes what the workers report, and checks it."""
+root's logs); the broker writes what they report, and checks it.  The zygote,
+which forks them, holds no log descriptor either."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from ftpwarden.priv.messages import (
 
 from ..conftest import wait_for
 from ..integration.conftest import ReusingFTP_TLS, client_ctx, start_server, stop_server
-from .conftest import conf_at, ids, session_processes, tls_lines, write_conf
+from .conftest import conf_at, ids, session_processes, tls_lines, write_conf, zygote
 
 TIMEOUT = 30
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
@@ -113,9 +114,11 @@ def test_no_session_process_of_a_user_holds_a_log_fd(logged):
     ftp.retrbinary("RETR down.txt", got.write)
     assert got.getvalue() == b"logged download\n"
     _census(logged, log_files, 2 if logged.extra["tls"] else 1)
+    files = set(log_files) - {str(logged.stderr_path)}  # its stderr is the server's
+    assert not {fd: t for fd, t in _fd_targets(zygote(logged)).items() if t in files}, "the zygote holds a log file"
     ftp.quit()
 
-    # the monitor wrote every line the workers used to write
+    # the broker wrote every line the workers used to write
     def vsftpd_kinds() -> set[str]:
         text = (logs / "vsftpd.log").read_text()
         return {k for k in ("CONNECT", "OK LOGIN", "OK UPLOAD", "OK DOWNLOAD", "FTP command", "FTP response")
@@ -124,7 +127,7 @@ def test_no_session_process_of_a_user_holds_a_log_fd(logged):
     text = (logs / "vsftpd.log").read_text()
     assert '[anonymous] OK UPLOAD: Client "127.0.0.1", "/incoming/up.bin", 4321 bytes' in text
     assert 'FTP command: Client "127.0.0.1", "USER anonymous"' in text
-    assert len(set(re.findall(r"\[pid (\d+)\]", text))) == 1  # one writer for the session: its monitor
+    assert len(set(re.findall(r"\[pid (\d+)\]", text))) == 1  # one writer for the session: the broker
     xfer = [line.split() for line in (logs / "xferlog").read_text().splitlines()]
     assert sorted((f[7], f[11], f[12]) for f in xfer) == [("16", "o", "a"), ("4321", "i", "a")]
     def json_events() -> list[dict]:
@@ -136,9 +139,9 @@ def test_no_session_process_of_a_user_holds_a_log_fd(logged):
     assert kinds.count("disconnect") == 1, kinds  # the handover to the post-login worker is not one
     assert [(e["user"], e["ok"], e["user_class"]) for e in events if e["event"] == "login"] == \
         [("anonymous", True, "anonymous")]
-    assert len({e["session"] for e in events}) == 1  # one session id, the monitor's
+    assert len({e["session"] for e in events}) == 1  # one session id, the broker's
     assert {e["client"] for e in events} == {"127.0.0.1"}
-    # -v: the vsftpd-format lines on the monitor's stderr
+    # -v: the vsftpd-format lines on the broker's stderr
     assert wait_for(lambda: "OK DOWNLOAD" in logged.stderr())
 
 
@@ -157,7 +160,7 @@ def _connected_to(inode: int) -> set[int]:
 @pytest.mark.skipif(not shutil.which("ss"), reason="iproute2's ss lists unix socket peers")
 def test_workers_hold_no_syslog_socket(tmp_path_factory, accounts):
     """A connected syslog socket could only add lines, never truncate: still, a
-    worker holds none (it could forge lines with any priority); the monitor sends."""
+    worker holds none (it could forge lines with any priority); the broker sends."""
     base = tmp_path_factory.mktemp("logsys")
     sockdir = tempfile.mkdtemp(prefix="fw-syslog-")  # AF_UNIX paths are short
     path = os.path.join(sockdir, "log")
@@ -173,7 +176,8 @@ def test_workers_hold_no_syslog_socket(tmp_path_factory, accounts):
         ftp.login("ftpw_alice", "alice-pw-1")
         assert wait_for(lambda: len(_unprivileged(srv)) == 1)
         holders = _connected_to(os.fstat(rx.fileno()).st_ino)
-        assert holders and all(ids(pid)[0][0] == 0 for pid in holders), holders  # listener and monitor only
+        assert holders and all(ids(pid)[0][0] == 0 for pid in holders), holders  # the listener+broker only
+        assert zygote(srv) not in holders
         assert ftp.sendcmd("NOOP").startswith("200")
         ftp.quit()
         got = ""
@@ -187,7 +191,7 @@ def test_workers_hold_no_syslog_socket(tmp_path_factory, accounts):
         os.rmdir(sockdir)
 
 
-# ---------------------------------------------------------------- what the monitor accepts
+# ---------------------------------------------------------------- what the broker (and inetd's monitor) accepts
 
 class Recorder(EventLog):
     def __init__(self) -> None:

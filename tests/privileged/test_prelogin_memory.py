@@ -1,15 +1,15 @@
-"""Password checks are bounded across every monitor of a listener (issue 18.4).
+"""Password checks are bounded across a listener's sessions (issue 18.4).
 
 An scrypt check costs 16 MiB; unauthenticated clients must not be able to run hundreds
 at once.  Each check runs in a short-lived child of the password checker (priv/checker.py,
-issue 18.6) while its monitor holds a slot; no monitor ever holds the buffer.
-The bound itself (priv/checkslots.py) needs no root; the server tests do.
+issue 18.6) while the broker holds a slot for it; neither the listener+broker nor the
+zygote ever holds the buffer.
+The bound is the broker's count of checks in flight (priv/broker.py CHECKS_AT_ONCE).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ftpwarden.priv.checkslots import CheckSlots, default_slots
+from ftpwarden.priv.broker import CHECKS_AT_ONCE
 
 from ..conftest import proc_stat, process_tree
 from ..integration.conftest import REPO, start_server, stop_server
@@ -27,78 +27,7 @@ from .conftest import is_checker
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-BIG = 10 << 20  # a monitor this much above its pre-PASS RSS holds a hashing buffer
-
-
-# ---------------------------------------------------------------- the slots, across processes
-
-def _in_child(fn) -> int:
-    """Run fn() in a forked child; its exit code (0: fn returned True)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = 0 if fn() else 3
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-def _try(slots: CheckSlots, wait: float) -> bool:
-    with slots.held(wait) as got:
-        return got
-
-
-def _holder(slots: CheckSlots) -> int:
-    """A child process holding one slot until killed; its pid."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            with slots.held(1) as got:
-                os.write(w, b"1" if got else b"0")
-                time.sleep(30)
-        finally:
-            os._exit(0)
-    os.close(w)
-    try:
-        assert os.read(r, 1) == b"1"
-    finally:
-        os.close(r)
-    return pid
-
-
-def _end(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-
-
-def test_no_more_holders_than_slots_across_processes(tmp_path: Path) -> None:
-    slots = CheckSlots(2, str(tmp_path))
-    holders = [_holder(slots), _holder(slots)]
-    try:
-        started = time.monotonic()
-        assert _in_child(lambda: _try(slots, 0.3)) == 3  # a third process waits, then is refused
-        assert 0.25 < time.monotonic() - started < 5
-        _end(holders[:1])  # SIGKILL: the kernel drops the dead holder's lock
-        assert _in_child(lambda: _try(slots, 2)) == 0
-    finally:
-        _end(holders)
-
-
-def test_a_detached_process_gets_no_slot(tmp_path: Path) -> None:
-    slots = CheckSlots(2, str(tmp_path))
-
-    def detached() -> bool:
-        slots.detach()
-        return _try(slots, 0.1)
-    assert _in_child(detached) == 3
-    assert _try(slots, 0.1)  # the parent keeps its own
+BIG = 10 << 20  # a root process this much above its pre-PASS RSS holds a hashing buffer
 
 
 # ---------------------------------------------------------------- a real isolated server
@@ -149,7 +78,7 @@ def scrypt_server(tmp_path_factory):
 
 @needs_root
 def test_parallel_failed_logins_hash_at_most_slots_at_once(scrypt_server):
-    n, slots = 24, default_slots()
+    n, slots = 24, CHECKS_AT_ONCE
     conns = []
     try:
         for _ in range(n):
@@ -159,7 +88,7 @@ def test_parallel_failed_logins_hash_at_most_slots_at_once(scrypt_server):
         time.sleep(0.5)
         tree = process_tree(scrypt_server.proc.pid)
         (checker,) = [p for p in tree if is_checker(p)]
-        before = _root_rss([p for p in tree if p != checker])  # the listener and monitors
+        before = _root_rss([scrypt_server.proc.pid, *(p for p in tree if p != checker)])  # listener, zygote
         base = _root_rss([checker])[checker]
 
         def hashing() -> int:
@@ -194,39 +123,8 @@ def test_parallel_failed_logins_hash_at_most_slots_at_once(scrypt_server):
         time.sleep(0.3)
         after = _root_rss(list(before))
         kept = [pid for pid, rss in after.items() if rss - before[pid] > BIG]
-        assert not kept, f"listener or monitors holding a hashing buffer: {kept}"
+        assert not kept, f"the listener or the zygote holding a hashing buffer: {kept}"
         assert _root_rss([checker])[checker] - base < BIG, "the checker kept a hashing buffer"
     finally:
         for s in conns:
             s.close()
-
-
-@needs_root
-def test_workers_hold_no_slot_file(scrypt_server):
-    with socket.create_connection((scrypt_server.host, scrypt_server.port), timeout=30) as s:
-        assert _reply(s).startswith(b"220")
-        time.sleep(0.3)
-        listener = scrypt_server.proc.pid
-        slot_files = set()
-        for fd in os.listdir(f"/proc/{listener}/fd"):
-            target = os.readlink(f"/proc/{listener}/fd/{fd}")
-            if target.endswith("(deleted)") and not target.startswith(("socket:", "pipe:", "anon_inode:")):
-                st = os.stat(f"/proc/{listener}/fd/{fd}")
-                slot_files.add((st.st_dev, st.st_ino))
-        assert slot_files, "the listener has no unnamed slot file"
-        tree = process_tree(listener)
-        monitors = [p for p in tree if os.stat(f"/proc/{p}").st_uid == 0 and not is_checker(p)]
-        workers = [p for p in tree if os.stat(f"/proc/{p}").st_uid != 0]
-        assert monitors and workers
-
-        def holds(pid: int) -> bool:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    st = os.stat(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) in slot_files:
-                    return True
-            return False
-        assert all(holds(p) for p in monitors)
-        assert not any(holds(p) for p in workers)

@@ -1,7 +1,8 @@
 """user_max_rate in isolated mode: budgets on the privileged side, grants to the workers (issue 18.8).
 
-The post-login worker never maps the shared table; its monitor books bytes for
-the session's own account and answers how long to wait.  The server tests read
+The identity worker never maps the shared table (nor does the zygote that forks
+it); the broker books bytes for the account of the session whose channel asks,
+and answers how long to wait.  The server tests read
 /proc of the real processes and measure real downloads; the table's clamps are
 checked directly, without root.
 """
@@ -25,7 +26,7 @@ from ftpwarden.priv.monitor import Monitor
 
 from ..conftest import wait_for
 from ..integration.conftest import Server, start_server, stop_server
-from .conftest import ids, session_processes, write_conf
+from .conftest import ids, session_processes, write_conf, zygote
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 RATE = 500_000  # bytes/s, user_max_rate and local_max_rate
@@ -143,11 +144,6 @@ def _workers_of(srv: Server, uid: int) -> list[int]:
     return [p for p in session_processes(srv) if ids(p)[0][0] == uid]
 
 
-def _parent(pid: int) -> int:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return int(text[text.rindex(")") + 2:].split()[1])
-
-
 def _poison(pid: int) -> None:
     """Do what a compromised worker could do with a table it maps: book every slot for ages."""
     with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
@@ -202,10 +198,9 @@ def test_postlogin_worker_does_not_map_the_rate_table(rated, accounts):
     with _login(rated, "ftpw_alice", "alice-pw-1") as ftp:
         ftp.voidcmd("NOOP")
         (worker,) = wait_for(lambda: _workers_of(rated, accounts["alice"].pw_uid))
-        monitor = _parent(worker)
-        assert ids(monitor)[0][0] == 0
-        assert _shared_writable(monitor), "the monitor keeps the table: the test can see one"
+        assert _shared_writable(rated.proc.pid), "the broker keeps the table: the test can see one"
         assert _shared_writable(worker) == []
+        assert _shared_writable(zygote(rated)) == []
 
 
 @needs_root

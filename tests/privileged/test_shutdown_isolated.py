@@ -1,4 +1,4 @@
-"""Isolated mode: stopping the server, or losing a monitor, ends every session (issue 18.3).
+"""Isolated mode: stopping the server, or losing the zygote, ends every session (issue 18.3).
 
 Process trees are read from /proc/PID/stat (this kernel has no .../children
 files); every PID checked was recorded while the server ran.
@@ -20,11 +20,11 @@ from ftpwarden.priv.creds import CredentialError, drop_privileges, set_parent_de
 
 from ..conftest import proc_stat, process_tree, wait_for
 from ..integration.conftest import Server, start_server, stop_server, tls_login
-from .conftest import is_checker, tls_lines, write_conf
+from .conftest import is_checker, is_zygote, tls_lines, write_conf, zygote
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 20
-END_BOUND = 8.0  # seconds for every session to end (the listener allows monitors 5 s)
+END_BOUND = 8.0  # seconds for every session to end (the listener allows its children 5 s)
 
 
 # ---------------------------------------------------------------- /proc
@@ -87,12 +87,15 @@ def alice_tls_login(srv: Server) -> ftplib.FTP_TLS:
 
 def sessions_ready(srv: Server, n_procs: int) -> list[int]:
     """The listener's tree once it has `n_procs` session processes (its password checker
-    not counted, but recorded too); recorded for clean-up."""
+    and the zygote not counted, but recorded too); recorded for clean-up."""
+    def sessions(t: list[int]) -> list[int]:
+        return [p for p in alive(t) if not is_checker(p) and not is_zygote(p)]
+
     def enough() -> list[int]:
         t = process_tree(srv.proc.pid)
-        return t if len([p for p in alive(t) if not is_checker(p)]) >= n_procs else []
+        return t if len(sessions(t)) >= n_procs else []
     pids = wait_for(enough, 10)
-    assert len([p for p in alive(pids) if not is_checker(p)]) >= n_procs, pids
+    assert len(sessions(pids)) >= n_procs, pids
     srv.extra["recorded"].extend(pids)
     return pids
 
@@ -115,7 +118,7 @@ def ends_within(ftp: ftplib.FTP, bound: float) -> str:
 
 # ---------------------------------------------------------------- tests
 
-def test_sigterm_to_the_listener_ends_every_session(server):
+def test_sigterm_to_the_listener_ends_every_session(server, session_isolation):
     plain = plain_login(server)
     tls = alice_tls_login(server)
     waiting = socket.create_connection((server.host, server.port), timeout=TIMEOUT)  # before login
@@ -123,8 +126,8 @@ def test_sigterm_to_the_listener_ends_every_session(server):
         assert waiting.recv(1024).startswith(b"220")
         assert plain.sendcmd("NOOP").startswith("200")
         assert tls.sendcmd("NOOP").startswith("200")
-        # 3 monitors; worker each; TLS helper; pre-login worker
-        pids = sessions_ready(server, 7)
+        # alice's identity worker (one per session with session_isolation=process); TLS helper; pre-login
+        pids = sessions_ready(server, 3 if session_isolation == "identity" else 4)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         # what a client sees: a 421 (there is time to say it), then the end
@@ -144,33 +147,38 @@ def test_sigterm_to_the_listener_ends_every_session(server):
             c.close()
 
 
-def test_sigkill_of_a_monitor_takes_its_workers(server):
+def test_sigkill_of_the_zygote_ends_the_listener_and_every_session(server, session_isolation):
+    """A new zygote forked from the listener would no longer be clean: the listener
+    exits 1 (systemd starts the service again), and every process of its sessions
+    ends with it (death signals): nothing keeps a client connection."""
     plain = plain_login(server)
     tls = alice_tls_login(server)
+    waiting = socket.create_connection((server.host, server.port), timeout=TIMEOUT)  # before login
     try:
-        pids = sessions_ready(server, 5)  # 2 monitors, 2 workers, 1 TLS helper
-        monitors = [p for p in alive(pids) if proc_stat(p)[0] == server.proc.pid and not is_checker(p)]
-        assert len(monitors) == 2
-        for monitor in monitors:
-            below = process_tree(monitor)
-            assert below, "a monitor without workers"
-            os.kill(monitor, signal.SIGKILL)
-            assert wait_for(lambda below=below: not alive(below), END_BOUND), f"orphaned: {alive(below)}"
-        assert ends_within(plain, END_BOUND) == "EOF"
-        assert ends_within(tls, END_BOUND) == "EOF"
-        assert server.proc.poll() is None  # the listener serves on
-        with plain_login(server) as again:
-            assert again.sendcmd("NOOP").startswith("200")
+        assert waiting.recv(1024).startswith(b"220")
+        pids = sessions_ready(server, 3 if session_isolation == "identity" else 4)
+        os.kill(zygote(server), signal.SIGKILL)
+        assert server.proc.wait(END_BOUND) == 1
+        for ftp in (plain, tls):
+            ends_within(ftp, END_BOUND)  # a 421 or the end of the connection, in time
+        waiting.settimeout(END_BOUND)
+        rest = b""
+        while chunk := waiting.recv(1024):
+            rest += chunk
+        assert rest in (b"", b"421 Server shutting down.\r\n"), rest
+        left = wait_for(lambda: not alive(pids) and not by_cmdline(server.extra["conf"]), END_BOUND)
+        assert left, f"still running: {alive(pids)} {by_cmdline(server.extra['conf'])}"
+        assert "Traceback" not in server.stderr()
     finally:
-        plain.close()
-        tls.close()
+        for c in (plain, tls, waiting):
+            c.close()
 
 
 def test_sigkill_of_the_listener_ends_the_sessions(server):
     plain = plain_login(server)
     try:
-        pids = sessions_ready(server, 2)
-        server.proc.kill()  # no handler runs: the monitors learn it from their death signal
+        pids = sessions_ready(server, 1)  # alice's identity worker
+        server.proc.kill()  # no handler runs: the zygote and its children learn it from their death signals
         server.proc.wait(5)
         assert ends_within(plain, END_BOUND).startswith("421")
         assert wait_for(lambda: not alive(pids), END_BOUND), f"orphaned: {alive(pids)}"
@@ -183,7 +191,7 @@ def test_death_signal_survives_the_privilege_drop():
     nobody = pwd.getpwnam("nobody")
     r, w = os.pipe()
     middle = os.fork()
-    if middle == 0:  # the "monitor": forks a worker, waits for its drop, then dies without a word
+    if middle == 0:  # the "zygote": forks a worker, waits for its drop, then dies without a word
         try:
             os.close(r)
             me = os.getpid()

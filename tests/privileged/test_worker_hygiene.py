@@ -1,9 +1,9 @@
 """Issue 18 item 9 (hygiene) in isolated mode: what a worker carries, and what
-the monitor still checks itself.
+the monitor (inetd mode's) still checks itself.
 
-- fd and environment census of the pre-login worker, the TLS helper and the
-  post-login worker (/proc, as root);
-- under TLS only the helper holds the client's TCP socket;
+- fd and environment census of the pre-login process, the TLS helper and the
+  identity worker (/proc, as root);
+- under TLS only the helper holds the client's TCP socket (no root process does);
 - CHOWN_UPLOAD only for anonymous sessions with chown_uploads, never on an
   O_PATH descriptor (a monitor driven by fake workers over a real channel);
 - the monitor refuses a login userlist_file or force_*_logins_ssl forbid,
@@ -32,7 +32,7 @@ from ftpwarden.proto.principal import UserClass
 
 from ..conftest import wait_for
 from ..integration.conftest import Ctl, start_server, stop_server, tls_login
-from .conftest import holders, session_processes, socket_inode, tls_lines, write_conf
+from .conftest import everyone, holders, session_processes, socket_inode, tls_lines, write_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 ALICE = ("ftpw_alice", "alice-pw-1")
@@ -128,14 +128,17 @@ def test_plain_workers_hold_only_their_fds_and_a_minimal_environment(logged, acc
         inode = socket_inode(pre.sock)
         worker = _one(holders(inode, [p for p in session_processes(logged) if _uid(p) == accounts["nobody"].pw_uid]),
                       "pre-login worker")
+        assert wait_for(lambda: holders(inode, everyone(logged)) == [worker], timeout=5), \
+            holders(inode, everyone(logged))  # the listener and the zygote passed it on
         _check_fds(worker, err=logged.stderr_path, logs=logged.extra["logs"], tcp={inode}, max_unix=3)
         assert _environ(worker) == MINIMAL_ENV
         pre.login(*ALICE)
-        assert wait_for(lambda: holders(inode, session_processes(logged)) and all(
-            _uid(p) == accounts["alice"].pw_uid for p in holders(inode, session_processes(logged))), timeout=10)
-        post = _one([p for p in holders(inode, session_processes(logged)) if _uid(p) == accounts["alice"].pw_uid],
-                    "post-login worker")
-        _check_fds(post, err=logged.stderr_path, logs=logged.extra["logs"], tcp={inode}, max_unix=3,
+        assert wait_for(lambda: holders(inode, everyone(logged)) and all(
+            _uid(p) == accounts["alice"].pw_uid for p in holders(inode, everyone(logged))), timeout=10), \
+            holders(inode, everyone(logged))
+        post = _one(holders(inode, everyone(logged)), "identity worker")
+        # admission channel, the session's channel, asyncio's pair
+        _check_fds(post, err=logged.stderr_path, logs=logged.extra["logs"], tcp={inode}, max_unix=4,
                    jail=frozenset({accounts["alice"].pw_dir}))
         assert _environ(post) == MINIMAL_ENV
     finally:
@@ -148,14 +151,14 @@ def test_tls_helper_alone_holds_the_client_socket(logged, accounts):
         inode = socket_inode(ftp.sock)
         tree = session_processes(logged)
         alice = [p for p in tree if _uid(p) == accounts["alice"].pw_uid]
-        post = _one(alice, "post-login worker")
-        helper = _one(holders(inode, tree), "TLS helper")
+        post = _one(alice, "identity worker")
+        helper = _one(holders(inode, everyone(logged)), "TLS helper")
         assert _uid(helper) == accounts["nobody"].pw_uid
-        assert post not in holders(inode, tree)
-        # the helper: client socket, monitor channel, plaintext end, handshake channel, asyncio's pair
+        # the helper: client socket, broker channel, plaintext end, handshake channel, asyncio's pair
         _check_fds(helper, err=logged.stderr_path, logs=logged.extra["logs"], tcp={inode}, max_unix=5)
-        # the worker: plaintext end, monitor channel, TLS-link channel, asyncio's pair; no TCP socket
-        _check_fds(post, err=logged.stderr_path, logs=logged.extra["logs"], tcp=set(), max_unix=5,
+        # the worker: plaintext end, admission channel, the session's channel, TLS-link channel,
+        # asyncio's pair; no TCP socket
+        _check_fds(post, err=logged.stderr_path, logs=logged.extra["logs"], tcp=set(), max_unix=6,
                    jail=frozenset({accounts["alice"].pw_dir}))
         assert _environ(helper) == MINIMAL_ENV
         assert _environ(post) == MINIMAL_ENV

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import sys
@@ -164,3 +165,74 @@ def test_ratio_columns_of_a_subject_that_never_ran_are_dropped():
     assert not any(h.startswith("fw-isolated/") for h in headers)
     assert all(len(r) == len(headers) for r in rows)
     assert any(n.endswith("ftpwarden-isolated: not built yet") for n in notes)
+
+
+def test_issue_11_targets_table():
+    """Each target row: vsftpd's figure and ftpwarden's from the same run, the target, met or not;
+    idle rows show the marginal slope and a count short of the one asked for."""
+    def entry(*samples):
+        return {"status": "ok", "reason": None, "samples": list(samples), "errors": []}
+
+    def idle(pss, marginal, accepted=3000, want=3000):
+        return {"metrics": {"pss_kib": pss, "marginal_pss_kib": marginal, "accepted": accepted},
+                "expected": {"accepted": want}}
+
+    res = report.summarize_results({
+        "meta": {"sizes": {"idle_sessions": 3000, "idle_local": 1000, "idle_tls": 1000, "concurrent": 200}},
+        "servers": ["ftpwarden-isolated", "ftpwarden-isolated-process", "vsftpd"],
+        "workloads": {
+            "idle_sessions": {"ftpwarden-isolated": entry(idle(50.0, 40.0)),
+                              "ftpwarden-isolated-process": entry(idle(2000.0, 1990.0, 2500)),
+                              "vsftpd": entry(idle(390.0, 380.0))},
+            "login_rate": {"ftpwarden-isolated": entry({"metrics": {"beyond_check_ms": 4.0, "overhead_ms": 5.5}}),
+                           "vsftpd": entry({"metrics": {"beyond_check_ms": 3.4, "overhead_ms": 19.6}})},
+            "concurrent": {"ftpwarden-isolated": entry({"metrics": {"agg_mib_s": 1200.0}}),
+                           "vsftpd": entry({"metrics": {"agg_mib_s": 1000.0}})},
+        },
+    })
+    rows = {r[0]: r[1:] for r in report.target_rows(res)}
+    assert len(rows) == 4  # no idle_local, no idle_tls in this run: no rows for them
+    assert rows["PSS per idle plain session, 3000 anonymous sessions"] == [
+        "390 KiB (marginal 380)", "50.0 KiB (marginal 40.0)", "≤ 64.0 KiB", "yes"]
+    assert rows["PSS per idle session, session_isolation=process (3000 anonymous)"] == [
+        "390 KiB (marginal 380)", "2000 KiB (marginal 1990) [2500 of 3000 sessions] [fw-isolated-process]",
+        "≤ 1536 KiB", "NO"]
+    assert rows["server CPU per login beyond the password check (cheap-hash user)"] == [
+        "3.40 ms (CPU/login - check 19.6)", "4.00 ms (CPU/login - check 5.50)", "≤ 5.00 ms", "yes"]
+    assert rows["concurrent 200-client aggregate rate"] == [
+        "1× (1000 MiB/s)", "1.20× (1200 MiB/s)", "≥ 1.30 × vsftpd", "NO"]
+    text = report.render_all_text(res)
+    assert "issue 11 figure" in text and "≥ 1.30 × vsftpd" in text
+    assert "## Issue 11 targets" in report.render_markdown(res)
+
+
+def _bench_module(name):
+    """A module of bench/ (they import each other by plain name: bench/ goes on sys.path)."""
+    bench = str(_PATH.parent)
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)
+
+
+def test_idle_sessions_stop_opening_under_the_memory_guard(monkeypatch):
+    """Sessions open 64 at a time; once free memory is under 2 GiB no more are opened,
+    and the guard says at how many it stopped."""
+    workloads = _bench_module("workloads")
+    opened: list[str] = []
+
+    class Ctx:
+        def control(self, server, timeout=60.0, user="benchuser"):
+            opened.append(user)
+            return object()
+
+    free = iter([8 << 30, 8 << 30, 1 << 30, 8 << 30])
+    monkeypatch.setattr(workloads, "mem_available", lambda: next(free))
+    guard: list[str] = []
+    sessions, errors = workloads._open_sessions(None, Ctx(), 1000, user_of=lambda i: f"u{i % 3}", first=10,
+                                                guard=guard)
+    assert len(sessions) == 128 and errors == []
+    assert sorted(set(opened)) == ["u0", "u1", "u2"]
+    assert guard == ["stopped at 138 sessions: 1.0 GiB free (< 2 GiB)"]
+    opened.clear()
+    sessions, _ = workloads._open_sessions(None, Ctx(), 100)  # no guard: all at once, memory unread
+    assert len(sessions) == 100 and set(opened) == {"benchuser"}

@@ -37,8 +37,12 @@ def listen_calls(monkeypatch):
 
 
 def clean(err: str) -> str:
-    """stderr without the root-only advice printed in quick mode as root."""
-    return "".join(line for line in err.splitlines(True) if "quick mode as root" not in line)
+    """stderr without the root-only advice printed in quick mode with pooled=YES as root."""
+    return "".join(line for line in err.splitlines(True) if "pooled=YES as root" not in line)
+
+
+# pooled mode's own flags (--workers): as root, quick mode is isolated mode unless pooled=YES
+POOLED = ("-o", "pooled=YES")
 
 
 # ---------------------------------------------------------------- tunables
@@ -135,9 +139,9 @@ def test_port_flag_and_dash_o_must_agree(run, listen_calls, tmp_path):
 
 
 def test_workers_flag_and_dash_o(run, listen_calls, tmp_path):
-    run("serve", str(tmp_path), "-o", "worker_processes=3")
+    run("serve", str(tmp_path), "-o", "worker_processes=3", *POOLED)
     assert listen_calls[-1][2] == 3
-    code, _, err = run("serve", str(tmp_path), "--workers", "2", "-o", "worker_processes=3")
+    code, _, err = run("serve", str(tmp_path), "--workers", "2", "-o", "worker_processes=3", *POOLED)
     assert code == 2 and "--workers 2: says worker_processes=2 but -o worker_processes=3" in err
 
 
@@ -192,3 +196,61 @@ def test_check_config_names_the_secure_chroot_dir_it_uses(run, tmp_path):
     assert code == 0, err
     assert "serve would run isolated mode" in out
     assert "secure_chroot_dir: /run/ftpwarden/empty (the default: root's, empty, 0755" in out
+
+
+# ---------------------------------------------------------------- quick mode as root
+
+def test_quick_mode_as_root_runs_sessions_as_nopriv_user():
+    """ftp_username and guest_username follow nopriv_user unless -o names them; a --user may
+    write the top of the jail (anonymous never may: the broker's rule, checked at start)."""
+    from ftpwarden.policy.config import load_config
+    cfg, _ = load_config(None, ["nopriv_user=ftpsvc"], base=[("quick mode", "anonymous_enable=YES")])
+    got = cli._quick_as_nopriv(cfg)
+    assert (got.ftp_username, got.guest_username, got.allow_writeable_chroot) == ("ftpsvc", "ftpsvc", True)
+    cfg, _ = load_config(None, ["ftp_username=ftp"])
+    got = cli._quick_as_nopriv(cfg)
+    assert (got.ftp_username, got.guest_username) == ("ftp", "nobody")
+
+
+@pytest.fixture
+def bound_listen(monkeypatch):
+    """serve gets a real listening socket on a free loopback port (closed after the test)."""
+    import socket
+    socks: list[socket.socket] = []
+
+    def fake(addresses, cfg, workers):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        socks.append(s)
+        return [[s]]
+    monkeypatch.setattr(cli, "_listen", fake)
+    yield socks
+    for s in socks:
+        s.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="quick mode is isolated mode only when started as root")
+@pytest.mark.parametrize("mode, message", [
+    (0o700, "nobody cannot read it, and the sessions run as nobody jailed there"),
+    (0o777, "nobody can write it, and anonymous sessions never run in a jail whose top they can write"),
+])
+def test_quick_mode_as_root_refuses_a_directory_nopriv_user_cannot_use(run, bound_listen, tmp_path, mode, message):
+    root = tmp_path / "pub"
+    root.mkdir()
+    root.chmod(mode)
+    code, out, err = run("serve", str(root))
+    assert code == 2 and out == "", out
+    assert err == f"ftpwarden: {root}: {message}" + err.split(message, 1)[1], err
+    assert len(err.splitlines()) == 1 and bound_listen  # it got as far as the port, then stopped
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="quick mode is isolated mode only when started as root")
+def test_quick_mode_as_root_says_workers_is_ignored(run, bound_listen, tmp_path):
+    root = tmp_path / "pub"
+    root.mkdir()
+    root.chmod(0o777)  # stops start-up right after the port: nothing is served
+    code, _, err = run("serve", str(root), "--workers", "2")
+    assert code == 2
+    assert err.startswith("warning: --workers 2: isolated mode (quick mode as root) has no worker processes; "
+                          "ignored\n"), err

@@ -1,5 +1,6 @@
 """The batch renderers (ls_lines, mlsx_lines) give exactly what the one-entry
-functions (ls_line, mlsx_facts) give, on random entries (issue 16)."""
+functions (ls_line, mlsx_facts) give, on random entries (issue 16), with the
+C accelerator (proto/_lsfmt.c) and with the pure-Python loops."""
 
 from __future__ import annotations
 
@@ -10,9 +11,18 @@ import time
 
 import pytest
 
+from ftpwarden.proto import listing
 from ftpwarden.proto.listing import SUPPORTED_FACTS, Entry, ls_line, ls_lines, mlsx_facts, mlsx_lines
 
 NOW = 1_780_000_000.5
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def renderer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.param == "c" and listing._lsfmt is None:
+        pytest.skip("C accelerator not built")
+    if request.param == "python":
+        monkeypatch.setattr(listing, "_lsfmt", None)
 _TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR,
           stat.S_IFBLK, 0)
 

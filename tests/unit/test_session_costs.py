@@ -2,23 +2,17 @@
 
 - every login of a user-file or anonymous authenticator shares one grants frozenset
   (with a per-write-setting key: read-only and writable users never mix);
-- the pooled server's stream protocol keeps its drain waiters in a list that still
-  wakes a writer paused by backpressure, and still fails it when the connection drops;
 - bench's cheap-hash user (what a login costs beyond the check) verifies with
   ftpwarden's own password check.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
-from ftpwarden.net.server import _StreamProtocol
 from ftpwarden.policy.auth.anonymous import AnonymousAuthenticator
 from ftpwarden.policy.auth.base import LoginRequest
 from ftpwarden.policy.auth.userfile import MemoryUserAuthenticator, UserRecord
@@ -52,38 +46,6 @@ def test_anonymous_logins_share_grants() -> None:
     a = auth.authenticate(LoginRequest("ftp", "a@example.org", "192.0.2.1"))
     b = auth.authenticate(LoginRequest("anonymous", "b@example.org", "192.0.2.1"))
     assert a.grants is b.grants and Perm.UPLOAD not in a.grants
-
-
-def _protocol(loop: asyncio.AbstractEventLoop) -> _StreamProtocol:
-    return _StreamProtocol(asyncio.StreamReader(loop=loop), loop=loop)
-
-
-def test_drain_waiters_are_a_list_that_resumes() -> None:
-    async def main() -> None:
-        proto = _protocol(asyncio.get_running_loop())
-        assert proto._drain_waiters == []
-        proto.pause_writing()
-        drain = asyncio.ensure_future(proto._drain_helper())
-        await asyncio.sleep(0)
-        assert not drain.done() and len(proto._drain_waiters) == 1
-        proto.resume_writing()
-        await asyncio.wait_for(drain, 5)
-        assert proto._drain_waiters == []
-
-    asyncio.run(main())
-
-
-def test_drain_waiter_fails_when_the_connection_drops() -> None:
-    async def main() -> None:
-        proto = _protocol(asyncio.get_running_loop())
-        proto.pause_writing()
-        drain = asyncio.ensure_future(proto._drain_helper())
-        await asyncio.sleep(0)
-        proto.connection_lost(ConnectionResetError("gone"))
-        with pytest.raises(ConnectionResetError):
-            await asyncio.wait_for(drain, 5)
-
-    asyncio.run(main())
 
 
 def test_bench_cheap_hash_verifies() -> None:

@@ -201,7 +201,7 @@ def test_every_tsv_row_is_in_the_table(row):
 def test_table_order_and_count():
     vsftpd = [n for n, t in TUNABLES.items() if t.origin == "vsftpd"]
     assert vsftpd == [row.split(" ")[0] for row in _ROWS]
-    assert len(TUNABLES) == len(_ROWS) + 16
+    assert len(TUNABLES) == len(_ROWS) + 18
 
 
 def test_names_unique_and_keys_match():
@@ -227,6 +227,8 @@ def test_names_unique_and_keys_match():
     ("ban_threshold", Kind.INT, 10),
     ("ban_seconds", Kind.INT, 600),
     ("ban_window", Kind.INT, 600),
+    ("session_isolation", Kind.STR, "identity"),
+    ("identity_sessions_max", Kind.INT, 256),
 ])
 def test_ftpwarden_options(name, kind, default):
     t = TUNABLES[name]

@@ -74,6 +74,16 @@ class ServerContext:
 _PASSWORD_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
 
+def _forget_password_pool() -> None:
+    """A forked child has none of its parent's threads: an inherited pool would
+    take checks that no thread ever runs."""
+    global _PASSWORD_POOL
+    _PASSWORD_POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_password_pool)
+
+
 def password_checks() -> concurrent.futures.ThreadPoolExecutor:
     """One thread per process checks passwords: slow hashes stay off the event
     loop, and their 16 MiB scrypt buffer is reused instead of multiplied."""

@@ -1,7 +1,13 @@
-"""One control connection: read lines, feed the Session, write replies, run actions.
+"""One control connection: frame lines, feed the Session, write replies, run actions.
 
 This module only moves bytes and performs the actions the core asks for; every
 decision about what a command means is in `proto/session.py`.
+
+Thousands of logged-in sessions may sit idle, so an idle one holds as little
+as possible: the connection is an asyncio Protocol that frames lines as they
+arrive (no StreamReader/StreamWriter), a coroutine runs only while commands
+are being handled (no task per session), and one timer per event loop
+(`_Sweep`) ends the sessions whose idle or login time is up (no timer per read).
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import Any
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Final
 
 from ..policy.auth.base import LoginRefused, LoginRequest
 from ..policy.options import session_options
@@ -22,138 +30,253 @@ from . import bans, context, data, files, tls, transfer
 from .context import ServerContext
 from .jail import Jail
 
-__all__ = ["ControlConnection"]
+__all__ = ["ControlConnection", "serve"]
 
 log = logging.getLogger("ftpwarden.session")
 
+_NO_FRAMES: Final[list[Frame]] = []  # shared while none wait; data_received makes a new list, never appends
+_NO_PROGRESS: Final[list[int]] = [0]  # until the first transfer (each one gets its own)
 
-class ControlConnection:
-    """Drives one Session over an asyncio stream pair."""
 
-    __slots__ = ("ctx", "cfg", "reader", "writer", "local_ip", "remote_ip", "session", "data", "jail",
-                 "start_account", "detached", "transfer_task", "transfer_progress", "closing", "events",
-                 "sid", "end_reason", "login_deadline", "ssl_context", "framer", "frames")
+class ControlConnection(asyncio.Protocol):
+    """Drives one Session over one transport (plain or TLS)."""
 
-    def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 *, account: Any = None, pending: bytes = b"", tls_state: actions.TlsState | None = None,
-                 addresses: tuple[str, str] | None = None) -> None:
+    __slots__ = ("ctx", "transport", "local_ip", "remote_ip", "session", "data", "jail", "detached",
+                 "transfer_task", "transfer_progress", "closing", "sid", "end_reason", "login_deadline",
+                 "ssl_context", "framer", "frames", "handler", "last_active", "eof", "lost", "paused",
+                 "drain_waiter", "lost_waiter", "held", "ended", "on_end", "opening")
+
+    def __init__(self, ctx: ServerContext, *, account: Any = None, pending: bytes = b"",
+                 tls_state: actions.TlsState | None = None, addresses: tuple[str, str] | None = None,
+                 admit: Callable[[ControlConnection], str | None] | None = None,
+                 on_end: Callable[[ControlConnection], None] | None = None) -> None:
         """`account`: start logged in (isolated mode's post-login process), after
         feeding `pending`, the bytes the client pipelined after PASS; `tls_state`
         and `addresses` (local, remote) come along when the control connection
-        reaches us as plaintext from the TLS helper."""
+        reaches us as plaintext from the TLS helper.  `admit(self)`: a
+        refusal answers 421 and ends the connection before any session starts;
+        `on_end(self)` runs once the session has ended."""
         self.ctx = ctx
-        self.cfg = ctx.cfg
-        self.reader = reader
-        self.writer = writer
-        sock = writer.get_extra_info("socket")
-        local = writer.get_extra_info("sockname")
-        peer = writer.get_extra_info("peername")
-        if addresses is None:
-            addresses = (local[0], peer[0])
-        self.local_ip, self.remote_ip = addresses
-        if sock is not None and sock.family != socket.AF_UNIX:
-            # ABOR is sent with urgent data (RFC 959 4.1.3): keep it in the stream.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.session = Session(session_options(self.cfg), local_ip=self.local_ip, remote_ip=self.remote_ip,
-                               banner=ctx.banner, names=ctx.name_of, refuse_user=ctx.refuse_user)
-        self.data = data.DataChannel(self.cfg, local_ip=self.local_ip, remote_ip=self.remote_ip,
-                                     broker=ctx.broker)
-        self.jail: Jail | None = None
-        self.start_account = account
+        # the start's arguments until connection_made; then None, or False: refused at admission
+        self.opening: Any = (account, pending, tls_state, addresses, admit)
+        self.on_end = on_end
+        self.transport: Any = None
+        self.handler: asyncio.Task[None] | None = None  # the coroutine handling commands, while one runs
+        self.closing = self.ended = False
         self.detached = False  # the TLS helper keeps the transport after handover
-        if tls_state is not None:
-            self.session.resume_tls(tls_state)
-        if pending:
-            reader.feed_data(pending)
-        self.framer = LineFramer(self.cfg.control_line_max)
-        # framed, not yet handled, the next one LAST: a list costs 56 bytes per
-        # idle session where a deque costs 760, and pop() from the end is O(1)
-        self.frames: list[Frame] = []
-        self.transfer_task: asyncio.Task[None] | None = None
-        self.transfer_progress = [0]
-        self.closing = False
-        self.events = ctx.events
-        self.sid = ctx.session_id()
-        self.end_reason = "client closed"
-        self.login_deadline = asyncio.get_event_loop().time() + float(self.cfg.login_timeout or 60)
-        # this connection's own SSLContext: its data connections must resume its session
-        self.ssl_context: ssl.SSLContext | None = None
+        self.eof = self.lost = self.paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.lost_waiter: asyncio.Future[None] | None = None
+        self.held: bytearray | None = None  # after pending_bytes(): what came since, for the TLS helper
+
+    @property
+    def cfg(self) -> Any:
+        return self.ctx.cfg
+
+    @property
+    def events(self) -> Any:
+        return self.ctx.events
 
     @property
     def user(self) -> str:
         account = self.session.account
         return account.name if account is not None else (self.session.pending_user or "")
 
-    # ------------------------------------------------------------ main loop
+    # the faces of the former stream pair that transfer.py uses: cc.reader.at_eof(), cc.writer.transport
+    @property
+    def reader(self) -> ControlConnection:
+        return self
 
-    async def run(self) -> None:
-        sslobj = self.writer.get_extra_info("ssl_object")
+    @property
+    def writer(self) -> ControlConnection:
+        return self
+
+    def at_eof(self) -> bool:
+        """The client ended its side of the control connection."""
+        return self.eof
+
+    # ------------------------------------------------------------ protocol callbacks
+
+    def connection_made(self, transport: Any) -> None:  # plain or TLS transport
+        account, pending, tls_state, addresses, admit = self.opening
+        self.opening = None
+        self.transport = transport
+        if addresses is None:
+            addresses = (transport.get_extra_info("sockname")[0], transport.get_extra_info("peername")[0])
+        self.local_ip, self.remote_ip = addresses
+        refusal = admit(self) if admit is not None else None
+        if refusal:
+            transport.write(f"421 {refusal}\r\n".encode())
+            transport.close()
+            self.opening = False
+            self.closing = self.ended = True
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            # ABOR is sent with urgent data (RFC 959 4.1.3): keep it in the stream.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cfg = self.ctx.cfg
+        self.session = Session(session_options(cfg), local_ip=self.local_ip, remote_ip=self.remote_ip,
+                               banner=self.ctx.banner, names=self.ctx.name_of, refuse_user=self.ctx.refuse_user)
+        self.data = data.DataChannel(cfg, local_ip=self.local_ip, remote_ip=self.remote_ip,
+                                     broker=self.ctx.broker)
+        self.jail: Jail | None = None
+        self.framer = LineFramer(cfg.control_line_max)
+        # framed, not yet handled, the next one LAST (pop() from the end is O(1))
+        self.frames = _NO_FRAMES
+        self.transfer_task: asyncio.Task[None] | None = None
+        self.transfer_progress = _NO_PROGRESS
+        self.sid = self.ctx.session_id()
+        self.end_reason = "client closed"
+        loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
+        self.login_deadline = self.last_active + float(cfg.login_timeout or 60)
+        # this connection's own SSLContext: its data connections must resume its session
+        self.ssl_context: ssl.SSLContext | None = None
+        if tls_state is not None:
+            self.session.resume_tls(tls_state)
+        sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.ssl_context = sslobj.context  # implicit TLS (tls.Contexts made it for this connection)
             tls.control_done(self.ssl_context)
             self.session.tls_started()  # protected from the first byte
-        if self.start_account is None:
+        if account is None:
             self.events.connect(self.sid, self.remote_ip)
+        if pending:  # handled after the opening, by the same handler
+            self.frames = self.framer.feed(pending)[::-1]
+        _Sweep.of(loop).add(self)
+        self._start(lambda: self._open(account))
+
+    def data_received(self, data_: bytes) -> None:
+        if self.held is not None:  # handed over: kept for the TLS helper, unread here
+            self.held += data_
+            return
+        if self.closing:
+            return
+        frames = self.framer.feed(data_)
+        if frames:
+            self._framed(frames)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if not self.closing and self.held is None:
+            self._framed(self.framer.end())  # an unterminated last line still counts
+            if self.handler is None:
+                self._start(None)  # the end of the session
+        # plain: keep our side open for the replies still to come; TLS cannot half-close
+        return self.transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.opening is not None:
+            return  # refused at admission
+        self.eof = self.lost = True
+        if exc is not None and not self.closing:
+            self.end_reason = f"connection error: {exc.__class__.__name__}"
+            self.frames = _NO_FRAMES  # nothing could be answered
+        for waiter in (self.drain_waiter, self.lost_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        if self.handler is None and not self.ended:
+            self._start(None)  # the end of the session
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------ command handling
+
+    def _framed(self, frames: list[Frame]) -> None:
+        """Queue complete lines; start handling them unless that runs already."""
+        if not frames:
+            return
+        frames.reverse()
+        frames += self.frames
+        self.frames = frames
+        if self.handler is None:
+            if not self.ended:
+                self._start(None)
+        elif self.transport.get_protocol() is self:  # (not so while AUTH TLS replaces the transport)
+            # one chunk at a time while a command runs, as a read loop would take them
+            self.transport.pause_reading()
+
+    def _start(self, first: Callable[[], Awaitable[None]] | None) -> None:
+        self.handler = asyncio.get_running_loop().create_task(self._run(first))
+
+    async def _run(self, first: Callable[[], Awaitable[None]] | None) -> None:
+        """Handle the queued lines, then stop: the next line starts this again."""
         try:
-            if self.start_account is None:
-                await self.emit(self.session.greeting())
-            else:
-                self.jail = Jail(self.start_account.root)
-                await self.emit(self.session.complete(
-                    actions.Authenticate(self.start_account.name, ""), self.start_account))
-            await self._loop()
-        except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
+            if first is not None:
+                await first()
+            while not self.closing and self.frames:
+                frame = self.frames.pop()
+                if isinstance(frame, bytes):  # TOO_LONG is answered at once, even mid-transfer
+                    task = self.transfer_task
+                    if task is not None and not task.done() and not self.session.runs_during_transfer(frame):
+                        await asyncio.wait({task})
+                    self.events.command(self.sid, self.remote_ip, self.user, frame)
+                await self.emit(self.session.feed(frame))
+        except (ConnectionError, OSError) as e:
             self.end_reason = f"connection error: {e.__class__.__name__}"
+            self.closing = True
+        except asyncio.CancelledError:  # server shutdown: the session ends quietly
+            self.closing = True
         except Exception:  # our bug: this session ends, the server lives on
             self.end_reason = "internal error"
+            self.closing = True
             log.exception("session %s failed", self.remote_ip)
             await self._write_safely(b"421 Internal error; closing connection.\r\n")
-        finally:
-            await self._cleanup()
-            self.events.disconnect(self.sid, self.remote_ip, self.user, self.end_reason)
+        if not self.closing and not self.eof:  # idle until the next line (no await from the check on)
+            self.frames = _NO_FRAMES
+            self.handler = None
+            self.last_active = asyncio.get_running_loop().time()
+            if self.held is None:
+                self.transport.resume_reading()
+            return
+        await self._end()
 
-    async def _loop(self) -> None:
-        while not self.closing:
-            frame = await self._next_frame()
-            if frame is None:
-                return
-            if isinstance(frame, bytes):  # TOO_LONG is answered at once, even mid-transfer
-                task = self.transfer_task
-                if task is not None and not task.done() and not self.session.runs_during_transfer(frame):
-                    await asyncio.wait({task})
-                self.events.command(self.sid, self.remote_ip, self.user, frame)
-            await self.emit(self.session.feed(frame))
+    async def _open(self, account: Any) -> None:
+        if account is None:
+            await self.emit(self.session.greeting())
+        else:
+            self.jail = Jail(account.root)
+            await self.emit(self.session.complete(actions.Authenticate(account.name, ""), account))
 
-    async def _next_frame(self) -> Frame | None:
-        """The next line (or TOO_LONG, as soon as a line passes the cap), within
-        the idle or login timeout.  None: the client left, or the time ran out."""
-        if not self.frames:
-            timeout: float | None = None
-            if self.transfer_task is None or self.transfer_task.done():
-                timeout = self.session.idle_timeout or None
-                if not self.session.logged_in:
-                    # login_timeout counts from the connection, whatever is sent meanwhile
-                    left = self.login_deadline - asyncio.get_running_loop().time()
-                    timeout = max(0.0, min(timeout or left, left))
-            try:
-                async with asyncio.timeout(timeout):  # no extra task per read, unlike wait_for
-                    while not self.frames:
-                        chunk = await self.reader.read(READ_CHUNK)
-                        self.frames = self.framer.feed(chunk) if chunk else self.framer.end()
-                        self.frames.reverse()
-                        if not chunk:
-                            break
-            except TimeoutError:
-                self.end_reason = "idle timeout" if self.session.logged_in else "login timeout"
-                await self._write_safely(b"421 Timeout.\r\n")
-                return None
-        return self.frames.pop() if self.frames else None
+    def expire(self, now: float) -> None:
+        """The sweep's look at this session: end it if it is idle past its time."""
+        if self.handler is not None or self.closing:
+            return  # a command is being handled
+        task = self.transfer_task
+        if task is not None and not task.done():
+            return
+        idle = self.session.idle_timeout
+        if not self.session.logged_in and now >= self.login_deadline:
+            pass  # login_timeout counts from the connection, whatever is sent meanwhile
+        elif not idle or now - self.last_active < idle:
+            return
+        self.end_reason = "idle timeout" if self.session.logged_in else "login timeout"
+        self.closing = True
+        self._start(lambda: self._write_safely(b"421 Timeout.\r\n"))
+
+    def stop(self) -> None:
+        """Server shutdown: end this session now."""
+        if self.ended or self.closing:
+            return
+        if self.handler is not None:
+            self.handler.cancel()
+        else:
+            self.closing = True
+            self._start(None)
 
     async def _write_safely(self, data_: bytes) -> None:
         try:
-            self.writer.write(data_)
-            await asyncio.wait_for(self.writer.drain(), 5)
+            self.transport.write(data_)
+            await asyncio.wait_for(self.drain(), 5)
         except (TimeoutError, OSError, ConnectionError):
             pass
 
@@ -165,14 +288,14 @@ class ControlConnection:
             if isinstance(ev, Reply):
                 out.append(self._logged(ev))
                 if ev.close:
-                    self.writer.write(b"".join(out))
+                    self.transport.write(b"".join(out))
                     self.end_reason = f"closed by server ({ev.code})"
                     self.closing = True
                     await self.drain()
                     return
                 continue
             if out:  # the replies before an action go out before it runs
-                self.writer.write(b"".join(out))
+                self.transport.write(b"".join(out))
                 out.clear()
             follow = await self._perform(ev)
             if follow:
@@ -180,17 +303,12 @@ class ControlConnection:
             if self.closing:
                 return
         if out:
-            self.writer.write(b"".join(out))
+            self.transport.write(b"".join(out))
         await self.drain()
 
     async def _start_tls(self) -> None:
-        """AUTH TLS: the server side of the handshake on the control connection.
-
-        StreamWriter.start_tls guesses the side from how the stream was made,
-        which is wrong for the isolated worker's adopted socket; so the loop's
-        start_tls is called with server_side=True and the stream is re-pointed,
-        as StreamWriter.start_tls itself does.
-        """
+        """AUTH TLS: the server side of the handshake on the control connection
+        (server_side=True: right for the isolated worker's adopted socket too)."""
         await self.drain()
         # Bytes that came after "AUTH TLS" and before the handshake travelled in
         # clear: run as commands inside the protected session they would be a
@@ -198,46 +316,69 @@ class ControlConnection:
         # them (RFC 4217 waits for 234), so they end the session; discarding
         # them would carry on a session whose clear part was tampered with.
         # Reading stops first, with no await in between, so nothing slips in.
-        self.writer.transport.pause_reading()  # type: ignore[attr-defined] # a socket transport: it can
-        if self.frames or self.framer.buffered or self.reader._buffer:  # type: ignore[attr-defined] # no accessor
+        self.transport.pause_reading()
+        if self.frames or self.framer.buffered or self.framer.discarding:
             raise ConnectionError("bytes pipelined after AUTH TLS, before the handshake")
         assert self.ctx.tls_contexts is not None
         self.ssl_context = self.ctx.tls_contexts.new()
         loop = asyncio.get_running_loop()
-        protocol = self.writer.transport.get_protocol()
         left = self.login_deadline - loop.time() if not self.session.logged_in else tls.HANDSHAKE_MAX
         deadline = max(0.1, min(tls.handshake_deadline(self.cfg), left))
-        async with asyncio.timeout(deadline):  # in this task: no other reader runs meanwhile
-            transport = await loop.start_tls(self.writer.transport, protocol, self.ssl_context, server_side=True,
+        async with asyncio.timeout(deadline):  # in this task: no command runs meanwhile
+            transport = await loop.start_tls(self.transport, self, self.ssl_context, server_side=True,
                                              ssl_handshake_timeout=deadline)
-        self.writer._transport = transport  # type: ignore[attr-defined] # see the docstring
-        protocol._replace_writer(self.writer)  # type: ignore[attr-defined]
+        self.transport = transport
         tls.control_done(self.ssl_context)
 
     def pending_bytes(self) -> bytes:
-        """Take what the client sent that we have not read yet (handed over after login)."""
-        buf = self.reader._buffer  # type: ignore[attr-defined] # asyncio has no public accessor for this
-        data_ = self.framer.unread(self.frames[::-1]) + bytes(buf)
-        self.frames.clear()
-        buf.clear()
+        """Take what the client sent that we have not handled (handed over after
+        login); from now on nothing is read here (`streams` passes on what comes)."""
+        self.transport.pause_reading()
+        data_ = self.framer.unread(self.frames[::-1])
+        self.frames = _NO_FRAMES
+        self.held = bytearray()
         return data_
+
+    def streams(self, limit: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The (TLS) connection as an asyncio stream pair, for the TLS helper that
+        relays it after a handover: what came since `pending_bytes` is read first."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        if self.held:
+            reader.feed_data(bytes(self.held))
+        self.held = None
+        transport = self.transport
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self.eof:
+            reader.feed_eof()
+        transport.resume_reading()
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def drain(self) -> None:
         """Wait until the client has taken our replies, but not forever: one that
         never reads would hold its session (and its max_clients slot) for good."""
-        transport = self.writer.transport
-        if not transport.get_write_buffer_size() and not transport.is_closing():
-            return  # the kernel took every reply: nothing to wait for (the common case)
-        try:
-            async with asyncio.timeout(float(self.session.idle_timeout or 300)):
-                await self.writer.drain()
-        except TimeoutError:
+        if self.transport.is_closing():  # as StreamWriter.drain: a lost connection is an error
+            await asyncio.sleep(0)
+            if self.lost:
+                raise ConnectionResetError("Connection lost")
+        if not self.paused:
+            return  # the kernel took every reply, or enough of them (the common case)
+        waiter = self.drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self.drain_waiter = asyncio.get_running_loop().create_future()
+        # asyncio.wait: one waiter shared by the command and the transfer, never cancelled by either
+        done, _ = await asyncio.wait({waiter}, timeout=float(self.session.idle_timeout or 300))
+        if not done:
             self.end_reason = "client stopped reading"
-            self.writer.transport.abort()  # what it has not taken is dropped with the connection
-            raise
+            self.transport.abort()  # what it has not taken is dropped with the connection
+            raise TimeoutError
+        if self.lost:
+            raise ConnectionResetError("Connection lost")
 
     def send(self, reply: Reply) -> None:
-        self.writer.write(self._logged(reply))
+        self.transport.write(self._logged(reply))
 
     def _logged(self, reply: Reply) -> bytes:
         data_ = reply.encode()
@@ -253,6 +394,7 @@ class ControlConnection:
             await self.drain()
             self.transfer_progress = [0]
             self.transfer_task = asyncio.create_task(transfer.run(self, action))
+            self.transfer_task.add_done_callback(self._transfer_ended)
             return []
         if isinstance(action, actions.AbortTransfer):
             task = self.transfer_task
@@ -275,7 +417,7 @@ class ControlConnection:
             except (TimeoutError, OSError, ssl.SSLError, ConnectionError, tls.TlsSetupError) as e:
                 self.end_reason = f"TLS handshake failed ({e.__class__.__name__})"
                 self.closing = True
-                self.writer.transport.abort()  # nothing more may be said in clear
+                self.transport.abort()  # nothing more may be said in clear
                 return []
             s.tls_started()
             return []
@@ -325,12 +467,30 @@ class ControlConnection:
         self.events.login(self.sid, self.remote_ip, account.name, account.user_class.value, True)
         return account
 
+    def _transfer_ended(self, _task: asyncio.Task[None]) -> None:
+        self.last_active = asyncio.get_running_loop().time()  # idle from the end of the transfer
+
     # ------------------------------------------------------------ teardown
 
     def _close_jail(self) -> None:
         if self.jail is not None:
             self.jail.close()
             self.jail = None
+
+    async def _end(self) -> None:
+        """The session is over: release what it holds, close, report the end (once)."""
+        self.closing = True
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            _Sweep.of(asyncio.get_running_loop()).sessions.discard(self)
+            await self._cleanup()
+        finally:
+            self.handler = None
+            self.events.disconnect(self.sid, self.remote_ip, self.user, self.end_reason)
+            if self.on_end is not None:
+                self.on_end(self)
 
     async def _cleanup(self) -> None:
         task = self.transfer_task
@@ -342,14 +502,62 @@ class ControlConnection:
                 pass
         self.data.close()
         self._close_jail()
-        if self.detached:
+        if self.detached or self.lost:
             return
-        try:
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
-        except (TimeoutError, OSError, ConnectionError):
-            pass
+        # the replies still buffered go out first, for a while; then the connection is dropped
+        waiter = self.lost_waiter = asyncio.get_running_loop().create_future()
+        self.transport.close()
+        await asyncio.wait({waiter}, timeout=2)
+        if not waiter.done():
+            self.transport.abort()
 
 
-READ_CHUNK = 65536  # bytes per read of the control connection; the framer keeps at most its cap
+class _Sweep:
+    """One timer per event loop for every session on it: each tick ends the
+    sessions whose idle or login time is up.  A timer per session (or per
+    read) costs memory for every idle session; this costs one set entry."""
 
+    __slots__ = ("sessions", "timer")
+    PERIOD: ClassVar[float] = 1.0  # seconds: how late a timeout may fire
+    # weak: a loop that is gone takes its sweep along (the timer, which holds
+    # the loop, runs only while the loop has sessions)
+    _loops: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweep]] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.sessions: set[ControlConnection] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Sweep:
+        sweep = cls._loops.get(loop)
+        if sweep is None:
+            sweep = cls._loops[loop] = cls()
+        return sweep
+
+    def add(self, cc: ControlConnection) -> None:
+        self.sessions.add(cc)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.PERIOD, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for cc in list(self.sessions):
+            cc.expire(now)
+        self.timer = loop.call_later(self.PERIOD, self._tick) if self.sessions else None
+
+
+async def serve(control: ControlConnection, sock: socket.socket, *, ssl: Any = None,
+                handshake_timeout: float | None = None) -> None:
+    """Run `control` on an accepted socket until its session ends (isolated mode's
+    one-session processes).  A failed TLS handshake raises (OSError, ssl.SSLError)."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def on_end(_cc: ControlConnection) -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    control.on_end = on_end
+    await loop.connect_accepted_socket(lambda: control, sock, ssl=ssl, ssl_handshake_timeout=handshake_timeout)
+    await ended

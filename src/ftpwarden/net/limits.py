@@ -104,8 +104,8 @@ class AccountRates:
     account (`grants`), the workers drop it (`detach`).
 
     The table is a memfd (named in /proc/PID/maps) locked with a POSIX record
-    lock, as priv/checkslots.py: a process that closes the fd and unmaps the
-    table keeps nothing of it, and a holder that dies releases the lock."""
+    lock: a process that closes the fd and unmaps the table keeps nothing of
+    it, and a holder that dies releases the lock."""
 
     def __init__(self, rate: int) -> None:
         self.rate = rate

@@ -21,7 +21,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..proto.framing import line_cap
 from .context import ServerContext
 from .control import ControlConnection
 from .tls import handshake_deadline
@@ -72,44 +71,30 @@ def bind_listeners(addresses: list[tuple[str, bool | None]], port: int, workers:
     return [tuple(socks)] * workers
 
 
-class _StreamProtocol(asyncio.StreamReaderProtocol):
-    """asyncio's stream protocol with its drain waiters in a list: the stock empty
-    deque holds a 64-slot block, ~0.7 KiB per idle connection; the waiters are few
-    (append, remove, iterate), so a list does the same job."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if not getattr(self, "_drain_waiters", None):  # only the empty container changes
-            self._drain_waiters: Any = []
-
-
 async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None) -> None:
-    limit = line_cap(ctx.cfg.control_line_max)  # the StreamReader holds about one line
     limits = ctx.limits
-    sessions: set[asyncio.Task[None]] = set()
+    sessions: set[ControlConnection] = set()
+    all_ended = asyncio.Event()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        ip = writer.get_extra_info("peername")[0]
+    def admit(cc: ControlConnection) -> str | None:
+        """A new connection: its refusal, or None when its session may start."""
+        ip = cc.remote_ip
         if ctx.bans is not None and ctx.bans.is_banned(ip):
-            writer.write(b"421 Too many failed logins from your address; try again later.\r\n")
-            writer.close()
-            return
+            return "Too many failed logins from your address; try again later."
         refusal = limits.enter(ip) if limits else None
-        if refusal:
-            writer.write(f"421 {refusal}\r\n".encode())
-            writer.close()
-            return
-        sessions.add(task)
-        try:
-            await ControlConnection(ctx, reader, writer).run()
-        except asyncio.CancelledError:
-            pass  # server shutdown: the session ends quietly
-        finally:
-            sessions.discard(task)
-            if limits:
-                limits.leave(ip)
+        if not refusal:
+            sessions.add(cc)
+        return refusal
+
+    def ended(cc: ControlConnection) -> None:
+        sessions.discard(cc)
+        if limits:
+            limits.leave(cc.remote_ip)
+        if not sessions:
+            all_ended.set()
+
+    def protocol() -> ControlConnection:
+        return ControlConnection(ctx, admit=admit, on_end=ended)
 
     cfg = ctx.cfg
     def tls_for(sock: socket.socket) -> Any:
@@ -119,10 +104,6 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
         return ctx.tls_contexts if cfg.implicit_ssl or sock.getsockname()[1] == cfg.implicit_ssl_port else None
 
     loop = asyncio.get_running_loop()
-
-    def protocol() -> _StreamProtocol:  # what asyncio.start_server builds, with the smaller protocol
-        return _StreamProtocol(asyncio.StreamReader(limit=limit, loop=loop), handle, loop=loop)
-
     servers = [await loop.create_server(protocol, sock=s, ssl=tls_for(s),
                                         ssl_handshake_timeout=handshake_deadline(cfg) if tls_for(s) else None)
                for s in sockets]
@@ -135,10 +116,14 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
     await stop.wait()
     for srv in servers:
         srv.close()
-    for task in list(sessions):
-        task.cancel()
     if sessions:
-        await asyncio.wait(sessions, timeout=5)
+        all_ended.clear()
+        for cc in list(sessions):
+            cc.stop()  # the session ends quietly
+        try:
+            await asyncio.wait_for(all_ended.wait(), 5)
+        except TimeoutError:
+            pass
 
 
 def _run_worker(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None = None) -> None:

@@ -285,6 +285,11 @@ def _check_combinations(values: Mapping[str, Value], where: Mapping[str, str]) -
         lo_note = "" if "pasv_min_port" in where else ", the default"
         raise ConfigError(at("pasv_min_port", "pasv_max_port"),
                           f"pasv_min_port ({lo}{lo_note}) is above pasv_max_port ({hi})")
+    if values["session_isolation"] not in (None, "identity", "process"):
+        raise ConfigError(at("session_isolation"), f"session_isolation={values['session_isolation']} "
+                                                   "is neither identity nor process")
+    if values["identity_sessions_max"] < 1:  # type: ignore[operator]
+        raise ConfigError(at("identity_sessions_max"), "identity_sessions_max must be 1 or more")
     if values["listen"] and values["listen_ipv6"]:
         raise ConfigError(at("listen", "listen_ipv6"),
                           "listen and listen_ipv6 are both YES (listen defaults to YES); "

@@ -392,6 +392,11 @@ _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
          "Failed logins from one address within ban_window seconds that ban it for ban_seconds (0 = off)."),
         ("ban_seconds", _I, 600, "How long a banned address is refused (421 at connect), in seconds."),
         ("ban_window", _I, 600, "Failed logins older than this many seconds no longer count towards a ban."),
+        ("session_isolation", _S, "identity",
+         "Isolated mode: `identity` = one user process per identity hosts its sessions; "
+         "`process` = one user process per session (vsftpd's model)."),
+        ("identity_sessions_max", _I, 256,
+         "Isolated mode: sessions one identity process hosts at most (>= 1); more open another process."),
     ),
 }
 

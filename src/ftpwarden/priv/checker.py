@@ -77,6 +77,30 @@ class CheckerClient:
             self.detach()  # a late answer must never be read as the next check's
             return None
 
+    def ask(self, user: str, password: str, remote_ip: str) -> bool:
+        """Send a check without waiting for it (the broker's loop); False: refused at once."""
+        if self.chan is None:
+            return False
+        try:
+            self.chan.sock.setblocking(False)
+            self.chan.send(CheckLogin(user, password, remote_ip))  # the first datagram: room for it
+            return True
+        except (ChannelError, OSError, ValueError):
+            self.detach()
+            return False
+
+    def answer(self) -> Principal | None:
+        """The answer to `ask`, read once the channel is readable; any fault refuses."""
+        if self.chan is None:
+            return None
+        try:
+            msg, _ = self.chan.recv(CheckGranted, CheckRefused)
+            return _account(msg) if isinstance(msg, CheckGranted) else None
+        except (ChannelError, OSError, ValueError):
+            return None
+        finally:
+            self.detach()  # one check per channel: a late answer is never the next check's
+
     def detach(self) -> None:
         """Close the channel (workers: they never ask the checker)."""
         if self.chan is not None:

@@ -67,8 +67,13 @@ def drop_privileges(uid: int, gid: int, *, groups: list[int] | None = None, root
     `groups` are the supplementary groups (empty for nopriv, anonymous and guests).
     A parent-death signal set before survives the change: the kernel clears it
     on any uid/gid change, so it is set again after and the parent checked.
+    `memory_limit`: the address space it may add to what it has mapped now
+    (RLIMIT_AS).  Relative, because a fork inherits its parent's mappings: an
+    absolute cap under them would fail every thread stack, and CPython then
+    waits forever for a thread that never starts.
     """
     death_signal, parent = _parent_death_signal(), os.getppid()
+    mapped = _mapped_bytes() if memory_limit else 0  # /proc is gone after the chroot
     if root is not None:
         os.chroot(root)
     os.chdir("/")
@@ -89,7 +94,14 @@ def drop_privileges(uid: int, gid: int, *, groups: list[int] | None = None, root
     no_new_privs()
     _prctl(_PR_SET_DUMPABLE, 0)  # no core files or ptrace from other processes of this uid
     if memory_limit:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        limit = mapped + memory_limit
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _mapped_bytes() -> int:
+    """This process's address space now (VmSize)."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[0]) * resource.getpagesize()
 
 
 def close_strays(keep: set[int]) -> None:

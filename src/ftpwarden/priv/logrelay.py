@@ -102,8 +102,10 @@ class ForwardingEventLog(EventLog):
             except BlockingIOError:
                 if attempt:
                     return
-                try:
-                    select.select([], [self._sock], [], SEND_WAIT)
+                try:  # poll, not select(): an identity worker's descriptors pass 1024
+                    poller = select.poll()
+                    poller.register(self._sock, select.POLLOUT)
+                    poller.poll(SEND_WAIT * 1000)
                 except (OSError, ValueError):
                     return
             except OSError:  # the monitor is gone, or no longer reads (the TLS helper after handover)

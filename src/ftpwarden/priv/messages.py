@@ -23,6 +23,7 @@ __all__ = [
     "LogConnect", "LogCommand", "LogReply", "LogTransferStart", "LogTransfer", "LogFsChange",
     "LogDisconnect", "LogNotice",
     "RateGrant", "RateWait",
+    "SpawnPrelogin", "SpawnIdentity", "Spawned", "ZygoteReload", "Admit",
     "CheckerConn", "CheckerReload", "CheckerUp", "CheckLogin", "CheckGranted", "CheckRefused",
 ]
 
@@ -334,6 +335,81 @@ class RateWait(Message):
 
 
 KINDS.update({cls.kind: cls for cls in (RateGrant, RateWait)})
+
+
+# --- the zygote (priv/zygote.py) and identity workers (priv/identity.py) ------
+# Listener/broker -> zygote: fork a process; the zygote answers Spawned with the
+# child's pidfd (SCM_RIGHTS), or Refused.  The zygote never sees client bytes.
+
+@dataclass(frozen=True, slots=True)
+class SpawnPrelogin(Message):
+    """Broker -> zygote: a pre-login process for the client socket (first
+    descriptor) talking to the broker over the session channel (second)."""
+
+    kind: ClassVar[int] = 50
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnIdentity(Message):
+    """Broker -> zygote: an identity worker that runs as uid/gid/`groups` (decimal
+    gids joined by commas), chrooted to `root` when `chroot`, and takes sessions
+    over the admission channel (the one descriptor)."""
+
+    kind: ClassVar[int] = 51
+    uid: int
+    gid: int
+    groups: str
+    root: str
+    chroot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned(Message):
+    """Zygote -> broker: the child runs; its pidfd travels as SCM_RIGHTS."""
+
+    kind: ClassVar[int] = 52
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ZygoteReload(Message):
+    """Broker -> zygote (SIGHUP): read the configuration again for new children."""
+
+    kind: ClassVar[int] = 53
+
+
+@dataclass(frozen=True, slots=True)
+class Admit(Message):
+    """Broker -> identity worker: one more session.  Descriptors: the control
+    connection (the client's TCP socket, or the TLS helper's plaintext end),
+    the session's own channel to the broker, and with TLS the channel to the
+    session's TLS helper.  The account fields are CheckGranted's; the rest is
+    Handover's plus the addresses the broker saw at accept."""
+
+    kind: ClassVar[int] = 54
+    name: str
+    user_class: str
+    root: str
+    grants: str
+    umask: int
+    anon_password: str
+    uid: int
+    gid: int
+    chroot: bool
+    start_dir: str
+    pending: bytes
+    tls_protected: bool
+    tls_pbsz: bool
+    tls_prot_private: bool
+    local_ip: str
+    remote_ip: str
+
+    @property
+    def tls_state(self) -> TlsState:
+        return TlsState(self.tls_protected, self.tls_pbsz, self.tls_prot_private)
+
+
+KINDS.update({cls.kind: cls for cls in (SpawnPrelogin, SpawnIdentity, Spawned, ZygoteReload, Admit)})
 _INT = struct.Struct(">q")
 _LEN = struct.Struct(">I")
 

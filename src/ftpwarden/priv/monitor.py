@@ -1,5 +1,8 @@
 """The per-session privileged monitor: root, blocking, small, never reads the network.
 
+Inetd mode's (listen=NO); standalone isolated mode has one broker (priv/broker.py)
+that makes the same checks, with the functions at the end of this module.
+
 It forks the pre-login worker, answers exactly one kind of request before
 login (Login) and a closed set after it (ActiveDataSocket, ChownUpload,
 RateGrant), and ends the session on anything else.  Imports neither asyncio nor `net`.
@@ -14,7 +17,6 @@ monitor that dies any other way takes its workers with it.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import logging
@@ -35,7 +37,6 @@ from ..proto import addr
 from ..proto.verbs import tls_login_refusal
 from .channel import Channel, ChannelClosed, fork_with_channel
 from .checker import CheckerClient
-from .checkslots import CheckSlots
 from .logrelay import LOG_EVENTS, LogRelay
 from .messages import (
     ActiveDataSocket,
@@ -53,7 +54,8 @@ from .messages import (
     Refused,
 )
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "run_one_session", "login_checkable", "login_refusal", "active_source_port", "rate_wait",
+           "chown_upload", "hash_buffers_unmapped"]
 
 log = logging.getLogger("ftpwarden.monitor")
 
@@ -62,10 +64,10 @@ log = logging.getLogger("ftpwarden.monitor")
 PreLogin = Callable[[socket.socket, Channel], None]
 PostLogin = Callable[..., None]  # (conn, chan, account, pending, *, tls_state, tls_fd, addresses)
 
-SLOT_WAIT = 30.0  # seconds a login may wait for a password-check slot before it is refused
 STOP_WORKER = 2.0  # seconds a worker has to say 421 and exit after SIGTERM
 STOP_HELPER = 1.0  # then the TLS helper, to relay that 421
 _libc = ctypes.CDLL(None, use_errno=True)
+_M_MMAP_THRESHOLD = -3
 
 
 class _Stopped(BaseException):
@@ -87,11 +89,9 @@ class Monitor:
 
     def __init__(self, cfg: Any, conn: socket.socket, *, authenticate: Callable[[str, str, str], Any],
                  prelogin: PreLogin, postlogin: PostLogin, bans: Any = None, events: Any = None,
-                 slots: CheckSlots | None = None, account_rates: Any = None) -> None:
-        """`bans`: the listener's net.bans.BanList (None: off); `events` logs a ban;
-        `slots` bounds password checks across the listener's monitors (None: no bound)."""
+                 account_rates: Any = None) -> None:
+        """`bans`: net.bans.BanList (None: off); `events` logs a ban."""
         self.cfg = cfg
-        self.slots = slots
         self.account_rates = account_rates  # net.limits.AccountRates: booked here, never by a worker
         self.bans = bans
         self.events = events
@@ -137,8 +137,6 @@ class Monitor:
     def _fork_worker(self, body: Callable[[Channel], None]) -> Channel:
         def child(chan: Channel) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the monitor's; the worker sets its own
-            if self.slots is not None:
-                self.slots.detach()  # a worker could hold every slot: it gets none
             if isinstance(self.authenticate, CheckerClient):
                 self.authenticate.detach()  # only the monitor asks the password checker
             body(chan)
@@ -162,7 +160,7 @@ class Monitor:
                 assert isinstance(msg, Login)
                 started = time.monotonic()
                 account = self._check(msg)
-                if account is not None and (why := self._login_refusal(msg, account)):
+                if account is not None and (why := login_refusal(self.cfg, msg, account)):
                     log.warning("login %s refused by the monitor: %s", msg.user, why)
                     account = None
                 self.relay.login(msg.user, account)
@@ -182,6 +180,8 @@ class Monitor:
                 chan.send(LoginOk(account.name, account.user_class.value))
                 msg, fds = self._recv(chan, Handover, max_fds=2)
                 assert isinstance(msg, Handover)
+                if len(fds) == 1:  # plain text: the client's socket back (for a broker); ours is self.conn
+                    os.close(fds.pop())
                 if fds:  # TLS: the pre-login worker stays on as the TLS helper
                     if len(fds) != 2:
                         for fd in fds:
@@ -197,16 +197,10 @@ class Monitor:
             chan.close()
 
     def _check(self, msg: Login) -> Any:
-        if not _plausible_name(msg.user) or len(msg.password.encode("utf-8", "surrogateescape")) > 128:
+        if not login_checkable(msg):
             return None
-        # Every check waits for a slot, known user or not: the wait depends on
-        # the load alone.  No slot in time: refused like a wrong password.
-        slot = self.slots.held(SLOT_WAIT) if self.slots is not None else contextlib.nullcontext(True)
         try:
-            with slot as got:
-                if not got:
-                    return None
-                account = self.authenticate(msg.user, msg.password, self.remote_ip)
+            account = self.authenticate(msg.user, msg.password, self.remote_ip)
         except Exception:  # an authenticator bug refuses the login, never grants it
             account = None
         finally:
@@ -214,15 +208,6 @@ class Monitor:
         if _stop_asked:
             raise _Stopped()
         return account
-
-    def _login_refusal(self, msg: Login, account: Any) -> str | None:
-        """What the pre-login worker checks at USER, checked again here for every
-        class of account: userlist_file, force_*_logins_ssl and allow_anon_ssl.
-        `msg.tls_protected` is the worker's word (see messages.Login)."""
-        if refused_at_user(self.cfg, msg.user):
-            return "refused by userlist_file"
-        return tls_login_refusal(session_options(self.cfg), anonymous=account.user_class.value == "anonymous",
-                                 protected=msg.tls_protected)
 
     def _post_login(self, account: Any, handover: Handover, fds: list[int]) -> None:
         conn = socket.socket(fileno=fds[0]) if fds else self.conn
@@ -301,9 +286,7 @@ class Monitor:
     # ------------------------------------------------------------------ requests
 
     def _active_socket(self, chan: Channel, msg: ActiveDataSocket) -> None:
-        if not addr.port_allowed(msg.host, msg.port, self.remote_ip, promiscuous=bool(self.cfg.port_promiscuous)):
-            raise ChannelError("active data socket to a port or host the client does not own")
-        port = int(self.cfg.ftp_data_port or 20) if self.cfg.connect_from_port_20 else 0
+        port = active_source_port(self.cfg, msg, self.remote_ip)
         try:
             sock = active_socket(msg.host, self.local_ip, port)
         except OSError as e:
@@ -322,34 +305,10 @@ class Monitor:
             sock.close()
 
     def _rate_grant(self, chan: Channel, msg: RateGrant, reserve: Callable[[int], float] | None) -> None:
-        """Book the bytes and say how long to wait (reserve clamps it to limits.MAX_WAIT)."""
-        if reserve is None or not 0 < msg.nbytes <= max_grant(self.account_rates.rate):
-            raise ChannelError("a rate grant out of bounds, or user_max_rate is off")
-        chan.send(RateWait(int(reserve(msg.nbytes) * 1_000_000)))
+        chan.send(rate_wait(self.account_rates, reserve, msg))
 
     def _chown_upload(self, chan: Channel, fd: int, account: Any) -> None:
-        """Only a regular file owned by the anonymous user, given to chown_username,
-        and only where chown_uploads is on: anything else ends the session."""
-        if not self.cfg.chown_uploads or account.user_class.value != "anonymous":
-            raise _refuse("CHOWN_UPLOAD without chown_uploads for an anonymous session")
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:  # fchown/fchmod would fail with EBADF
-            raise _refuse("CHOWN_UPLOAD of an O_PATH descriptor")
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or account.uid is None or st.st_uid != account.uid:
-            raise _refuse("chown of something that is not the session's own upload")
-        import pwd
-        try:
-            target = pwd.getpwnam(self.cfg.chown_username or "root")
-        except KeyError:
-            chan.send(Refused("no such chown_username"))
-            return
-        mode = int(self.cfg.chown_upload_mode or 0o600) & 0o777
-        try:
-            os.fchown(fd, target.pw_uid, -1)  # the kernel clears setuid/setgid bits
-            os.fchmod(fd, mode)
-        except OSError as e:  # a descriptor the checks above let through: still no traceback
-            raise _refuse(f"CHOWN_UPLOAD failed: {e.strerror or e}") from None
-        chan.send(Done())
+        chan.send(chown_upload(self.cfg, fd, account))
 
     # ------------------------------------------------------------------ helpers
 
@@ -385,10 +344,91 @@ class Monitor:
             time.sleep(0.005)
 
 
+# ---------------------------------------------------------------------- the checks (the broker's too)
+
+def login_checkable(msg: Login) -> bool:
+    """Worth a password check: a plausible name, a password of at most 128 bytes."""
+    return _plausible_name(msg.user) and len(msg.password.encode("utf-8", "surrogateescape")) <= 128
+
+
+def login_refusal(cfg: Any, msg: Login, account: Any) -> str | None:
+    """What the pre-login worker checks at USER, checked again for every class
+    of account: userlist_file, force_*_logins_ssl and allow_anon_ssl.
+    `msg.tls_protected` is the worker's word (see messages.Login)."""
+    if refused_at_user(cfg, msg.user):
+        return "refused by userlist_file"
+    return tls_login_refusal(session_options(cfg), anonymous=account.user_class.value == "anonymous",
+                             protected=msg.tls_protected)
+
+
+def active_source_port(cfg: Any, msg: ActiveDataSocket, remote_ip: str) -> int:
+    """The local port of an active data connection (0: any); ChannelError when
+    the target is a host or port the session's client does not own."""
+    if not addr.port_allowed(msg.host, msg.port, remote_ip, promiscuous=bool(cfg.port_promiscuous)):
+        raise ChannelError("active data socket to a port or host the client does not own")
+    return int(cfg.ftp_data_port or 20) if cfg.connect_from_port_20 else 0
+
+
+def rate_wait(account_rates: Any, reserve: Callable[[int], float] | None, msg: RateGrant) -> RateWait:
+    """Book the bytes and say how long to wait (reserve clamps it to limits.MAX_WAIT)."""
+    if reserve is None or not 0 < msg.nbytes <= max_grant(account_rates.rate):
+        raise ChannelError("a rate grant out of bounds, or user_max_rate is off")
+    return RateWait(int(reserve(msg.nbytes) * 1_000_000))
+
+
+def chown_upload(cfg: Any, fd: int, account: Any) -> Done | Refused:
+    """Only a regular file owned by the anonymous user, given to chown_username,
+    and only where chown_uploads is on: anything else ends the session (ChannelError)."""
+    if not cfg.chown_uploads or account.user_class.value != "anonymous":
+        raise _refuse("CHOWN_UPLOAD without chown_uploads for an anonymous session")
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:  # fchown/fchmod would fail with EBADF
+        raise _refuse("CHOWN_UPLOAD of an O_PATH descriptor")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or account.uid is None or st.st_uid != account.uid:
+        raise _refuse("chown of something that is not the session's own upload")
+    import pwd
+    try:
+        target = pwd.getpwnam(cfg.chown_username or "root")
+    except KeyError:
+        return Refused("no such chown_username")
+    mode = int(cfg.chown_upload_mode or 0o600) & 0o777
+    try:
+        os.fchown(fd, target.pw_uid, -1)  # the kernel clears setuid/setgid bits
+        os.fchmod(fd, mode)
+    except OSError as e:  # a descriptor the checks above let through: still no traceback
+        raise _refuse(f"CHOWN_UPLOAD failed: {e.strerror or e}") from None
+    return Done()
+
+
 def _refuse(why: str) -> ChannelError:
     """A request out of what this session may ask: logged, then the session ends."""
     log.warning("session ended: %s", why)
     return ChannelError(why)
+
+
+def run_one_session(site: Any, conn: socket.socket, checker: CheckerClient | None = None) -> int:
+    """One session in this process (inetd mode).  `checker`: this session's
+    channel to the password checker (None: site.authenticate checks)."""
+    import functools
+
+    from . import worker
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    return Monitor(site.cfg, conn, authenticate=site.authenticate if checker is None else checker,
+                   prelogin=functools.partial(worker.prelogin, site),
+                   postlogin=functools.partial(worker.postlogin, site),
+                   bans=site.bans, events=site.events, account_rates=site.account_rates).run()
+
+
+def hash_buffers_unmapped() -> None:
+    """Keep glibc's mmap threshold fixed (inherited by every child): a freed
+    16 MiB scrypt buffer would otherwise raise it, and the next ones would come
+    from the heap and stay with the process after its check."""
+    try:
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 4 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _trim() -> None:

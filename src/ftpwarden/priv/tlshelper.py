@@ -77,7 +77,9 @@ class TlsLink:
         try:
             with self.lock:
                 while True:
-                    if not select.select([self.chan.fileno()], [], [], timeout)[0]:
+                    poller = select.poll()  # not select(): an identity worker's descriptors pass 1024
+                    poller.register(self.chan.fileno(), select.POLLIN)
+                    if not poller.poll(timeout * 1000):
                         return "the TLS helper did not report the end of the transfer"
                     msg, _ = self.chan.recv(DataEnded)
                     assert isinstance(msg, DataEnded)

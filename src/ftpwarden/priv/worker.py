@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..net.context import ServerContext
-from ..net.control import ControlConnection
+from ..net.control import ControlConnection, serve
 from ..net.limits import MAX_WAIT, RateGrants
 from ..net.tls import Contexts, handshake_deadline, make_context
 from ..policy.auth.base import LoginRefused, LoginRequest
@@ -52,7 +52,7 @@ from .tlshelper import TlsLink, serve_helper
 
 __all__ = ["Site", "prelogin", "postlogin", "WORKER_MEMORY_LIMIT"]
 
-WORKER_MEMORY_LIMIT = 1 << 30  # address space of one session process (threads reserve stacks)
+WORKER_MEMORY_LIMIT = 1 << 30  # address space a session process may add to what it inherits (threads reserve stacks)
 
 log = logging.getLogger("ftpwarden.worker")
 
@@ -131,10 +131,8 @@ def _names_snapshot(cfg: Any) -> dict[tuple[int, bool], str]:
 def _run(ctx: ServerContext, conn: socket.socket, *, account: Any = None, pending: bytes = b"",
          tls_state: TlsState | None = None, addresses: tuple[str, str] | None = None) -> None:
     async def main() -> None:
-        limit = line_cap(ctx.cfg.control_line_max)
-        reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
-        await ControlConnection(ctx, reader, writer, account=account, pending=pending,
-                                tls_state=tls_state, addresses=addresses).run()
+        await serve(ControlConnection(ctx, account=account, pending=pending, tls_state=tls_state,
+                                      addresses=addresses), conn)
 
     asyncio.run(main())
 
@@ -185,8 +183,8 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
 
     async def handover(control: ControlConnection, _account: Any) -> None:
         state = control.session.tls_state()
-        if not state.protected:
-            await asyncio.to_thread(chan.send, Handover.of(control.pending_bytes(), state))
+        if not state.protected:  # the client's socket goes back: the broker passes it on
+            await asyncio.to_thread(chan.send, Handover.of(control.pending_bytes(), state), (conn.fileno(),))
             return
         plain_mine, plain_theirs = socket.socketpair()
         req_mine, req_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -215,26 +213,17 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
                     memory_limit=WORKER_MEMORY_LIMIT)
 
     async def main() -> None:
-        limit = line_cap(cfg.control_line_max)
-        if implicit:
-            loop = asyncio.get_running_loop()
-            reader = asyncio.StreamReader(limit=limit)
-            protocol = asyncio.StreamReaderProtocol(reader)
-            # nothing is read before the handshake: no clear byte can reach the session
-            try:
-                transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol, conn, ssl=ctx.tls_contexts,  # type: ignore[arg-type] # tls.Contexts stands in
-                    ssl_handshake_timeout=handshake_deadline(cfg))
-            except (TimeoutError, OSError, ssl.SSLError):
-                return  # no handshake within the deadline, or a failed one: the session ends
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        else:
-            reader, writer = await asyncio.open_connection(sock=conn, limit=limit)
-        control = ControlConnection(ctx, reader, writer)
+        control = ControlConnection(ctx)
         monitor_auth.protected = lambda: control.session.tls_state().protected
-        await control.run()
+        try:
+            # implicit TLS: nothing is read before the handshake, so no clear byte reaches the session
+            await serve(control, conn, ssl=ctx.tls_contexts if implicit else None,
+                        handshake_timeout=handshake_deadline(cfg) if implicit else None)
+        except (TimeoutError, OSError, ssl.SSLError):
+            return  # no handshake within the deadline, or a failed one: the session ends
         if helper:
             assert control.ssl_context is not None
+            reader, writer = control.streams(line_cap(cfg.control_line_max))
             await serve_helper(cfg, control.ssl_context, reader, writer, helper[0], helper[1])
 
     asyncio.run(main())

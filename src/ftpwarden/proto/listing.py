@@ -16,6 +16,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+try:  # optional C accelerator of ls_lines (setup.py): the same lines, or None to fall back
+    from . import _lsfmt
+except ImportError:
+    _lsfmt = None  # type: ignore[assignment]
+
 __all__ = [
     "Entry", "ls_line", "ls_lines", "mlsx_lines", "mlsx_facts", "perm_fact", "nlst_line", "parse_list_args",
     "mdtm", "parse_mfmt_time", "visible", "DEFAULT_FACTS", "SUPPORTED_FACTS",
@@ -133,6 +138,12 @@ def ls_lines(entries: Iterable[Entry], now: float, *, owner: Callable[[int], str
     is worked out once here, not per line (issue 16).
     """
     now_secs = int(now // 1)
+    if _lsfmt is not None:
+        if not isinstance(entries, (list, tuple)):  # read once: the Python loop may need it again
+            entries = list(entries)
+        fast: list[str] | None = _lsfmt.ls_lines(entries, now_secs, localtime, owner, group)
+        if fast is not None:
+            return fast
     oldest = now_secs - _SIX_MONTHS
     zone = _zone(localtime)
     modes: dict[int, str] = {}
@@ -257,6 +268,13 @@ def mlsx_lines(entries: Iterable[Entry], *, perm_file: str, perm_dir: str,
         perm_file, perm_dir = f"perm={perm_file};", f"perm={perm_dir};"
     else:
         perm_file = perm_dir = ""
+    if _lsfmt is not None:
+        if not isinstance(entries, (list, tuple)):  # read once: the Python loop may need it again
+            entries = list(entries)
+        bits = sum(1 << i for i, f in enumerate(SUPPORTED_FACTS) if f in wanted)
+        fast: list[str] | None = _lsfmt.mlsx_lines(entries, bits, perm_file, perm_dir, owner, group)
+        if fast is not None:
+            return fast
     minutes: dict[int, str] = {}
     modes: dict[int, str] = {}
     owners: dict[int, str] = {}

@@ -1,0 +1,3 @@
+from ..proto.listing import Entry
+
+def scan(dirfd: int, entry_type: type[Entry], /) -> list[Entry]: ...

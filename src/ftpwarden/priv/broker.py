@@ -1,0 +1,823 @@
+"""Isolated mode's listener and broker: one root process, one `selectors` loop.
+
+It accepts on the control port (bans, max_clients, max_per_ip: a fixed 421
+line, never a read), has the zygote (priv/zygote.py) fork a pre-login process
+per connection, and from then on talks to each session over that session's
+own channel only: Login and Handover before login, the admission into an
+identity worker (priv/identity.py), then ActiveDataSocket, ChownUpload and
+RateGrant, each checked as the inetd-mode monitor checks them (the functions
+of monitor.py) and attributed to the session of its channel.  It never reads
+client bytes and never blocks on a session: a password check goes to the
+checker over its own channel, watched by the loop; the delay after a failed
+login is a timer; connects are non-blocking; a channel that is full, closed
+or malformed ends that session only.
+
+A session counts toward max_clients and max_per_ip until its last channel
+ends.  SIGHUP re-reads the config for new sessions (existing identity workers
+keep theirs, take no new ones); SIGTERM ends every child (each says 421),
+killing what is left after a few seconds.  If the zygote dies, so do its
+children: the broker ends and exits 1 (a zygote forked again from here would
+no longer start from a heap free of passwords).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import itertools
+import logging
+import os
+import pwd
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..logs.events import EventLog
+from ..net.bans import login_failed
+from ..net.data import active_socket
+from ..policy.passwords import dummy_verify
+from ..proto.principal import Principal
+from .channel import Channel, ChannelClosed
+from .checker import ANSWER_WAIT, Authenticate, Checker, CheckerClient
+from .logrelay import LOG_EVENTS, LogRelay
+from .messages import (
+    ActiveDataSocket,
+    Admit,
+    ChannelError,
+    ChownUpload,
+    DataSocket,
+    Handover,
+    Login,
+    LoginFailed,
+    LoginOk,
+    LogNotice,
+    Message,
+    RateGrant,
+    Refused,
+)
+from .monitor import active_source_port, chown_upload, hash_buffers_unmapped, login_checkable, login_refusal, rate_wait
+from .sessions import EXPECTED, Owner, Phase, Proc, Session, Timers, Worker, check_handover, root_refusal
+from .zygote import Identity, SpawnRefused, Zygote
+
+__all__ = ["Broker"]
+
+log = logging.getLogger("ftpwarden.broker")
+
+TOO_MANY = b"421 There are too many connected users, please try later.\r\n"
+TOO_MANY_FROM_YOU = b"421 There are too many connections from your internet address.\r\n"
+BANNED = b"421 Too many failed logins from your address; try again later.\r\n"
+
+CHECKS_AT_ONCE = max(4, 2 * (os.cpu_count() or 1))  # hashing is CPU work; more only costs memory
+CHECK_QUEUE_WAIT = 30.0  # seconds a login may wait for a check slot; then refused like a wrong password
+EXIT_GRACE = 5.0  # seconds a process whose part is done has to exit on its own before SIGKILL
+IDENTITY_LINGER = 10.0  # seconds an identity worker without sessions waits for a new one
+STOP_WAIT = 5.0  # seconds every child has after SIGTERM
+HELPER_STOP = 2.0  # TLS helpers are stopped after the workers have had this long to say 421 through them
+BURST = 64  # accepts or messages handled per wake-up of one source: no client starves the others
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class Broker:
+    def __init__(self, sockets: list[socket.socket], load: Callable[[], Any],
+                 login: Callable[[], Authenticate] | None = None) -> None:
+        """`load()` -> a worker.Site: called at start and on SIGHUP (here and in the
+        zygote).  `login()` -> the password check, run only in the checker (None:
+        no checker, site.authenticate checks here, blocking: tests only)."""
+        self.sockets = sockets
+        self.load = load
+        self.sel: selectors.BaseSelector | None = None
+        self._wake: tuple[int, ...] = ()
+        # first, before anything here could load the user DB: only the checker holds it
+        self.checker = Checker(login, self._close_in_child) if login is not None else None
+        self.site = load()
+        hash_buffers_unmapped()
+        if self.checker is None:
+            dummy_verify("warm-up")
+        # before any client exists: no password is ever in the heap it starts from
+        self.zygote = Zygote(load, self._close_in_zygote)
+        self.timers = Timers()
+        self.sessions: set[Session] = set()
+        self.per_ip: dict[str, int] = {}
+        self.procs: set[Proc] = set()  # pre-login processes and TLS helpers still running
+        self.workers: set[Worker] = set()  # identity workers still running
+        self.open: dict[tuple[Any, ...], list[Worker]] = {}  # those taking sessions, by sharing key
+        self.queue: deque[tuple[Session, Login]] = deque()  # logins waiting for a check slot
+        self.checking = 0
+        self.generation = 0
+        self.serials = itertools.count(1)
+        self.stop_asked = self.reload_asked = self.stopping = False
+        self.deadline = 0.0
+        self.exit_code = 0
+
+    # ------------------------------------------------------------------ the loop
+
+    def serve(self, ready: Callable[[], None] | None = None) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        # what the zygote or the checker leaves behind when it dies comes to us, and is reaped
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0)
+        wake_r, wake_w = self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)  # a signal wakes the loop at once
+        self.sel = selectors.DefaultSelector()
+        for sock in self.sockets:
+            sock.setblocking(False)
+            self._watch(sock, functools.partial(self._accept, sock))
+        self._watch(wake_r, functools.partial(_drain, wake_r))
+        self._watch(self.zygote, self._zygote_died)
+        if ready:
+            ready()
+        while True:
+            if self.stop_asked and not self.stopping:
+                self._begin_stop()
+            if self.reload_asked and not self.stopping:
+                self._reload()
+            self._reap_checker()
+            self._pump()  # here, not where a session ends: a new checker is forked with no client socket open
+            if self.stopping and (not (self.procs or self.workers) or time.monotonic() >= self.deadline):
+                break
+            for key, _ in self.sel.select(self.timers.wait(1.0)):
+                self._run(*key.data)
+            for timer in self.timers.due():
+                self._run(timer.fn, timer.owner)
+        return self._finish()
+
+    def _watch(self, obj: Any, fn: Callable[[], None], owner: Owner = None,
+               events: int = selectors.EVENT_READ) -> None:
+        assert self.sel is not None
+        self.sel.register(obj, events, (fn, owner))
+
+    def _forget(self, obj: Any) -> None:
+        """Stop watching `obj` (registered or not) and close it."""
+        if self.sel is not None:
+            try:
+                self.sel.unregister(obj)
+            except (KeyError, ValueError):
+                pass
+        if isinstance(obj, int):
+            os.close(obj)
+        else:
+            obj.close()
+
+    def _run(self, fn: Callable[[], None], owner: Owner) -> None:
+        """One callback; what goes wrong in it ends its session (or worker), never the broker."""
+        try:
+            fn()
+        except ChannelClosed:
+            self._end_owner(owner, None)
+        except ChannelError as e:
+            self._end_owner(owner, str(e) or type(e).__name__)
+        except Exception as e:
+            log.exception("broker: %s", e)
+            self._end_owner(owner, "internal error")
+
+    def _end_owner(self, owner: Owner, why: str | None) -> None:
+        if isinstance(owner, Session):
+            self._end(owner, why)
+        elif isinstance(owner, Worker):  # its admission channel ended or broke the protocol
+            if why:
+                log.warning("identity worker %d: %s", owner.proc.pid, why)
+            self._close_admission(owner)
+            self._retire(owner)
+
+    def _on_stop(self, _signum: int, _frame: Any) -> None:
+        self.stop_asked = True
+
+    def _on_hup(self, _signum: int, _frame: Any) -> None:
+        self.reload_asked = True
+
+    # ------------------------------------------------------------------ accept
+
+    def _accept(self, lsock: socket.socket) -> None:
+        for _ in range(BURST):
+            try:
+                conn, peer = lsock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as e:  # EMFILE and the like: the next wake-up tries again
+                log.warning("accept: %s", e)
+                return
+            with conn:  # passed on or refused: never kept here
+                self._start(conn, peer[0])
+
+    def _start(self, conn: socket.socket, ip: str) -> None:
+        cfg = self.site.cfg
+        max_clients, max_per_ip = int(cfg.max_clients or 0), int(cfg.max_per_ip or 0)
+        refusal = None
+        if self.site.bans is not None and self.site.bans.is_banned(ip):
+            refusal = BANNED
+        elif max_clients and len(self.sessions) >= max_clients:
+            refusal = TOO_MANY
+        elif max_per_ip and self.per_ip.get(ip, 0) >= max_per_ip:
+            refusal = TOO_MANY_FROM_YOU
+        if refusal:
+            try:
+                conn.setblocking(False)
+                conn.send(refusal)
+            except OSError:
+                pass
+            return
+        try:
+            ino = os.fstat(conn.fileno()).st_ino
+            local_ip = conn.getsockname()[0]
+            conn.setblocking(True)
+        except OSError:  # the client is gone already
+            return
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid, pidfd = self.zygote.spawn_prelogin(conn, theirs)
+        except SpawnRefused as e:
+            log.warning("no pre-login process for %s: %s", ip, e)
+            mine.close()
+            return
+        except ChannelError:
+            mine.close()
+            self._zygote_died()
+            return
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        proc = Proc(pid, pidfd)
+        sid = f"{pid}.{next(self.serials)}"
+        s = Session(sid, self.site, ip, local_ip, ino, Channel(mine), proc, LogRelay(self.site.events, ip, sid))
+        self.sessions.add(s)
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self._watch_proc(s)
+        self._watch(s.chan, functools.partial(self._on_session, s), s)
+
+    def _watch_proc(self, s: Session) -> None:
+        """The session's pre-login process (later its TLS helper): gone when its pidfd is readable."""
+        proc = s.proc
+        self.procs.add(proc)
+
+        def exited() -> None:
+            self.procs.discard(proc)
+            self._forget(proc.pidfd)
+            proc.pidfd = -1
+            if s.phase is Phase.ADMIT:
+                self._admit_held(s)
+
+        self._watch(proc.pidfd, exited, s)
+
+    # ------------------------------------------------------------------ a session's channel
+
+    def _on_session(self, s: Session) -> None:
+        chan = s.chan
+        for _ in range(BURST):
+            if s not in self.sessions or s.chan is not chan or chan.fileno() < 0:
+                return  # ended, or handed over: this channel is closed
+            expected, max_fds = EXPECTED[s.phase]
+            try:
+                msg, fds = chan.recv(*expected, *LOG_EVENTS, max_fds=max_fds)
+            except BlockingIOError:
+                return
+            except ChannelClosed:
+                self._end(s)
+                return
+            except ChannelError as e:
+                raise ChannelError(f"{e} ({s.phase.value})") from None
+            if isinstance(msg, LOG_EVENTS):
+                for fd in fds:
+                    os.close(fd)
+                if fds:
+                    raise ChannelError("a log event carries no descriptor")
+                s.relay.handle(msg)
+            elif isinstance(msg, Handover):
+                self._handover(s, msg, fds)
+            elif isinstance(msg, ChownUpload):
+                try:
+                    self._request(s)
+                    if len(fds) != 1:
+                        raise ChannelError("ChownUpload needs exactly one descriptor")
+                    self._send(s, chown_upload(s.site.cfg, fds[0], s.account))
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+            else:
+                for fd in fds:
+                    os.close(fd)
+                if fds:
+                    raise ChannelError(f"{type(msg).__name__} carries no descriptor")
+                if isinstance(msg, Login):
+                    self._login(s, msg)
+                elif isinstance(msg, ActiveDataSocket):
+                    self._request(s)
+                    self._active_socket(s, msg)
+                elif isinstance(msg, RateGrant):
+                    self._request(s)
+                    self._send(s, rate_wait(s.site.account_rates, s.reserve, msg))
+
+    def _request(self, s: Session) -> None:
+        """One request at a time: its answer is not tagged, so a second is out of order."""
+        if s.connecting is not None:
+            raise ChannelError("a request while an active connect is under way")
+
+    def _send(self, s: Session, msg: Message, fds: tuple[int, ...] = ()) -> None:
+        try:
+            s.chan.send(msg, fds)
+        except BlockingIOError:  # a worker that does not read its answers
+            raise ChannelError("the session's channel is full") from None
+
+    def _end(self, s: Session, why: str | None = None) -> None:
+        """The session is over for the broker: its counts go, its channel closes."""
+        if s not in self.sessions:
+            return
+        self.sessions.discard(s)
+        left = self.per_ip.get(s.remote_ip, 1) - 1
+        if left > 0:
+            self.per_ip[s.remote_ip] = left
+        else:
+            self.per_ip.pop(s.remote_ip, None)
+        if why:
+            log.warning("session %s (%s) ended: %s", s.sid, s.remote_ip, why)
+        self._forget(s.chan)
+        if s.timer is not None:
+            s.timer.cancel()
+        if s.check is not None:
+            self._stop_check(s).detach()
+        elif s.phase is Phase.CHECK:  # waiting for a slot: its password goes now
+            self.queue = deque(entry for entry in self.queue if entry[0] is not s)
+        if s.connecting is not None:
+            self._forget(s.connecting)
+            s.connecting = None
+        if s.held is not None:
+            s.held[1].close()
+            s.held = None
+        if s.worker is not None:
+            s.worker.sessions.discard(s)
+            self._idle(s.worker)
+        if why and s.phase is not Phase.POST:
+            s.proc.kill()  # a pre-login process that broke the protocol: at once
+        elif s.proc.alive:
+            self.timers.after(EXIT_GRACE, s.proc.kill)  # it exits on its own (its client or peer is gone)
+
+    # ------------------------------------------------------------------ login
+
+    def _login(self, s: Session, msg: Login) -> None:
+        s.phase, s.user, s.tls_claimed, s.started = Phase.CHECK, msg.user, msg.tls_protected, time.monotonic()
+        if not login_checkable(msg):
+            self._decide(s, None)
+        elif self.checker is None:
+            try:
+                account = s.site.authenticate(msg.user, msg.password, s.remote_ip)
+            except Exception:  # an authenticator bug refuses the login, never grants it
+                account = None
+            self._decide(s, account)
+        elif self.checking < CHECKS_AT_ONCE:
+            self._start_check(s, msg)
+        else:  # the wait depends on the load alone, known user or not
+            self.queue.append((s, msg))
+            s.timer = self.timers.after(CHECK_QUEUE_WAIT, functools.partial(self._queue_waited, s), s)
+
+    def _start_check(self, s: Session, msg: Login) -> None:
+        assert self.checker is not None
+        client = self.checker.connect()
+        if not client.ask(msg.user, msg.password, s.remote_ip):
+            self._decide(s, None)
+            return
+        s.check = client
+        self.checking += 1
+        assert client.chan is not None
+        self._watch(client.chan, functools.partial(self._on_check, s), s)
+        s.timer = self.timers.after(ANSWER_WAIT, functools.partial(self._check_late, s), s)
+
+    def _stop_check(self, s: Session) -> CheckerClient:
+        client, s.check = s.check, None
+        assert client is not None and self.sel is not None
+        if client.chan is not None:
+            self.sel.unregister(client.chan)
+        self.checking -= 1
+        if s.timer is not None:
+            s.timer.cancel()
+        return client
+
+    def _on_check(self, s: Session) -> None:
+        if s.check is None:
+            return
+        account = self._stop_check(s).answer()
+        self._pump()
+        self._decide(s, account)
+
+    def _check_late(self, s: Session) -> None:
+        if s.check is not None:
+            self._stop_check(s).detach()
+            self._pump()
+            self._decide(s, None)
+
+    def _queue_waited(self, s: Session) -> None:
+        self.queue = deque(entry for entry in self.queue if entry[0] is not s)
+        self._decide(s, None)
+
+    def _pump(self) -> None:
+        """Start the checks waiting for a slot (a check may fork a new checker: see serve)."""
+        while self.checking < CHECKS_AT_ONCE and self.queue:
+            s, msg = self.queue.popleft()
+            if s in self.sessions and s.phase is Phase.CHECK and s.check is None:
+                if s.timer is not None:
+                    s.timer.cancel()
+                self._start_check(s, msg)
+
+    def _decide(self, s: Session, account: Principal | None) -> None:
+        if s not in self.sessions:
+            return
+        cfg = s.site.cfg
+        if account is not None and (why := login_refusal(cfg, Login(s.user, "", s.tls_claimed), account)):
+            log.warning("login %s refused by the broker: %s", s.user, why)
+            account = None
+        s.relay.login(s.user, account)
+        if account is None:
+            # counted toward a ban now; answered delay_failed_login after the Login came
+            delay = login_failed(self.site.bans, s.remote_ip, self.site.events, s.started,
+                                 float(cfg.delay_failed_login or 0), time.monotonic())
+            s.phase = Phase.ANSWER
+            s.timer = self.timers.after(delay, functools.partial(self._refuse, s), s)
+            return
+        s.account, s.phase = account, Phase.HANDOVER
+        self._send(s, LoginOk(account.name, account.user_class.value))
+
+    def _refuse(self, s: Session) -> None:
+        if s not in self.sessions:
+            return
+        self._send(s, LoginFailed())
+        s.fails += 1
+        if s.fails < max(1, int(s.site.cfg.max_login_fails or 3)):
+            s.phase = Phase.LOGIN
+            return
+        # it answers this last failure with its 530 and hangs up: the moment to do so, then killed
+        s.phase = Phase.LEAVING
+        s.timer = self.timers.after(EXIT_GRACE, s.proc.kill)
+
+    # ------------------------------------------------------------------ handover and admission
+
+    def _handover(self, s: Session, msg: Handover, fds: list[int]) -> None:
+        socks: list[socket.socket] = []
+        try:
+            for fd in list(fds):
+                try:
+                    socks.append(socket.socket(fileno=fd))
+                except OSError:
+                    raise ChannelError("a Handover descriptor is not a socket") from None
+                fds.remove(fd)
+            check_handover(s.ino, msg, socks)
+            self._forget(s.chan)  # the pre-login process has nothing more to ask
+            if self.stopping:
+                raise ChannelClosed("stopping")
+            if msg.tls_protected:  # it stays as the TLS helper, the one reader of the client's socket
+                self._admit(s, msg, socks[0], socks[1])
+                return
+            # Plain text: it exits now, and until it has, it could still read the
+            # client's next command; the identity worker gets the socket after.
+            s.phase, s.held = Phase.ADMIT, (msg, socks.pop())
+            s.timer = self.timers.after(EXIT_GRACE, s.proc.kill)
+            if not s.proc.alive:
+                self._admit_held(s)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            for sock in socks:
+                sock.close()
+
+    def _admit_held(self, s: Session) -> None:
+        if s.held is None or s not in self.sessions:
+            return
+        (msg, control), s.held = s.held, None
+        if s.timer is not None:
+            s.timer.cancel()
+        try:
+            if self.stopping:  # its pre-login process said 421 on the way out
+                raise ChannelClosed("stopping")
+            self._admit(s, msg, control, None)
+        finally:
+            control.close()
+
+    def _admit(self, s: Session, msg: Handover, control: socket.socket, tls_chan: socket.socket | None) -> None:
+        account = s.account
+        assert account is not None and account.uid is not None and account.gid is not None
+        cfg = s.site.cfg
+        if line := root_refusal(cfg, account):
+            try:  # one fixed line to the client (or the TLS helper): never a read
+                control.setblocking(False)
+                control.send(line)
+            except OSError:
+                pass
+            self._end(s)
+            return
+        groups: tuple[int, ...] = ()
+        if account.user_class.value == "real":
+            groups = tuple(os.getgrouplist(pwd.getpwuid(account.uid).pw_name, account.gid))
+        identity = Identity(account.uid, account.gid, groups, account.root, account.chroot)
+        key = (identity, account.grants, account.umask, self.generation)
+        admit = Admit(account.name, account.user_class.value, account.root,
+                      ",".join(sorted(p.value for p in account.grants)), account.umask, account.anon_password,
+                      account.uid, account.gid, account.chroot, account.start_dir, msg.pending,
+                      msg.tls_protected, msg.tls_pbsz, msg.tls_prot_private, s.local_ip, s.remote_ip)
+        s.relay.logged_in(account)  # from now on the user in every line is the account's
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            fds = (control.fileno(), theirs.fileno(), *([tls_chan.fileno()] if tls_chan is not None else []))
+            worker = self._admitted(key, identity, admit, fds)
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        s.chan, s.phase, s.worker = Channel(mine), Phase.POST, worker
+        self._watch(s.chan, functools.partial(self._on_session, s), s)
+        worker.sessions.add(s)
+        if worker.linger is not None:
+            worker.linger.cancel()
+            worker.linger = None
+        if s.site.account_rates is not None:  # user_max_rate: booked on this session's account only
+            s.reserve = s.site.account_rates.reserve_for(account.name)
+        if cfg.session_isolation == "process":
+            self._retire(worker)  # one session each: it takes no other
+
+    def _admitted(self, key: tuple[Any, ...], identity: Identity, admit: Admit, fds: tuple[int, ...]) -> Worker:
+        """Admit into an open worker of `key` with room, else a new one; the worker that took it."""
+        room = int(self.site.cfg.identity_sessions_max or 256)
+        for fresh in (False, True):
+            worker = None if fresh else next((w for w in self.open.get(key, []) if len(w.sessions) < room), None)
+            if worker is None:
+                worker = self._spawn_worker(key, identity)
+            assert worker.admission is not None
+            try:
+                worker.admission.send(admit, fds)
+                return worker
+            except BlockingIOError:  # it does not keep up: no more sessions there
+                self._retire(worker)
+            except ChannelClosed:  # it is gone
+                self._close_admission(worker)
+                self._retire(worker)
+        raise ChannelError("no identity worker took the session")
+
+    def _spawn_worker(self, key: tuple[Any, ...], identity: Identity) -> Worker:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid, pidfd = self.zygote.spawn_identity(identity, theirs)
+        except SpawnRefused as e:
+            mine.close()
+            raise ChannelError(f"no identity worker: {e}") from None
+        except ChannelError:
+            mine.close()
+            self._zygote_died()
+            raise
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        worker = Worker(key, Proc(pid, pidfd), Channel(mine), LogRelay(self.site.events, "-", f"worker.{pid}"))
+        self.workers.add(worker)
+        self.open.setdefault(key, []).append(worker)
+        self._watch(worker.admission, functools.partial(self._on_admission, worker), worker)
+        self._watch(pidfd, functools.partial(self._worker_exited, worker))
+        return worker
+
+    def _on_admission(self, w: Worker) -> None:
+        """A worker says only LogNotice here; anything else, or EOF, and it gets no more sessions."""
+        for _ in range(BURST):
+            if w.admission is None:
+                return
+            try:
+                msg, _ = w.admission.recv(LogNotice)  # EOF or another kind: ChannelError
+            except BlockingIOError:
+                return
+            w.relay.handle(msg)
+
+    def _retire(self, w: Worker) -> None:
+        """No new session for `w`.  Its admission channel, where its own warnings
+        come, closes once its last session has ended: then it exits."""
+        if not w.retired:
+            w.retired = True
+            peers = self.open.get(w.key, [])
+            if w in peers:
+                peers.remove(w)
+            if not peers:
+                self.open.pop(w.key, None)
+        if w.linger is not None:
+            w.linger.cancel()
+            w.linger = None
+        self._idle(w)
+
+    def _close_admission(self, w: Worker) -> None:
+        if w.admission is not None:
+            self._forget(w.admission)
+            w.admission = None
+
+    def _idle(self, w: Worker) -> None:
+        if w.sessions:
+            return
+        if not w.retired:
+            if w.linger is None:
+                w.linger = self.timers.after(IDENTITY_LINGER, functools.partial(self._retire, w), w)
+            return
+        self._close_admission(w)
+        if w.proc.alive:
+            self.timers.after(EXIT_GRACE, w.proc.kill)
+
+    def _worker_exited(self, w: Worker) -> None:
+        """Its pidfd is readable: every session it hosted is over."""
+        self._retire(w)
+        self._close_admission(w)
+        self.workers.discard(w)
+        self._forget(w.proc.pidfd)
+        w.proc.pidfd = -1
+        for s in list(w.sessions):
+            self._end(s)
+
+    # ------------------------------------------------------------------ post-login requests
+
+    def _active_socket(self, s: Session, msg: ActiveDataSocket) -> None:
+        port = active_source_port(s.site.cfg, msg, s.remote_ip)
+        try:
+            sock = active_socket(msg.host, s.local_ip, port)
+        except OSError as e:
+            self._send(s, Refused(_reason(e)))
+            return
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex((msg.host, msg.port))
+        except OSError as e:
+            sock.close()
+            self._send(s, Refused(_reason(e)))
+            return
+        if err == errno.EINPROGRESS:
+            s.connecting = sock
+            self._watch(sock, functools.partial(self._connected, s), s, selectors.EVENT_WRITE)
+            s.timer = self.timers.after(float(s.site.cfg.connect_timeout or 60),
+                                        functools.partial(self._connected, s, errno.ETIMEDOUT), s)
+            return
+        s.connecting = sock
+        self._connected(s, err)
+
+    def _connected(self, s: Session, err: int | None = None) -> None:
+        sock, s.connecting = s.connecting, None
+        if sock is None:
+            return
+        if s.timer is not None:
+            s.timer.cancel()
+        try:
+            if self.sel is not None and sock.fileno() in self.sel.get_map():
+                self.sel.unregister(sock)
+            if err is None:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._send(s, Refused(os.strerror(err)))
+            else:
+                self._send(s, DataSocket(), (sock.fileno(),))
+        finally:
+            sock.close()
+
+    # ------------------------------------------------------------------ SIGHUP, the end
+
+    def _reload(self) -> None:
+        self.reload_asked = False
+        try:
+            old, self.site = self.site, self.load()
+        except Exception as e:  # a broken file keeps the old config running
+            print(f"ftpwarden: SIGHUP: keeping the old configuration: {e}", file=sys.stderr)
+            return
+        if old.events is not None and old.events is not self.site.events:
+            events = self.site.events if self.site.events is not None else EventLog()
+            for relay in [s.relay for s in self.sessions] + [w.relay for w in self.workers]:
+                relay.events = events  # the files now configured; the old ones close
+            old.events.close()
+        if self.checker is not None:
+            self.checker.reload()  # the checker reads the user DB again itself
+        try:
+            self.zygote.reload()
+        except ChannelError:
+            self._zygote_died()
+        self.generation += 1
+        for w in list(self.workers):
+            self._retire(w)  # they keep their sessions under the old config, take no new ones
+        print("ftpwarden: configuration re-read; new sessions use it", file=sys.stderr)
+
+    def _zygote_died(self) -> None:
+        if self.exit_code == 0:
+            print("ftpwarden: the zygote ended; stopping (its processes end with it)", file=sys.stderr)
+        self.exit_code = 1
+        self._forget(self.zygote)
+        self.stop_asked = True
+
+    def _begin_stop(self) -> None:
+        """Stop accepting; every child is asked to say 421 and exit."""
+        self.stopping = True
+        self.deadline = time.monotonic() + STOP_WAIT
+        for sock in self.sockets:
+            self._forget(sock)
+        self.queue.clear()
+        for s in self.sessions:
+            if s.phase is not Phase.POST:
+                s.proc.signal(signal.SIGTERM)
+        for w in list(self.workers):
+            self._retire(w)
+            w.proc.signal(signal.SIGTERM)
+        self.timers.after(HELPER_STOP, self._stop_helpers)
+
+    def _stop_helpers(self) -> None:
+        for proc in self.procs:
+            proc.signal(signal.SIGTERM)
+
+    def _finish(self) -> int:
+        signal.set_wakeup_fd(-1)
+        for proc in [*self.procs, *(w.proc for w in self.workers)]:
+            proc.kill()
+        for s in list(self.sessions):
+            self._end(s)
+        if self.sel is not None:
+            for key in list(self.sel.get_map().values()):
+                self._forget(key.fileobj)  # the wake-up pipe's read end too
+            self.sel.close()
+            self.sel = None
+        os.close(self._wake[1])
+        self._wake = ()
+        self.zygote.close()  # it exits on this; what it forked is gone already
+        _reap(self.zygote.pid, STOP_WAIT)
+        if self.checker is not None:
+            pid = self.checker.pid
+            self.checker.close()  # with no session left, the checker ends on this
+            _reap(pid, STOP_WAIT)
+        return self.exit_code
+
+    def _reap_checker(self) -> None:
+        """Reap our children (the checker, an older one, the zygote, orphans of
+        the two); start a new checker if it died."""
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if self.checker is not None and self.checker.ended(pid):
+                print("ftpwarden: the password checker ended; starting a new one", file=sys.stderr)
+        if self.checker is not None and not self.stopping:
+            self.checker.ensure()  # it died: a new one (meanwhile logins are refused)
+
+    def _close_in_child(self) -> None:
+        """Run first in a process forked from here (the checker, the zygote): it
+        holds none of the broker's descriptors (their copies close, ours stay)."""
+        for sock in self.sockets:
+            sock.close()
+        signal.set_wakeup_fd(-1)
+        if self.sel is not None:
+            for key in list(self.sel.get_map().values()):
+                obj: Any = key.fileobj  # sockets, channels, the zygote's handle, pidfds, the wake-up pipe
+                if isinstance(obj, int):
+                    os.close(obj)
+                else:
+                    obj.close()
+            self.sel.close()
+            self.sel = None
+            os.close(self._wake[1])
+        self._wake = ()
+
+    def _close_in_zygote(self) -> None:
+        """Also the checker's control channel, our log files and shared tables: the
+        zygote loads its own site, and what it forks must hold none of ours."""
+        self._close_in_child()
+        if self.checker is not None:
+            self.checker.close()
+        if self.site.events is not None:
+            self.site.events.close()
+        for table in (self.site.bans, self.site.account_rates):
+            if table is not None:
+                table.detach()
+
+
+def _reason(e: OSError) -> str:
+    return os.strerror(e.errno) if e.errno else str(e)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _reap(pid: int, wait: float) -> None:
+    """Reap our child `pid` within `wait` seconds, else kill it first."""
+    deadline = time.monotonic() + wait
+    while pid:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        if time.monotonic() >= deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            return
+        time.sleep(0.01)
