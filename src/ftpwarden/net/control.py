@@ -450,7 +450,12 @@ class ControlConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            account = await loop.run_in_executor(context.password_checks(), self.ctx.authenticator.authenticate, req)
+            remote = getattr(self.ctx.authenticator, "authenticate_async", None)  # isolated: the broker decides
+            if remote is not None:
+                account = await remote(req)
+            else:
+                account = await loop.run_in_executor(context.password_checks(), self.ctx.authenticator.authenticate,
+                                                     req)
         except LoginRefused as e:
             self.events.login(self.sid, self.remote_ip, action.user, None, False, e.reason)
             # answered at a fixed time after PASS: an unknown user and a cheap hash look alike

@@ -27,7 +27,7 @@ from typing import Any
 from ..net.context import ServerContext
 from ..net.control import ControlConnection, serve
 from ..net.limits import MAX_WAIT, RateGrants
-from ..net.tls import Contexts, handshake_deadline, make_context
+from ..net.tls import Contexts, handshake_deadline, make_context, wait_fd
 from ..policy.auth.base import LoginRefused, LoginRequest
 from ..proto.actions import TlsState
 from ..proto.framing import line_cap
@@ -79,6 +79,16 @@ class MonitorAuthenticator:
     def authenticate(self, req: LoginRequest) -> Principal:
         # the monitor re-checks force_*_logins_ssl against what we say here
         self.chan.send(Login(req.user, req.password, self.protected()))
+        return self._answer()
+
+    async def authenticate_async(self, req: LoginRequest) -> Principal:
+        """The same without a thread: one small datagram out, then the loop waits
+        for the answer (a thread per login costs more than the rest of it)."""
+        self.chan.send(Login(req.user, req.password, self.protected()))
+        await wait_fd(self.chan.fileno(), writing=False)
+        return self._answer()
+
+    def _answer(self) -> Principal:
         msg, _ = self.chan.recv(LoginOk, LoginFailed)
         if isinstance(msg, LoginFailed):
             raise LoginRefused("refused by the monitor")
@@ -184,13 +194,13 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     async def handover(control: ControlConnection, _account: Any) -> None:
         state = control.session.tls_state()
         if not state.protected:  # the client's socket goes back: the broker passes it on
-            await asyncio.to_thread(chan.send, Handover.of(control.pending_bytes(), state), (conn.fileno(),))
+            # one small datagram to a broker that reads at once: no thread for it
+            chan.send(Handover.of(control.pending_bytes(), state), (conn.fileno(),))
             return
         plain_mine, plain_theirs = socket.socketpair()
         req_mine, req_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            await asyncio.to_thread(chan.send, Handover.of(control.pending_bytes(), state),
-                                    (plain_theirs.fileno(), req_theirs.fileno()))
+            chan.send(Handover.of(control.pending_bytes(), state), (plain_theirs.fileno(), req_theirs.fileno()))
         finally:
             plain_theirs.close()
             req_theirs.close()
