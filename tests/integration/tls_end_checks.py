@@ -28,11 +28,9 @@ TIMEOUT = 20
 # ---------------------------------------------------------------- a raw TLS client
 
 
-def _ctx(maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
-    ctx = client_ctx()
-    if maximum is not None:
-        ctx.maximum_version = maximum
-    return ctx
+def _ctx() -> ssl.SSLContext:
+    """The client at its defaults (the TLS 1.2 cases set the server's ssl_tlsv13=NO instead)."""
+    return client_ctx()
 
 
 class ImplicitFTP_TLS(ReusingFTP_TLS):
@@ -49,16 +47,15 @@ class ImplicitFTP_TLS(ReusingFTP_TLS):
         return "234 already protected"
 
 
-def connect(srv: Server, *, maximum: ssl.TLSVersion | None = None, implicit: bool = False) -> ReusingFTP_TLS:
-    ftp = (ImplicitFTP_TLS if implicit else ReusingFTP_TLS)(context=_ctx(maximum), timeout=TIMEOUT)
+def connect(srv: Server, *, implicit: bool = False) -> ReusingFTP_TLS:
+    ftp = (ImplicitFTP_TLS if implicit else ReusingFTP_TLS)(context=_ctx(), timeout=TIMEOUT)
     ftp.connect(srv.host, srv.port)
     ftp.auth()
     return ftp
 
 
-def login(srv: Server, user: str, password: str, *, maximum: ssl.TLSVersion | None = None,
-          implicit: bool = False) -> ReusingFTP_TLS:
-    ftp = connect(srv, maximum=maximum, implicit=implicit)
+def login(srv: Server, user: str, password: str, *, implicit: bool = False) -> ReusingFTP_TLS:
+    ftp = connect(srv, implicit=implicit)
     ftp.login(user, password)
     ftp.prot_p()
     return ftp
@@ -322,14 +319,13 @@ def check_injection_implicit(host: str, port: int) -> None:
     tsock.close()
 
 
-def check_foreign_session_refused(srv: Server, cred: tuple[str, str], name: str,
-                                  maximum: ssl.TLSVersion | None, *, implicit: bool = False) -> None:
+def check_foreign_session_refused(srv: Server, cred: tuple[str, str], name: str, *, implicit: bool = False) -> None:
     """Another client (never logged in) resumes its own TLS session on the victim's data port."""
-    attacker = connect(srv, maximum=maximum, implicit=implicit)
+    attacker = connect(srv, implicit=implicit)
     attacker.sendcmd("NOOP")  # TLS 1.3: the session tickets have arrived
     stolen = attacker.sock.session
     assert stolen is not None
-    with login(srv, *cred, maximum=maximum, implicit=implicit) as victim:
+    with login(srv, *cred, implicit=implicit) as victim:
         addr = victim.makepasv()
         victim.putcmd(f"RETR {name}")
         try:
