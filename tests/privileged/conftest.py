@@ -155,6 +155,16 @@ def identity_linger() -> float:
     return float(broker.IDENTITY_LINGER)
 
 
+def shared_writable(pid: int) -> list[str]:
+    """The process's shared writable mappings (a table other processes see: bans, account rates)."""
+    out = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        perms = line.split()[1]
+        if perms[1] == "w" and perms[3] == "s":
+            out.append(line)
+    return out
+
+
 def socket_inode(sock: socket.socket) -> int:
     """The server side of our connection: find the socket whose peer is our local port."""
     lport = sock.getsockname()[1]

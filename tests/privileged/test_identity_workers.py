@@ -39,6 +39,7 @@ from .conftest import (
     loopback_conf,
     memory_holds,
     session_processes,
+    shared_writable,
     socket_fds,
     socket_inode,
     tcp_sockets,
@@ -100,16 +101,6 @@ def fd_targets(pid: int) -> dict[int, str]:
             out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
-    return out
-
-
-def shared_writable(pid: int) -> list[str]:
-    """Shared writable mappings: the ban table, the account-rate table."""
-    out = []
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        perms = line.split()[1]
-        if perms[1] == "w" and perms[3] == "s":
-            out.append(line)
     return out
 
 

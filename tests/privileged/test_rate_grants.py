@@ -26,7 +26,7 @@ from ftpwarden.priv.monitor import Monitor
 
 from ..conftest import wait_for
 from ..integration.conftest import Server, start_server, stop_server
-from .conftest import ids, session_processes, write_conf, zygote
+from .conftest import ids, session_processes, shared_writable, write_conf, zygote
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 RATE = 500_000  # bytes/s, user_max_rate and local_max_rate
@@ -130,16 +130,6 @@ def _login(srv: Server, user: str, password: str) -> ftplib.FTP:
     return ftp
 
 
-def _shared_writable(pid: int) -> list[str]:
-    """The process's shared writable mappings (a table other processes see)."""
-    out = []
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        perms = line.split()[1]
-        if perms[1] == "w" and perms[3] == "s":
-            out.append(line)
-    return out
-
-
 def _workers_of(srv: Server, uid: int) -> list[int]:
     return [p for p in session_processes(srv) if ids(p)[0][0] == uid]
 
@@ -147,7 +137,7 @@ def _workers_of(srv: Server, uid: int) -> list[int]:
 def _poison(pid: int) -> None:
     """Do what a compromised worker could do with a table it maps: book every slot for ages."""
     with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-        for line in _shared_writable(pid):
+        for line in shared_writable(pid):
             start, end = (int(x, 16) for x in line.split()[0].split("-"))
             mem.seek(start)
             mem.write(struct.pack("=Id", 0xFFFFFFFF, 1e12) * ((end - start) // 12))
@@ -198,9 +188,9 @@ def test_postlogin_worker_does_not_map_the_rate_table(rated, accounts):
     with _login(rated, "ftpw_alice", "alice-pw-1") as ftp:
         ftp.voidcmd("NOOP")
         (worker,) = wait_for(lambda: _workers_of(rated, accounts["alice"].pw_uid))
-        assert _shared_writable(rated.proc.pid), "the broker keeps the table: the test can see one"
-        assert _shared_writable(worker) == []
-        assert _shared_writable(zygote(rated)) == []
+        assert shared_writable(rated.proc.pid), "the broker keeps the table: the test can see one"
+        assert shared_writable(worker) == []
+        assert shared_writable(zygote(rated)) == []
 
 
 @needs_root

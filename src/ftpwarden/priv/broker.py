@@ -43,7 +43,7 @@ from ..net.bans import login_failed
 from ..net.data import active_socket
 from ..policy.passwords import dummy_verify
 from ..proto.principal import Principal
-from .channel import Channel, ChannelClosed
+from .channel import Channel, ChannelClosed, drain, end_child, reap_exited, wake_on_signals
 from .checker import ANSWER_WAIT, Authenticate, Checker, CheckerClient
 from .logrelay import LOG_EVENTS, LogRelay
 from .messages import (
@@ -121,16 +121,14 @@ class Broker:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
         # what the zygote or the checker leaves behind when it dies comes to us, and is reaped
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0)
-        wake_r, wake_w = self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w)  # a signal wakes the loop at once
+        wake_r, _ = self._wake = wake_on_signals()  # a signal (an ended child too) wakes the loop at once
         self.sel = selectors.DefaultSelector()
         for sock in self.sockets:
             sock.setblocking(False)
             self._watch(sock, functools.partial(self._accept, sock))
-        self._watch(wake_r, functools.partial(_drain, wake_r))
+        self._watch(wake_r, functools.partial(drain, wake_r))
         self._watch(self.zygote, self._zygote_died)
         if ready:
             ready()
@@ -739,23 +737,17 @@ class Broker:
         os.close(self._wake[1])
         self._wake = ()
         self.zygote.close()  # it exits on this; what it forked is gone already
-        _reap(self.zygote.pid, STOP_WAIT)
+        end_child(self.zygote.pid, STOP_WAIT)
         if self.checker is not None:
             pid = self.checker.pid
             self.checker.close()  # with no session left, the checker ends on this
-            _reap(pid, STOP_WAIT)
+            end_child(pid, STOP_WAIT)
         return self.exit_code
 
     def _reap_checker(self) -> None:
         """Reap our children (the checker, an older one, the zygote, orphans of
         the two); start a new checker if it died."""
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        for pid in reap_exited():
             if self.checker is not None and self.checker.ended(pid):
                 print("ftpwarden: the password checker ended; starting a new one", file=sys.stderr)
         if self.checker is not None and not self.stopping:
@@ -794,30 +786,3 @@ class Broker:
 
 def _reason(e: OSError) -> str:
     return os.strerror(e.errno) if e.errno else str(e)
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
-
-
-def _reap(pid: int, wait: float) -> None:
-    """Reap our child `pid` within `wait` seconds, else kill it first."""
-    deadline = time.monotonic() + wait
-    while pid:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            return
-        if time.monotonic() >= deadline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            return
-        time.sleep(0.01)

@@ -31,7 +31,7 @@ from typing import Any
 from ..policy.passwords import dummy_verify
 from ..proto.commands import Perm
 from ..proto.principal import Principal, UserClass
-from .channel import Channel, ChannelClosed, channel_pair, fork_with_channel
+from .channel import Channel, ChannelClosed, channel_pair, drain, fork_with_channel, reap_exited, wake_on_signals
 from .messages import (
     ChannelError,
     CheckerConn,
@@ -197,9 +197,7 @@ def _serve(control: Channel, load: Callable[[], Authenticate]) -> int:
         signal.signal(sig, signal.SIG_IGN)  # the listener's signals: it tells us what to do
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # an ended check wakes select: it is reaped at once, never left a zombie
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
+    wake_r, _ = wake_on_signals()
     try:
         authenticate = load()
     except Exception as e:
@@ -211,16 +209,14 @@ def _serve(control: Channel, load: Callable[[], Authenticate]) -> int:
     checks: set[int] = set()
     watch: Channel | None = control
     while watch is not None or conns:
-        _reap(checks)
+        checks.difference_update(reap_exited())
         waiting: list[Channel | int] = [wake_r, *conns] if watch is None else [wake_r, watch, *conns]
         try:
             readable, _, _ = select.select(waiting, [], [], 1.0)
         except InterruptedError:
             continue
         if wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                while os.read(wake_r, 512):
-                    pass
+            drain(wake_r)
         for chan in readable:
             if not isinstance(chan, Channel):
                 continue
@@ -281,18 +277,6 @@ def _fork_check(chan: Channel, authenticate: Authenticate, msg: CheckLogin) -> i
         finally:
             os._exit(code)
     return pid
-
-
-def _reap(checks: set[int]) -> None:
-    while checks:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            checks.clear()
-            return
-        if pid == 0:
-            return
-        checks.discard(pid)
 
 
 def _granted(account: Principal) -> CheckGranted:

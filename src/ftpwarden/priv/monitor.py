@@ -35,7 +35,7 @@ from ..policy.auth.local import refused_at_user
 from ..policy.options import session_options
 from ..proto import addr
 from ..proto.verbs import tls_login_refusal
-from .channel import Channel, ChannelClosed, fork_with_channel
+from .channel import Channel, ChannelClosed, end_child, fork_with_channel
 from .checker import CheckerClient
 from .logrelay import LOG_EVENTS, LogRelay
 from .messages import (
@@ -318,30 +318,7 @@ class Monitor:
         pid, self.worker = self.worker, 0
         if not pid:
             return
-        if term:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if done:
-                return
-            if time.monotonic() >= deadline:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
-                return
-            time.sleep(0.005)
+        end_child(pid, wait, term=term)
 
 
 # ---------------------------------------------------------------------- the checks (the broker's too)

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .channel import Channel, ChannelClosed, fork_with_channel
+from .channel import Channel, ChannelClosed, drain, fork_child, fork_with_channel, reap_exited, wake_on_signals
 from .checker import _name
-from .creds import minimal_environment, set_parent_death_signal
+from .creds import minimal_environment
 from .messages import (
     ChannelError,
     Refused,
@@ -164,17 +164,15 @@ class _Zygote:
         self.site = _tidy(self.load())
         warm(self.site)
         settle()
-        self.wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.wake[1])  # an ended child wakes select: reaped at once
-        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.wake = wake_on_signals()  # an ended child wakes select: reaped at once
         while True:
-            _reap()
+            reap_exited()
             try:
                 readable, _, _ = select.select([self.chan.fileno(), self.wake[0]], [], [])
             except InterruptedError:
                 continue
             if self.wake[0] in readable:
-                _drain(self.wake[0])
+                drain(self.wake[0])
             if self.chan.fileno() in readable and not self._request():
                 return 0
 
@@ -265,25 +263,17 @@ class _Zygote:
 
     def _fork(self, run: Callable[[], None], death_signal: int) -> int:
         """The child leaves the zygote's descriptors and signal set-up, then runs `run`."""
-        me = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                for fd in self.wake:
-                    os.close(fd)
-                self.chan.close()
-                set_parent_death_signal(death_signal, parent=me)
-                run()
-                code = 0
-            except BaseException:
-                log.exception("a child of the zygote failed")
-            finally:
-                os._exit(code)
-        return pid
+        def child() -> int:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for fd in self.wake:
+                os.close(fd)
+            self.chan.close()
+            run()
+            return 0
+
+        return fork_child(child, lambda: log.exception("a child of the zygote failed"), death_signal)
 
 
 def _tidy(site: Any) -> Any:
@@ -315,21 +305,3 @@ def _socket_of(fd: int, kind: int, family: int | None = None) -> None:
             raise SpawnRefused("a descriptor of the wrong kind")
     finally:
         probe.close()
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
