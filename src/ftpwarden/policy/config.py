@@ -223,7 +223,10 @@ def load_config(path: str | None, overrides: Sequence[str] = (), *,
         raise ConfigError.several(errors)
     for name, loc in where.items():
         t = TUNABLES[name]
-        if not t.implemented and values[name] != t.default:
+        if t.refused and values[name] != t.default:
+            warnings.append(f"{loc}: option {name}={format_value(t, values[name])} is refused "
+                            f"and has no effect: {t.refused}")
+        elif not t.implemented and values[name] != t.default:
             warnings.append(f"{loc}: option {name!r} is recognised but not implemented yet; "
                             "it has no effect")
     return Config(values, frozenset(where), where), warnings

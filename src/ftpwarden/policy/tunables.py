@@ -33,6 +33,12 @@ class Tunable:
     implemented: bool  # False: a non-default value yields a start-up warning
     octal: bool = False  # shown in octal (umask/mode options)
     group: str = ""      # heading in `ftpwarden tunables`
+    refused: str = ""    # why a non-default value is refused on purpose, and what to use instead
+
+    @property
+    def status(self) -> str:
+        """The IMPL column: yes, refused (on purpose, with a reason) or no (not yet)."""
+        return "refused" if self.refused else "yes" if self.implemented else "no"
 
 
 # Honoured today; the rest are accepted (vsftpd.conf files must load) but
@@ -63,6 +69,17 @@ _IMPLEMENTED = frozenset("""
     ssl_request_cert ssl_tlsv1 ssl_tlsv11 ssl_tlsv12 ssl_tlsv13 strict_ssl_read_eof strict_ssl_write_shutdown
     anon_max_rate local_max_rate allow_writeable_chroot
 """.split())  # noqa: SIM905 - a word list is easier to edit than a literal
+
+# Refused on purpose: a non-default value is ignored with this reason (one line, saying
+# what to use instead) at check-config and start-up.  Rare and argued; README lists them.
+_REFUSED: dict[str, str] = {
+    "ssl_sslv2": "SSLv2 is broken (RFC 6176) and OpenSSL 3 cannot speak it; leave it NO, "
+                 "TLS 1.2 and 1.3 (ssl_tlsv12, ssl_tlsv13) are what clients use",
+    "ssl_sslv3": "SSLv3 is broken (POODLE, RFC 7568) and OpenSSL 3 cannot speak it; leave it NO, "
+                 "TLS 1.2 and 1.3 (ssl_tlsv12, ssl_tlsv13) are what clients use",
+    "ptrace_sandbox": "vsftpd builds it for 32-bit x86 only and for one_process_model; "
+                      "seccomp_sandbox (default YES) is the sandbox here",
+}
 
 _OCTAL = frozenset({"anon_umask", "local_umask", "file_open_mode", "chown_upload_mode"})
 
@@ -410,9 +427,13 @@ def _build() -> dict[str, Tunable]:
                     raise AssertionError(f"tunable {name!r} listed twice")
                 implemented = origin == "ftpwarden" or name in _IMPLEMENTED
                 table[name] = Tunable(name, kind, default, doc, origin, implemented,
-                                      octal=name in _OCTAL, group=group)
-    if not _IMPLEMENTED.issubset(table.keys()):
-        raise AssertionError(f"unknown in _IMPLEMENTED: {sorted(_IMPLEMENTED - table.keys())}")
+                                      octal=name in _OCTAL, group=group,
+                                      refused=_REFUSED.get(name, ""))
+    for names, label in ((_IMPLEMENTED, "_IMPLEMENTED"), (_REFUSED.keys(), "_REFUSED")):
+        if not set(names).issubset(table.keys()):
+            raise AssertionError(f"unknown in {label}: {sorted(set(names) - table.keys())}")
+    if both := _IMPLEMENTED & _REFUSED.keys():
+        raise AssertionError(f"both implemented and refused: {sorted(both)}")
     return table
 
 
@@ -437,7 +458,7 @@ def format_tunables(names: Iterable[str] | None = None) -> str:
     """
     rows = list(TUNABLES.values()) if names is None else [TUNABLES[n] for n in names]
     cells = [(t.name, t.kind.value, format_value(t, t.default) or "(none)",
-              "yes" if t.implemented else "no", t.doc) for t in rows]
+              t.status, t.doc + (f" REFUSED: {t.refused}" if t.refused else "")) for t in rows]
     head = ("NAME", "TYPE", "DEFAULT", "IMPL", "DESCRIPTION")
     widths = [max(len(c[i]) for c in [head, *cells]) for i in range(4)]
 
@@ -450,5 +471,6 @@ def format_tunables(names: Iterable[str] | None = None) -> str:
             group = t.group
             out.append(f"\n[{group}]")
         out.append(line(c))
-    out.append("\nIMPL=no: accepted so vsftpd.conf files load, but it has no effect yet.")
+    out.append("\nIMPL=refused: a non-default value is ignored on purpose, for the reason given."
+               "\nIMPL=no: accepted so vsftpd.conf files load, but it has no effect yet.")
     return "\n".join(out) + "\n"
