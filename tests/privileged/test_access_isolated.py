@@ -9,11 +9,10 @@ tests/integration/test_access_options.py.
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import os
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ..integration.conftest import REPO, Ctl, Server, start_server, stop_server
-from .conftest import loopback_conf
+from ..integration.conftest import Ctl, Server, start_server, stop_server
+from .conftest import inetd_session, loopback_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 20
@@ -184,30 +183,23 @@ def test_tcp_wrappers(server, base: Path, allow, deny, admitted):
     assert 'CONNECT: Client "127.0.0.1", "Connection refused: tcp_wrappers denial."' in wait_text(log, "tcp_wrappers")
 
 
-def inetd_session(base: Path, *lines: str) -> tuple[Ctl, subprocess.Popen]:
+@contextlib.contextmanager
+def inetd_ctl(base: Path, *lines: str) -> Iterator[tuple[Ctl, subprocess.Popen[bytes]]]:
     """listen=NO: one session on the server's stdin, as inetd (or systemd Accept=yes) starts it."""
-    conf = loopback_conf(base, "listen=NO", "listen_ipv6=NO", "anonymous_enable=YES", f"anon_root={base / 'anon'}",
+    conf = loopback_conf(base, "listen_ipv6=NO", "anonymous_enable=YES", f"anon_root={base / 'anon'}",
                          "no_anon_password=NO", "delay_failed_login=0", *lines, name="inetd.conf")
-    conf.write_text(conf.read_text().replace("listen=YES\n", "", 1))
-    with socket.socket() as lsock:
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(1)
-        port = lsock.getsockname()[1]
-        client = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        server_side, _ = lsock.accept()
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "ftpwarden", "serve", "--config", str(conf)],
-                            stdin=server_side, stdout=server_side, stderr=subprocess.DEVNULL, env=env)
-    server_side.close()
-    ctl = Ctl.__new__(Ctl)  # the connection is made already: Ctl's reading half only
-    ctl.sock, ctl.file, ctl.host = client, client.makefile("rb"), "127.0.0.1"
-    ctl.greeting = ctl.reply()
-    return ctl, proc
+    with inetd_session(conf, stderr=subprocess.DEVNULL) as (proc, client):
+        ctl = Ctl.__new__(Ctl)  # the connection is made already: Ctl's reading half only
+        ctl.sock, ctl.file, ctl.host = client, client.makefile("rb"), "127.0.0.1"
+        ctl.greeting = ctl.reply()
+        try:
+            yield ctl, proc
+        finally:
+            ctl.close()
 
 
 def test_inetd_delay_successful_login(base: Path):
-    ctl, proc = inetd_session(base, "delay_successful_login=1")
-    try:
+    with inetd_ctl(base, "delay_successful_login=1") as (ctl, proc):
         assert ctl.greeting.startswith(b"220")
         assert ctl.cmd("USER anonymous").startswith(b"331")
         started = time.monotonic()
@@ -215,20 +207,9 @@ def test_inetd_delay_successful_login(base: Path):
         assert 1 <= time.monotonic() - started < 2.5
         assert ctl.cmd("QUIT").startswith(b"221")
         assert proc.wait(10) == 0
-    finally:
-        ctl.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_inetd_tcp_wrappers_denial(base: Path):
-    ctl, proc = inetd_session(base, "tcp_wrappers=YES", f"tcp_wrappers_dir={wrappers(base, '', 'ALL: ALL')}")
-    try:
+    with inetd_ctl(base, "tcp_wrappers=YES", f"tcp_wrappers_dir={wrappers(base, '', 'ALL: ALL')}") as (ctl, proc):
         assert ctl.greeting == b"421 Service not available.\r\n"
         assert proc.wait(10) == 0
-    finally:
-        ctl.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import ftplib
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ..conftest import descendants, wait_for
-from ..integration.conftest import REPO, SPARSE_SIZE, Ctl, Server, start_server, stop_server, tls_login
-from .conftest import comm, everyone, loopback_conf, tls_lines
+from ..integration.conftest import SPARSE_SIZE, Ctl, Server, start_server, stop_server, tls_login
+from .conftest import comm, everyone, ftp_over, inetd_session, loopback_conf, tls_lines
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root")
 
@@ -160,24 +158,10 @@ def test_inetd_mode(tmp_path, session_isolation):
     (inetd mode has no identity workers: both runs see the same)."""
     anon = tmp_path / "anon"
     anon.mkdir(mode=0o755)
-    conf = loopback_conf(tmp_path, "listen=NO", "listen_ipv6=NO", "anonymous_enable=YES", f"anon_root={anon}",
+    conf = loopback_conf(tmp_path, "listen_ipv6=NO", "anonymous_enable=YES", f"anon_root={anon}",
                          "no_anon_password=YES", "setproctitle_enable=YES")
-    conf.write_text(conf.read_text().replace("listen=YES\n", "", 1))
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    client = socket.create_connection(lsock.getsockname())
-    server_side, _ = lsock.accept()
-    lsock.close()
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "ftpwarden", "serve", "--config", str(conf)],
-                            stdin=server_side, stdout=server_side, stderr=subprocess.DEVNULL, env=env)
-    server_side.close()
-    try:
-        ftp = ftplib.FTP(timeout=TIMEOUT)
-        ftp.sock, ftp.af = client, client.family
-        ftp.file = client.makefile("r", encoding=ftp.encoding)
-        ftp.welcome = ftp.getresp()
+    with inetd_session(conf, stderr=subprocess.DEVNULL) as (proc, client):
+        ftp = ftp_over(client, TIMEOUT)
         assert wait_for(lambda: title(proc.pid) == "ftpwarden: 127.0.0.1: connected", TIMEOUT), title(proc.pid)
         ftp.login()
 
@@ -186,8 +170,3 @@ def test_inetd_mode(tmp_path, session_isolation):
         assert wait_for(post_login, TIMEOUT), [title(p) for p in descendants(proc.pid)]
         ftp.quit()
         assert proc.wait(TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        client.close()

@@ -14,8 +14,6 @@ import ftplib
 import io
 import os
 import signal
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,11 +21,13 @@ import pytest
 from ftpwarden.priv import seccomp
 
 from ..conftest import descendants, wait_for
-from ..integration.conftest import REPO, Ctl, start_server, stop_server, tls_login
+from ..integration.conftest import Ctl, start_server, stop_server, tls_login
 from .conftest import (
     conf_at,
     everyone,
+    ftp_over,
     holders,
+    inetd_session,
     live,
     session_processes,
     socket_inode,
@@ -255,27 +255,11 @@ def test_inetd_mode_session_processes_run_under_the_filter(tmp_path, accounts):
     (anon / "f.txt").write_text("inetd\n")
     os.chmod(anon / "f.txt", 0o644)
     conf = conf_at(tmp_path, "listen_ipv6=NO", "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES")
-    conf.write_text(conf.read_text().replace("listen=YES\n", "listen=NO\n", 1))
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    client = socket.create_connection(lsock.getsockname())
-    server_side, _ = lsock.accept()
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.Popen([os.sys.executable, "-m", "ftpwarden", "serve", "--config", str(conf)],
-                            stdin=server_side, stdout=server_side, stderr=subprocess.PIPE, env=env)
-    server_side.close()
-    lsock.close()
+    with inetd_session(conf) as (proc, client):
+        def running_as(user: str) -> list[int]:
+            return [p for p in live(descendants(proc.pid)) if uid_of(p) == accounts[user].pw_uid]
 
-    def running_as(user: str) -> list[int]:
-        return [p for p in live(descendants(proc.pid)) if uid_of(p) == accounts[user].pw_uid]
-
-    try:
-        ftp = ftplib.FTP(timeout=TIMEOUT)
-        ftp.sock = client
-        ftp.af = client.family
-        ftp.file = client.makefile("r", encoding=ftp.encoding)
-        ftp.welcome = ftp.getresp()
+        ftp = ftp_over(client, TIMEOUT)
         assert ftp.welcome.startswith("220")
         assert seccomp_mode(one(wait_for(lambda: running_as("nobody"), 5), "pre-login process")) == 2
         ftp.login()
@@ -286,8 +270,3 @@ def test_inetd_mode_session_processes_run_under_the_filter(tmp_path, accounts):
         assert ftp.nlst() == ["f.txt"]
         ftp.quit()
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        client.close()

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import ftplib
 import os
-import socket
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from ..conftest import proc_stat, wait_for
-from ..integration.conftest import REPO, Server, start_server, stop_server
-from .conftest import loopback_conf
+from ..integration.conftest import Server, start_server, stop_server
+from .conftest import ftp_over, inetd_session, loopback_conf
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="utmp, wtmp and PAM sessions need root")
 
@@ -183,26 +181,12 @@ def test_inetd_mode(tmp_path, hook, accounts, session_isolation):
     """listen=NO: the session's own checker forks the holder; the session's end (its
     process exits) ends the records (inetd mode has no identity workers: both runs see the same)."""
     service, log = hook
-    conf = loopback_conf(tmp_path, "listen=NO", "listen_ipv6=NO", "anonymous_enable=NO", "local_enable=YES",
+    conf = loopback_conf(tmp_path, "listen_ipv6=NO", "anonymous_enable=NO", "local_enable=YES",
                          "chroot_local_user=YES", f"pam_service_name={service}", "allow_writeable_chroot=YES",
                          "session_support=YES")
-    conf.write_text(conf.read_text().replace("listen=YES\n", "", 1))
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    client = socket.create_connection(lsock.getsockname())
-    server_side, _ = lsock.accept()
-    lsock.close()
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     since = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "ftpwarden", "serve", "--config", str(conf)],
-                            stdin=server_side, stdout=server_side, stderr=subprocess.DEVNULL, env=env)
-    server_side.close()
-    try:
-        ftp = ftplib.FTP(timeout=TIMEOUT)
-        ftp.sock, ftp.af = client, client.family
-        ftp.file = client.makefile("r", encoding=ftp.encoding)
-        ftp.welcome = ftp.getresp()
+    with inetd_session(conf, stderr=subprocess.DEVNULL) as (proc, client):
+        ftp = ftp_over(client, TIMEOUT)
         ftp.login(*ALICE)
         (rec,) = wait_for(lambda: ours(UTMP, since), TIMEOUT) or [None]
         assert rec is not None and (rec["type"], rec["user"]) == (USER_PROCESS, "ftpw_alice")
@@ -211,8 +195,3 @@ def test_inetd_mode(tmp_path, hook, accounts, session_isolation):
         assert proc.wait(TIMEOUT) == 0
         assert wait_for(lambda: len(hook_lines(log)) == 2, TIMEOUT), hook_lines(log)
         assert [r["type"] for r in ours(UTMP, since)] == [DEAD_PROCESS]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        client.close()

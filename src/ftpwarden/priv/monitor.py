@@ -303,35 +303,21 @@ class Monitor:
     # ------------------------------------------------------------------ requests
 
     def _active_socket(self, chan: Channel, msg: ActiveDataSocket) -> None:
-        port = active_source_port(self.cfg, msg, self.remote_ip)
-        try:
-            sock = active_socket(msg.host, self.local_ip, port)
-        except OSError as e:
-            chan.send(Refused(os.strerror(e.errno) if e.errno else str(e)))
-            return
-        try:
-            sock.settimeout(float(self.cfg.connect_timeout or 60))
-            sock.connect((msg.host, msg.port))
-        except OSError as e:
-            sock.close()
-            chan.send(Refused(os.strerror(e.errno) if e.errno else str(e)))
-            return
-        try:
-            chan.send(DataSocket(), (sock.fileno(),))
-        finally:
-            sock.close()
+        def connected() -> socket.socket:
+            sock = active_socket(msg.host, self.local_ip, active_source_port(self.cfg, msg, self.remote_ip))
+            try:
+                sock.settimeout(float(self.cfg.connect_timeout or 60))
+                sock.connect((msg.host, msg.port))
+            except OSError:
+                sock.close()
+                raise
+            return sock
+
+        _pass_socket(chan, connected)
 
     def _passive_listen(self, chan: Channel) -> None:
         """isolate_network: a listener on this session's own local address, passed in."""
-        try:
-            sock = passive_listener(self.cfg, self.local_ip)
-        except OSError as e:
-            chan.send(Refused(os.strerror(e.errno) if e.errno else str(e)))
-            return
-        try:
-            chan.send(DataSocket(), (sock.fileno(),))
-        finally:
-            sock.close()
+        _pass_socket(chan, lambda: passive_listener(self.cfg, self.local_ip))
 
     def _rate_grant(self, chan: Channel, msg: RateGrant, reserve: Callable[[int], float] | None) -> None:
         chan.send(rate_wait(self.account_rates, reserve, msg))
@@ -368,6 +354,19 @@ def login_refusal(cfg: Any, msg: Login, account: Any) -> str | None:
         return "refused by userlist_file"
     return tls_login_refusal(session_options(cfg), anonymous=account.user_class.value == "anonymous",
                              protected=msg.tls_protected)
+
+
+def _pass_socket(chan: Channel, make: Callable[[], socket.socket]) -> None:
+    """The socket `make` returns, sent to the session and closed here; or why not."""
+    try:
+        sock = make()
+    except OSError as e:
+        chan.send(Refused(os.strerror(e.errno) if e.errno else str(e)))
+        return
+    try:
+        chan.send(DataSocket(), (sock.fileno(),))
+    finally:
+        sock.close()
 
 
 def active_source_port(cfg: Any, msg: ActiveDataSocket, remote_ip: str) -> int:
