@@ -29,7 +29,17 @@ import report
 from ceiling import measure_ceilings
 from client import FtpError
 from fixture import REPO, Fixture, Sizes
-from servers import ALL_SERVERS, ISOLATED, VSFTPD, PortPlan, Server, Unavailable, server_version, start_server
+from servers import (
+    ALL_SERVERS,
+    ISOLATED,
+    ISOLATED_DEFAULT,
+    VSFTPD,
+    PortPlan,
+    Server,
+    Unavailable,
+    server_version,
+    start_server,
+)
 from workloads import WORKLOADS, Ctx, Sample
 
 QUICK = dict(big=64 << 20, small_files=200, list_entries=1000, idle_sessions=50, idle_local=50, idle_tls=20,
@@ -56,7 +66,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--servers", default="ftpwarden,pyftpdlib,vsftpd",
                    help="comma list of ftpwarden (= pooled, plus isolated and isolated-process when root), "
                         "ftpwarden-pooled, ftpwarden-isolated, ftpwarden-isolated-process "
-                        "(session_isolation=process), pyftpdlib, vsftpd (default: %(default)s)")
+                        "(session_isolation=process), ftpwarden-isolated-nosandbox (isolate, isolate_network, "
+                        "seccomp_sandbox off), pyftpdlib, vsftpd (default: %(default)s)")
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help="comma list of " + ", ".join(WORKLOADS) + " (default: all)")
     p.add_argument("--repeat", type=int, help="samples per workload and server (default 3; --quick: 2, "
@@ -90,7 +101,7 @@ def _servers(spec: str) -> list[str]:
         if not name:
             continue
         if name == "ftpwarden":
-            names = ["ftpwarden-pooled"] + (list(ISOLATED) if os.geteuid() == 0 else [])
+            names = ["ftpwarden-pooled"] + (list(ISOLATED_DEFAULT) if os.geteuid() == 0 else [])
         elif name in ALL_SERVERS:
             names = [name]
         else:

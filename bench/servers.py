@@ -28,11 +28,14 @@ from pathlib import Path
 from client import Control, FtpError, tls_client_context, wait_ready
 from fixture import BENCH, PAM_SERVICE, PASSWORD, SECURE_CHROOT_DIR, SRC, USER, Fixture, first_line
 
-__all__ = ["ALL_SERVERS", "ISOLATED", "FEATURES", "Server", "Unavailable", "start_server", "server_version",
-           "PortPlan", "proc_table"]
+__all__ = ["ALL_SERVERS", "ISOLATED", "ISOLATED_DEFAULT", "FEATURES", "Server", "Unavailable", "start_server",
+           "server_version", "PortPlan", "proc_table"]
 
-ALL_SERVERS = ["ftpwarden-pooled", "ftpwarden-isolated", "ftpwarden-isolated-process", "pyftpdlib", "vsftpd"]
-ISOLATED = ("ftpwarden-isolated", "ftpwarden-isolated-process")  # root only
+ALL_SERVERS = ["ftpwarden-pooled", "ftpwarden-isolated", "ftpwarden-isolated-process",
+               "ftpwarden-isolated-nosandbox", "pyftpdlib", "vsftpd"]
+ISOLATED = ("ftpwarden-isolated", "ftpwarden-isolated-process", "ftpwarden-isolated-nosandbox")  # root only
+# what `--servers ftpwarden` means as root (the no-sandbox variant only measures the sandboxes' cost)
+ISOLATED_DEFAULT = ISOLATED[:2]
 # What a workload may ask of a server beside the common setup (Workload.features):
 # "anonymous": anonymous logins (read-only) on the data directory;
 # "local": the system users fixture.LOCAL_USERS log in (PAM service PAM_SERVICE).
@@ -270,6 +273,8 @@ def _ftpwarden(name: str, fx: Fixture, port: int, pasv: tuple[int, int], tls: bo
         opts["secure_chroot_dir"] = SECURE_CHROOT_DIR
     if name == "ftpwarden-isolated-process":
         opts["session_isolation"] = "process"
+    if name == "ftpwarden-isolated-nosandbox":  # vsftpd's three sandboxes off: what they cost
+        opts.update(isolate="NO", isolate_network="NO", seccomp_sandbox="NO")
     if "anonymous" in features:
         opts.update(anonymous_enable="YES", anon_root=fx.data, no_anon_password="YES")
     if "local" in features:

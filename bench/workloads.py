@@ -654,7 +654,8 @@ class Workload:
         return server not in self.skip
 
 
-_NOT_PROCESS = frozenset({"ftpwarden-isolated-process"})  # that variant: the idle rows and login_rate
+# those variants: the idle rows and login_rate (what the process model and the sandboxes cost)
+_NOT_PROCESS = frozenset({"ftpwarden-isolated-process", "ftpwarden-isolated-nosandbox"})
 
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in [

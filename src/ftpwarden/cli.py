@@ -71,7 +71,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StartupError) as e:
         for line in str(e).splitlines():  # a ConfigError may carry several problems
             print(f"ftpwarden: {line}", file=sys.stderr)
+            if _die_syslog is not None:  # log_die: where the file said, once it was read
+                from .logs.sinks import syslog_once
+                syslog_once(_die_syslog, line)
         return 2
+
+
+_die_syslog: str | None = None  # log_die=YES: the syslog socket fatal errors also go to
+
+
+def _log_die(cfg: Any) -> None:
+    """log_die=YES: start-up errors (main) and every error logged by the server's own
+    processes (the broker, pooled workers) also go to syslog, facility ftp, as vsftpd's die()."""
+    global _die_syslog
+    if not cfg.log_die:
+        return
+    from .logs.sinks import FatalToSyslog
+    _die_syslog = str(cfg.syslog_socket or "/dev/log")
+    logging.getLogger().addHandler(FatalToSyslog(_die_syslog))
 
 
 def _tunables(names: list[str]) -> int:
@@ -94,8 +111,11 @@ def _check_config(args: argparse.Namespace) -> int:
     from .policy.config import load_config
     from .preflight import check_site, isolated_mode
     cfg, warnings = load_config(args.file, args.overrides)
-    for w in warnings:
+    from .policy.hostsaccess import problems
+    for w in warnings + problems(cfg):
         print(f"warning: {w}", file=sys.stderr)
+    from .net.data import resolved_pasv_address
+    resolved_pasv_address(cfg)  # a pasv_address that does not resolve: at its line
     isolated = isolated_mode(cfg)
     report = check_site(cfg, args.file, isolated=isolated)
     if report.errors:
@@ -288,8 +308,12 @@ def _serve(args: argparse.Namespace) -> int:
             raise StartupError("DIR, --user and --write are for quick mode; use the config file")
         cfg, warnings = load_config(args.config, args.overrides, flags=_flags(args))
         root = None
-    for w in warnings:
+    _log_die(cfg)
+    from .policy.hostsaccess import problems
+    for w in warnings + problems(cfg):
         print(f"warning: {w}", file=sys.stderr)
+    from .net.data import resolved_pasv_address
+    cfg = resolved_pasv_address(cfg)  # pasv_addr_resolve: the name, resolved once
     _check_bind(args, cfg)
     quick_users = _quick_users(args.user)
     isolated = isolated_mode(cfg)
@@ -313,7 +337,13 @@ def _serve(args: argparse.Namespace) -> int:
     if cfg.local_enable and "local_enable" in cfg.explicit:
         print("warning: local_enable: system users log in only in isolated mode (started as root "
               "without pooled=YES); pooled mode serves anonymous and user_db_file users", file=sys.stderr)
-    if os.geteuid() == 0 and quick:
+    if cfg.session_support:  # it has no PAM login to keep a session or a utmp record for
+        print("warning: session_support=YES: PAM sessions and utmp/wtmp records are kept only in isolated "
+              "mode, for PAM logins; pooled mode has no system users: ignored", file=sys.stderr)
+    if os.geteuid() == 0 and cfg.run_as_launching_user:
+        print("warning: run_as_launching_user=YES as root: pooled mode, every session runs as root "
+              "(vsftpd too, without a chroot); leave it NO for isolated mode", file=sys.stderr)
+    elif os.geteuid() == 0 and quick:
         print("warning: quick mode with pooled=YES as root runs every session as root; without "
               "pooled=YES they run as nopriv_user", file=sys.stderr)
     auth = _authenticator(cfg, root, quick_users)
@@ -335,7 +365,8 @@ def _serve(args: argparse.Namespace) -> int:
     _say_serving(what, socks, f"{workers} worker process(es)")
     print(f"  connect: curl ftp://{url_host}:{bound_port}/   or   lftp -p {bound_port} {url_host.strip('[]')}")
     sys.stdout.flush()
-    return serve_pooled(ctx, listeners)
+    from .priv import seccomp
+    return serve_pooled(ctx, listeners, sandbox=seccomp.installer("pooled", bool(cfg.seccomp_sandbox)))
 
 
 def _quick_what(args: argparse.Namespace, root: str | None, quick_users: list[tuple[str, str]]) -> str:
@@ -517,7 +548,8 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any, reload: Callable[[], Any
     account_rates = _account_rates(cfg)
 
     def config() -> Any:
-        fresh = reload()
+        from .net.data import resolved_pasv_address
+        fresh = resolved_pasv_address(reload())  # pasv_addr_resolve: again at each reading
         # the pre-login jail actually used (ours unless the file names one)
         return fresh.replace(secure_chroot_dir=secure_dir(fresh))
 

@@ -38,8 +38,10 @@ class Report:
 
 def isolated_mode(cfg: Any) -> bool:
     """serve's choice: root without pooled=YES -> isolated mode (quick mode too: its
-    sessions then run as nopriv_user, jailed in the served directory)."""
-    return os.geteuid() == 0 and not cfg.pooled
+    sessions then run as nopriv_user, jailed in the served directory).
+    run_as_launching_user=YES is vsftpd's "run as whoever started it, no privilege
+    separation": pooled mode, which is what a start without root gives anyway."""
+    return os.geteuid() == 0 and not cfg.pooled and not cfg.run_as_launching_user
 
 
 def _at(cfg: Any, source: str, *names: str) -> str:

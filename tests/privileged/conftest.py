@@ -13,11 +13,14 @@ the session's TLS helper) and the identity workers (the login user).
 
 from __future__ import annotations
 
+import contextlib
+import ftplib
 import os
 import pwd
 import re
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -214,6 +217,39 @@ LOCAL_USERS = ("anonymous_enable=NO", "local_enable=YES", "chroot_local_user=YES
 def write_conf(base: Path, *lines: str, name: str = "c.conf") -> Path:
     """loopback_conf for LOCAL_USERS, then `lines`."""
     return loopback_conf(base, *LOCAL_USERS, *lines, name=name)
+
+
+@contextlib.contextmanager
+def inetd_session(conf: Path, *, stderr: int = subprocess.PIPE
+                  ) -> Iterator[tuple[subprocess.Popen[bytes], socket.socket]]:
+    """`serve --config conf` started as inetd starts it (`listen=NO`; the file's `listen=YES`
+    line is made `listen=NO`): on one accepted connection as its stdin and stdout.  Yields
+    the process and the client's end; at the block's end kills the process if it is still
+    there and closes the client's end."""
+    conf.write_text(conf.read_text().replace("listen=YES\n", "listen=NO\n", 1))
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        client = socket.create_connection(lsock.getsockname(), timeout=30)
+        server_side, _ = lsock.accept()
+    with server_side:
+        proc = subprocess.Popen([sys.executable, "-m", "ftpwarden", "serve", "--config", str(conf)],
+                                stdin=server_side, stdout=server_side, stderr=stderr,
+                                env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    try:
+        yield proc, client
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        client.close()
+
+
+def ftp_over(client: socket.socket, timeout: float = 30) -> ftplib.FTP:
+    """An ftplib client on a connection made already (inetd_session's); the greeting read."""
+    ftp = ftplib.FTP(timeout=timeout)
+    ftp.sock, ftp.af = client, client.family
+    ftp.file = client.makefile("r", encoding=ftp.encoding)
+    ftp.welcome = ftp.getresp()
+    return ftp
 
 
 def tls_lines(base: Path) -> list[str]:

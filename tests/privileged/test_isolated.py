@@ -17,7 +17,17 @@ import pytest
 
 from ..conftest import wait_for
 from ..integration.conftest import REPO, Server, start_server, stop_server
-from .conftest import conf_at, everyone, holders, ids, loopback_conf, session_processes, socket_inode
+from .conftest import (
+    conf_at,
+    everyone,
+    ftp_over,
+    holders,
+    ids,
+    inetd_session,
+    loopback_conf,
+    session_processes,
+    socket_inode,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 20
@@ -317,25 +327,9 @@ def test_inetd_mode_serves_one_session_on_stdin(tmp_path_factory):
     anon.mkdir(mode=0o755)
     (anon / "f.txt").write_text("inetd\n")
     os.chmod(anon / "f.txt", 0o644)
-    conf = conf_at(base, "listen=NO", "listen_ipv6=NO", "anonymous_enable=YES", f"anon_root={anon}",
-                   "no_anon_password=YES")
-    conf.write_text(conf.read_text().replace("listen=YES\n", "", 1))
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    client = socket.create_connection(lsock.getsockname())
-    server_side, _ = lsock.accept()
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.Popen([os.sys.executable, "-m", "ftpwarden", "serve", "--config", str(conf)],
-                            stdin=server_side, stdout=server_side, stderr=subprocess.PIPE, env=env)
-    server_side.close()
-    lsock.close()
-    try:
-        ftp = ftplib.FTP(timeout=TIMEOUT)
-        ftp.sock = client
-        ftp.af = client.family
-        ftp.file = client.makefile("r", encoding=ftp.encoding)
-        ftp.welcome = ftp.getresp()
+    conf = conf_at(base, "listen_ipv6=NO", "anonymous_enable=YES", f"anon_root={anon}", "no_anon_password=YES")
+    with inetd_session(conf) as (proc, client):
+        ftp = ftp_over(client, TIMEOUT)
         assert ftp.welcome.startswith("220")
         ftp.login()
         buf = io.BytesIO()
@@ -343,11 +337,6 @@ def test_inetd_mode_serves_one_session_on_stdin(tmp_path_factory):
         assert buf.getvalue() == b"inetd\n"
         ftp.quit()
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        client.close()
 
 
 def test_writable_chroot_root_is_refused_unless_allowed(tmp_path_factory, accounts):

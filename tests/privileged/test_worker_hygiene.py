@@ -51,7 +51,25 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 def _unix_inodes() -> set[int]:
-    return {int(line.split()[6]) for line in Path("/proc/net/unix").read_text().splitlines()[1:]}
+    """The unix sockets of every network namespace: with isolate_network a session
+    process's own (asyncio's self-pipe, the TLS helper's pairs) are listed only in its."""
+    tables, seen = ["/proc/net/unix"], set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                netns = os.readlink(f"/proc/{entry}/ns/net")
+            except OSError:
+                continue
+            if netns not in seen:
+                seen.add(netns)
+                tables.append(f"/proc/{entry}/net/unix")
+    out = set()
+    for table in tables:
+        try:
+            out.update(int(line.split()[6]) for line in Path(table).read_text().splitlines()[1:])
+        except OSError:  # that process ended meanwhile
+            continue
+    return out
 
 
 def _tcp_inodes() -> set[int]:

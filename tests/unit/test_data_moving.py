@@ -63,7 +63,7 @@ def test_no_timeout_leaves_no_timer():
 
 def _channel(**cfg: object) -> data.DataChannel:
     options = {"pasv_min_port": 0, "pasv_max_port": 0, "pasv_address": None, "pasv_promiscuous": False,
-               "accept_timeout": 2}
+               "accept_timeout": 2, "bind_retries": 9, "isolate_network": False}
     options.update(cfg)
     return data.DataChannel(SimpleNamespace(**options), local_ip="127.0.0.1", remote_ip="127.0.0.1")
 
@@ -71,7 +71,7 @@ def _channel(**cfg: object) -> data.DataChannel:
 def test_a_waiting_passive_client_is_taken_at_once():
     async def run() -> None:
         channel = _channel()
-        host, port = channel.open_passive()
+        host, port = await channel.open_passive()
         client = socket.create_connection((host, port), timeout=5)
         try:
             sock = await asyncio.wait_for(channel.connect("pasv", None), 5)
@@ -88,7 +88,7 @@ def test_a_waiting_passive_client_is_taken_at_once():
 def test_a_passive_client_that_comes_later_is_still_waited_for():
     async def run() -> None:
         channel = _channel()
-        host, port = channel.open_passive()
+        host, port = await channel.open_passive()
         loop = asyncio.get_running_loop()
         client: list[socket.socket] = []
         loop.call_later(0.2, lambda: client.append(socket.create_connection((host, port), timeout=5)))

@@ -133,7 +133,7 @@ def test_retr_needs_a_data_channel_then_uses_rest_once():
     assert codes(s.complete(op, ("127.0.0.1", 50000))) == [227]
     assert codes(s.feed(b"REST 100")) == [350]
     (send,) = s.feed(b"RETR f")
-    assert send == A.SendFile("/f", offset=100)
+    assert send == A.SendFile("/f", offset=100, lock=True)  # lock_upload_files=YES (the default)
     assert codes(s.complete(send, A.TransferDone("ok", 10))) == [226]
     s.complete(s.feed(b"PASV")[0], ("127.0.0.1", 50001))
     (send2,) = s.feed(b"RETR f")
@@ -194,7 +194,7 @@ def test_rest_then_appe_appends_and_stou_starts_fresh():
     s = with_pasv(logged_in())
     s.feed(b"REST 5")
     (appe,) = s.feed(b"APPE log.txt")
-    assert appe == A.ReceiveFile("/log.txt", append=True, offset=0, umask=0o022, file_mode=0o666)
+    assert appe == A.ReceiveFile("/log.txt", append=True, offset=0, umask=0o022, file_mode=0o666, lock=True)
     s.complete(appe, A.TransferDone("ok", 4))
     with_pasv(s)
     s.feed(b"REST 5")

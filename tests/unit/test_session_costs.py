@@ -26,7 +26,8 @@ def _cfg(**over: object) -> SimpleNamespace:
     base = dict(anonymous_enable=True, anon_root="/srv/ftp", anon_umask=0o077, no_anon_password=False,
                 local_umask=0o022, download_enable=True, dirlist_enable=True, write_enable=False,
                 anon_upload_enable=False, anon_mkdir_write_enable=False, anon_other_write_enable=False,
-                chmod_enable=True, mdtm_write=False, anon_world_readable_only=True)
+                chmod_enable=True, mdtm_write=False, anon_world_readable_only=True,
+                deny_email_enable=False, secure_email_list_enable=False)
     return SimpleNamespace(**{**base, **over})
 
 

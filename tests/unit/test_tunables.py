@@ -201,7 +201,7 @@ def test_every_tsv_row_is_in_the_table(row):
 def test_table_order_and_count():
     vsftpd = [n for n, t in TUNABLES.items() if t.origin == "vsftpd"]
     assert vsftpd == [row.split(" ")[0] for row in _ROWS]
-    assert len(TUNABLES) == len(_ROWS) + 18
+    assert len(TUNABLES) == len(_ROWS) + 19
 
 
 def test_names_unique_and_keys_match():
@@ -241,8 +241,6 @@ def test_implemented_flags_are_read_by_the_code():
     text = "\n".join(p.read_text() for p in src.rglob("*.py") if p.name != "tunables.py")
     unread = [n for n, t in TUNABLES.items() if t.implemented and not re.search(rf"\b{n}\b", text)]
     assert not unread, unread
-    assert not TUNABLES["validate_cert"].implemented
-    assert not TUNABLES["ls_recurse_enable"].implemented
 
 
 def test_octal_flags():
@@ -272,11 +270,11 @@ def test_format_tunables_lists_everything_once_with_groups():
 
 
 def test_format_tunables_selected_rows():
-    lines = format_tunables(["anon_umask", "no_log_lock", "anon_root"]).splitlines()
+    lines = format_tunables(["anon_umask", "http_enable", "anon_root"]).splitlines()
     rows = {line.split()[0]: line.split() for line in lines if line and line[0].islower()}
-    assert set(rows) == {"anon_umask", "no_log_lock", "anon_root"}
+    assert set(rows) == {"anon_umask", "http_enable", "anon_root"}
     assert rows["anon_umask"][1:4] == ["numeric", "077", "yes"]
-    assert rows["no_log_lock"][1:4] == ["bool", "NO", "no"]
+    assert rows["http_enable"][1:4] == ["bool", "NO", "refused"]
     assert rows["anon_root"][1:4] == ["string", "(none)", "yes"]
 
 

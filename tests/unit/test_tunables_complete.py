@@ -3,7 +3,7 @@
 import pytest
 
 from ftpwarden.policy.config import load_config
-from ftpwarden.policy.tunables import TUNABLES, Kind, Tunable, format_value, format_tunables
+from ftpwarden.policy.tunables import TUNABLES, Kind, Tunable, format_tunables, format_value
 
 REFUSED = [t for t in TUNABLES.values() if t.refused]
 

@@ -6,7 +6,10 @@ vsftpd's rules (logging.c), kept so that a vsftpd.conf logs as it did:
 - xferlog_std_format=NO (the default): vsftpd's own format to vsftpd_log_file;
   YES: wu-ftpd xferlog lines (transfers only) to xferlog_file; dual_log_enable: both;
 - syslog_enable: the vsftpd-format lines go to syslog instead of vsftpd_log_file;
-- log_ftp_protocol adds every command and reply to the vsftpd-format lines.
+- log_ftp_protocol adds every command and reply to the vsftpd-format lines;
+- wc_logs_enable=NO (the default): non-ASCII characters become '?' per byte in the
+  xferlog and vsftpd-format lines, as vsftpd writes them; YES keeps printable UTF-8;
+- no_log_lock=NO (the default): each line is written under a lock (sinks.FileSink).
 
 `serve -v` (ours) copies the vsftpd-format lines to stderr, whatever the rest.
 
@@ -16,6 +19,7 @@ Log times are local, as in vsftpd (use_localtime is about listings and MDTM).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -26,7 +30,7 @@ from typing import Any
 from .events import EventLog, TransferRecord
 from .protolog import command_text, reply_texts, transfer_tail, vsftpd_line, vsftpd_message
 from .sinks import LOG_INFO, LOG_WARNING, FileSink, JsonLinesSink, StderrSink, SyslogSink
-from .xferlog import xferlog_line
+from .xferlog import narrow, xferlog_line
 
 __all__ = ["ConfiguredEventLog", "LogFileError", "build_event_log", "check_log_file", "log_files"]
 
@@ -66,7 +70,7 @@ class ConfiguredEventLog(EventLog):
     def __init__(self, *, xferlog: FileSink | None = None, vsftpd_log: FileSink | None = None,
                  syslog: SyslogSink | None = None, json: JsonLinesSink | None = None,
                  stderr: StderrSink | None = None, protocol: bool = False, localtime: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 wide: bool = False, clock: Callable[[], float] = time.time) -> None:
         self.xferlog = xferlog
         self.vsftpd_log = vsftpd_log
         self.syslog = syslog
@@ -74,20 +78,26 @@ class ConfiguredEventLog(EventLog):
         self.stderr = stderr  # serve -v: the vsftpd-format lines, also on stderr
         self.protocol = protocol and (vsftpd_log is not None or syslog is not None or stderr is not None)
         self.localtime = localtime
+        self.wide = wide  # wc_logs_enable
         self.clock = clock
+
+    def _text(self, line: str) -> str:
+        return line if self.wide else narrow(line)
 
     # ------------------------------------------------------------ writers
 
     def _vsftpd(self, now: float, user: str, kind: str, remote_ip: str, detail: str = "",
                 tail: str = "", severe: bool = False) -> None:
+        if not self.wide:  # byte-wise, as vsftpd: before `printable` sees a character
+            user, detail = narrow(user), narrow(detail)
         if self.vsftpd_log is not None or self.stderr is not None:
-            line = vsftpd_line(now, os.getpid(), user, kind, remote_ip, detail,
-                               tail=tail, localtime=self.localtime)
+            line = self._text(vsftpd_line(now, os.getpid(), user, kind, remote_ip, detail,
+                                          tail=tail, localtime=self.localtime))
             for sink in (self.vsftpd_log, self.stderr):
                 if sink is not None:
                     sink.write(line)
         if self.syslog is not None:
-            self.syslog.send(vsftpd_message(user, kind, remote_ip, detail, tail=tail),
+            self.syslog.send(self._text(vsftpd_message(user, kind, remote_ip, detail, tail=tail)),
                              severity=LOG_WARNING if severe else LOG_INFO, now=now)
 
     def _json(self, now: float, event: str, session: str, remote_ip: str, user: str, **fields: Any) -> None:
@@ -141,7 +151,10 @@ class ConfiguredEventLog(EventLog):
     def transfer(self, record: TransferRecord) -> None:
         now = self.clock()
         if self.xferlog is not None:
-            self.xferlog.write(xferlog_line(record, now, localtime=self.localtime))
+            shown = record if self.wide else dataclasses.replace(
+                record, path=narrow(record.path), user=narrow(record.user),
+                anon_password=narrow(record.anon_password))
+            self.xferlog.write(self._text(xferlog_line(shown, now, localtime=self.localtime)))
         kind = ("OK " if record.complete else "FAIL ") + ("UPLOAD" if record.direction == "i" else "DOWNLOAD")
         self._vsftpd(now, record.user, kind, record.remote_ip, record.path,
                      tail=transfer_tail(record.size, record.seconds))
@@ -168,6 +181,24 @@ class ConfiguredEventLog(EventLog):
         self._json(self.clock(), "disconnect", session, remote_ip, user, reason=reason)
 
     @_never_raises
+    def debug(self, session: str, remote_ip: str, user: str, text: str) -> None:
+        now = self.clock()
+        self._vsftpd(now, user, "DEBUG", remote_ip, text)
+        self._json(now, "debug", session, remote_ip, user, text=text)
+
+    @_never_raises
+    def userlist_refused(self, session: str, remote_ip: str, user: str, text: str) -> None:
+        now = self.clock()
+        self._vsftpd(now, user, "FAIL LOGIN", remote_ip, text, severe=True)  # vsftpd: a failed login's line
+        self._json(now, "login", session, remote_ip, user, ok=False, user_class=None, reason=text)
+
+    @_never_raises
+    def connect_refused(self, session: str, remote_ip: str, text: str) -> None:
+        now = self.clock()
+        self._vsftpd(now, "", "CONNECT", remote_ip, text)
+        self._json(now, "connect_refused", session, remote_ip, "", reason=text)
+
+    @_never_raises
     def ban(self, remote_ip: str, seconds: int) -> None:
         now = self.clock()
         # a warning in syslog, as a failed login is
@@ -187,11 +218,11 @@ class ConfiguredEventLog(EventLog):
             sink.close()
 
 
-def _file(option: str, path: str | None, make: Callable[[str], Any] = FileSink) -> Any:
+def _file(option: str, path: str | None, make: Callable[..., Any] = FileSink, *, lock: bool = False) -> Any:
     if not path:
         raise LogFileError(option, "(unset)", "no path given")
     try:
-        return make(path)
+        return make(path, lock=lock)
     except OSError as e:
         raise LogFileError(option, path, e.strerror or str(e)) from None
 
@@ -252,11 +283,13 @@ def build_event_log(cfg: Any, *, verbose: bool = False) -> EventLog:
         if not syslog.connected:
             log.warning("syslog_enable: nothing listens on %s yet; messages are dropped until it does",
                         syslog.path)
+    lock = not cfg.no_log_lock
     return ConfiguredEventLog(
-        xferlog=_file("xferlog_file", cfg.xferlog_file) if want_xferlog else None,
-        vsftpd_log=_file("vsftpd_log_file", cfg.vsftpd_log_file) if want_vsftpd else None,
+        xferlog=_file("xferlog_file", cfg.xferlog_file, lock=lock) if want_xferlog else None,
+        vsftpd_log=_file("vsftpd_log_file", cfg.vsftpd_log_file, lock=lock) if want_vsftpd else None,
         syslog=syslog,
-        json=_file("json_log_file", cfg.json_log_file, JsonLinesSink) if cfg.json_log_file else None,
+        json=_file("json_log_file", cfg.json_log_file, JsonLinesSink, lock=lock) if cfg.json_log_file else None,
         stderr=StderrSink() if verbose else None,
         protocol=bool(cfg.log_ftp_protocol),
+        wide=bool(cfg.wc_logs_enable),
     )

@@ -59,6 +59,15 @@ class EventLog:
     def disconnect(self, session: str, remote_ip: str, user: str, reason: str) -> None:
         pass
 
+    def debug(self, session: str, remote_ip: str, user: str, text: str) -> None:
+        """A diagnostic line (vsftpd's DEBUG: SNI refusals, debug_ssl's TLS details)."""
+
+    def userlist_refused(self, session: str, remote_ip: str, user: str, text: str) -> None:
+        """userlist_log: `user` refused at USER by the user list; `text` is vsftpd's wording."""
+
+    def connect_refused(self, session: str, remote_ip: str, text: str) -> None:
+        """A connection refused before its greeting (tcp_wrappers); `text` is vsftpd's wording."""
+
     def ban(self, remote_ip: str, seconds: int) -> None:
         """Too many failed logins: `remote_ip` is refused for `seconds` (net/bans.py)."""
 

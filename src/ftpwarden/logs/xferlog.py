@@ -14,7 +14,7 @@ import time
 
 from .events import TransferRecord
 
-__all__ = ["xferlog_line", "log_date", "printable"]
+__all__ = ["xferlog_line", "log_date", "printable", "narrow"]
 
 # Fixed English names: strftime's %a/%b would follow the process locale.
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -36,6 +36,16 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def narrow(text: str) -> str:
+    """wc_logs_enable=NO, vsftpd's default: a '?' for each byte of a non-ASCII character,
+    as vsftpd's byte-wise check (C isprint) gives; wc_logs_enable=YES keeps printable
+    UTF-8 characters (`printable` has already replaced the rest)."""
+    if text.isascii():
+        return text
+    return "".join(c if c.isascii() else "?" * (1 if 0xD800 <= ord(c) <= 0xDFFF else len(c.encode()))
+                   for c in text)
 
 
 def _field(text: str) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Final
 
 from ..policy.auth.base import LoginRefused, LoginRequest
+from ..policy.auth.local import USERLIST_TEXT
 from ..policy.options import session_options
 from ..proto import actions
 from ..proto.framing import Frame, LineFramer
@@ -113,12 +114,17 @@ class ControlConnection(asyncio.Protocol):
             return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
-            # ABOR is sent with urgent data (RFC 959 4.1.3): keep it in the stream.
+            # ABOR is sent with urgent data (RFC 959 4.1.3; ftplib's abort()): keep the urgent
+            # byte in the stream, where the framing finds the line (strip_telnet drops IAC IP/DM).
+            # Every transfer runs beside this connection's reader, so ABOR is handled during it:
+            # vsftpd's async_abor_enable=YES, whatever the option says (NO would gain nothing).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         cfg = self.ctx.cfg
         self.session = Session(session_options(cfg), local_ip=self.local_ip, remote_ip=self.remote_ip,
-                               banner=self.ctx.banner, names=self.ctx.name_of, refuse_user=self.ctx.refuse_user)
+                               banner=self.ctx.banner, names=self.ctx.name_of,
+                               refuse_user=self._userlist_logged if cfg.userlist_log and self.ctx.refuse_user
+                               else self.ctx.refuse_user)
         self.data = data.DataChannel(cfg, local_ip=self.local_ip, remote_ip=self.remote_ip,
                                      broker=self.ctx.broker)
         self.jail: Jail | None = None
@@ -139,7 +145,8 @@ class ControlConnection(asyncio.Protocol):
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.ssl_context = sslobj.context  # implicit TLS (tls.Contexts made it for this connection)
-            tls.control_done(self.ssl_context)
+            tls.set_note(self.ssl_context, self._tls_note)
+            tls.control_done(self.ssl_context, sslobj)
             self.session.tls_started()  # protected from the first byte
         if account is None:
             self.events.connect(self.sid, self.remote_ip)
@@ -321,14 +328,23 @@ class ControlConnection(asyncio.Protocol):
             raise ConnectionError("bytes pipelined after AUTH TLS, before the handshake")
         assert self.ctx.tls_contexts is not None
         self.ssl_context = self.ctx.tls_contexts.new()
+        tls.set_note(self.ssl_context, self._tls_note)  # SNI refusals, debug_ssl: this session's log
         loop = asyncio.get_running_loop()
         left = self.login_deadline - loop.time() if not self.session.logged_in else tls.HANDSHAKE_MAX
         deadline = max(0.1, min(tls.handshake_deadline(self.cfg), left))
         async with asyncio.timeout(deadline):  # in this task: no command runs meanwhile
-            transport = await loop.start_tls(self.transport, self, self.ssl_context, server_side=True,
-                                             ssl_handshake_timeout=deadline)
+            try:
+                transport = await loop.start_tls(self.transport, self, self.ssl_context, server_side=True,
+                                                 ssl_handshake_timeout=deadline)
+            except (OSError, ssl.SSLError) as e:
+                tls.handshake_failed(self.ssl_context, "control connection", e)
+                raise
         self.transport = transport
-        tls.control_done(self.ssl_context)
+        tls.control_done(self.ssl_context, transport.get_extra_info("ssl_object") if transport else None)
+
+    def _tls_note(self, text: str) -> None:
+        """A TLS diagnostic (net/tls.py) as a DEBUG line of this session's log."""
+        self.events.debug(self.sid, self.remote_ip, self.user, text)
 
     def pending_bytes(self) -> bytes:
         """Take what the client sent that we have not handled (handed over after
@@ -430,7 +446,7 @@ class ControlConnection(asyncio.Protocol):
             return []
         if isinstance(action, actions.OpenPassive):
             try:
-                outcome = self.data.open_passive()
+                outcome = await self.data.open_passive()
             except OSError as e:
                 outcome = e
             return s.complete(action, outcome)
@@ -444,6 +460,14 @@ class ControlConnection(asyncio.Protocol):
             self.events.fs_change(self.sid, self.remote_ip, self.user, action.verb or action.op,
                                   action.path, action.target, not isinstance(outcome, OSError))
         return s.complete(action, outcome)
+
+    def _userlist_logged(self, name: str) -> bool:
+        """userlist_log: the user list's refusal at USER, logged in vsftpd's words."""
+        refused = self.ctx.refuse_user is not None and self.ctx.refuse_user(name)
+        if refused:
+            text = USERLIST_TEXT[bool(self.ctx.cfg.userlist_deny)]
+            self.events.userlist_refused(self.sid, self.remote_ip, name, text)
+        return refused
 
     async def _authenticate(self, action: actions.Authenticate) -> Any:
         req = LoginRequest(action.user, action.password, self.remote_ip)
@@ -470,6 +494,8 @@ class ControlConnection(asyncio.Protocol):
                               f"cannot open root {account.root}: {e.strerror}")
             return e
         self.events.login(self.sid, self.remote_ip, account.name, account.user_class.value, True)
+        if remote is None and (pause := float(self.ctx.cfg.delay_successful_login or 0)) > 0:
+            await asyncio.sleep(pause)  # delay_successful_login (isolated mode: the broker's timer)
         return account
 
     def _transfer_ended(self, _task: asyncio.Task[None]) -> None:

@@ -17,11 +17,12 @@ import ssl
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from ..policy.config import ConfigError
 from ..proto import addr
 from .tls import wait_socket
 
 __all__ = ["DataChannel", "DataRefused", "AsciiEncoder", "AsciiDecoder", "PlainConn", "send_file", "receive_file",
-           "send_bytes", "relay", "active_socket"]
+           "send_bytes", "relay", "active_socket", "passive_listener", "resolved_pasv_address", "chunk_size"]
 
 RECV_BUFFER = 1 << 20  # uploads: one 1 MiB buffer per transfer
 READ_CHUNK = 1 << 16   # ASCII downloads read this much at a time
@@ -36,6 +37,16 @@ TLS_CHUNK = 256 * 1024  # downloads over TLS: file bytes read and encrypted at a
 SEND_BUFFER = 4 << 20
 UNSENT_LOW = 256 * 1024
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux; named in Python 3.12+
+VSFTPD_CHUNK = 65536  # vsftpd's VSFTP_DATA_BUFSIZE: trans_chunk_size at or above it means "automatic"
+
+
+def chunk_size(setting: int | None) -> int:
+    """trans_chunk_size as vsftpd reads it: 0 (or 64 KiB and more) lets us pick
+    (0 here: our own sizes above), anything smaller is the bytes per I/O call,
+    at least 4096."""
+    if not setting or setting <= 0 or setting >= VSFTPD_CHUNK:
+        return 0
+    return max(4096, setting)
 
 
 class DataRefused(Exception):
@@ -56,28 +67,22 @@ class DataChannel:
 
     # ------------------------------------------------------------ passive
 
-    def open_passive(self) -> tuple[str, int]:
-        """Bind a listener on the control connection's local address; return (host, port)."""
+    async def open_passive(self) -> tuple[str, int]:
+        """A listener on the control connection's local address; return (host, port).
+        isolate_network (isolated mode): this process has no network of its own,
+        the monitor makes the listener and passes it in."""
         self.close()
-        family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
-        lo, hi = int(self.cfg.pasv_min_port or 0), int(self.cfg.pasv_max_port or 0)
-        last: OSError | None = None
-        for port in _passive_ports(lo, hi):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setblocking(False)
-                # a port whose last data connection is in TIME_WAIT is still free to listen on
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((self.local_ip, port))
-                sock.listen(1)
-            except OSError as e:
+        if self.broker is not None and self.cfg.isolate_network:
+            sock = await asyncio.to_thread(self.broker.passive_listen)
+            if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 sock.close()
-                last = e
-                continue
-            self.listener = sock
-            host = self.cfg.pasv_address or addr.ipv4_of(self.local_ip) or self.local_ip
-            return host, sock.getsockname()[1]
-        raise last or OSError(errno.EADDRINUSE, "no free passive port")
+                raise OSError(errno.EPROTO, "the monitor's passive socket is not listening")
+            sock.setblocking(False)
+        else:
+            sock = passive_listener(self.cfg, self.local_ip)
+        self.listener = sock
+        host = self.cfg.pasv_address or addr.ipv4_of(self.local_ip) or self.local_ip
+        return host, sock.getsockname()[1]
 
     async def _accept(self, timeout: float) -> socket.socket:
         assert self.listener is not None
@@ -145,14 +150,64 @@ class DataChannel:
             self.listener = None
 
 
-def _passive_ports(lo: int, hi: int) -> Iterator[int]:
-    """Ports to try, in random order: one pick first, then up to 100 distinct
-    ones (sampling the range costs more than the bind, so only when needed)."""
+def passive_listener(cfg: Any, local_ip: str) -> socket.socket:
+    """A non-blocking socket listening on `local_ip` at a port of pasv_min_port..
+    pasv_max_port (any free port when they are unset), for one passive data
+    connection.  As vsftpd: at most bind_retries random ports are tried, the
+    next only after EADDRINUSE or EACCES; then the error is the caller's."""
+    family = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
+    lo, hi = int(cfg.pasv_min_port or 0), int(cfg.pasv_max_port or 0)
+    last: OSError | None = None
+    for port in _passive_ports(lo, hi, max(1, int(cfg.bind_retries or 0))):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            # a port whose last data connection is in TIME_WAIT is still free to listen on
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((local_ip, port))
+            sock.listen(1)
+        except OSError as e:
+            sock.close()
+            if e.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise
+            last = e
+            continue
+        return sock
+    raise last or OSError(errno.EADDRINUSE, "no free passive port")
+
+
+def resolved_pasv_address(cfg: Any) -> Any:
+    """The config with pasv_address as the IPv4 address the 227 reply carries.
+
+    pasv_addr_resolve=YES: pasv_address is a host name, resolved here, once per
+    reading of the config (start-up, SIGHUP), never per PASV.  A name that does
+    not resolve, or (without it) a value that is not an IPv4 address, is a
+    ConfigError at the line that set pasv_address."""
+    name = cfg.pasv_address
+    if not name:
+        return cfg
+    where = cfg.where.get("pasv_address", "pasv_address")
+    if not cfg.pasv_addr_resolve:
+        if addr.ipv4_of(name) != name:
+            raise ConfigError(where, f"pasv_address={name} is not an IPv4 address "
+                                     "(set pasv_addr_resolve=YES to give a host name)")
+        return cfg
+    try:
+        infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(where, f"pasv_address={name}: cannot resolve it (pasv_addr_resolve=YES): "
+                                 f"{reason}") from None
+    return cfg.replace(pasv_address=str(infos[0][4][0]))
+
+
+def _passive_ports(lo: int, hi: int, tries: int) -> Iterator[int]:
+    """`tries` distinct ports of lo..hi in random order (fewer if the range is
+    smaller); 0 (the kernel picks) when no range is set."""
     if not (lo and hi and lo <= hi):
         yield 0
         return
-    yield random.randint(lo, hi)
-    yield from random.sample(range(lo, hi + 1), min(hi - lo + 1, 100))
+    yield from random.sample(range(lo, hi + 1), min(hi - lo + 1, tries))
 
 
 def active_socket(host: str, local_ip: str, port: int = 0) -> socket.socket:
@@ -379,50 +434,71 @@ class Throttle:
 
 
 async def send_file(conn: Conn, fd: int, offset: int, ascii_mode: bool, progress: list[int],
-                    stall_timeout: float = 0, throttle: Throttle | None = None) -> None:
-    """Send the file from `offset`; `progress[0]` counts bytes sent (for aborts and logs)."""
+                    stall_timeout: float = 0, throttle: Throttle | None = None, *, chunk: int = 0,
+                    use_sendfile: bool = True) -> None:
+    """Send the file from `offset`; `progress[0]` counts bytes sent (for aborts and logs).
+    `chunk` (trans_chunk_size, see `chunk_size`): bytes per read or sendfile call, 0
+    for ours; `use_sendfile` False: a plain connection gets a read/send loop too."""
     async with Stalled(stall_timeout) as stall:
         if not ascii_mode and throttle is None:
             pos = [offset]
-            if isinstance(conn, PlainConn):
+            if isinstance(conn, PlainConn) and use_sendfile:
                 _tune_for_sendfile(conn.sock)
+                count = chunk or SENDFILE_CHUNK
 
                 def step(sfd: int) -> bool:
-                    sent = os.sendfile(sfd, fd, pos[0], SENDFILE_CHUNK)
+                    sent = os.sendfile(sfd, fd, pos[0], count)
                     pos[0] += sent
                     progress[0] += sent
-                    if 0 < sent < SENDFILE_CHUNK:  # the socket is full (or the file ends): no call to
+                    if 0 < sent < count:  # the socket is full (or the file ends): no call to
                         raise BlockingIOError      # learn EAGAIN; epoll says when to go on
                     return sent == 0
+            elif isinstance(conn, PlainConn):  # use_sendfile=NO: read, then send what was read
+                count = chunk or READ_CHUNK
+                pending = [memoryview(b"")]
+
+                def step(sfd: int) -> bool:
+                    if not pending[0]:
+                        data_ = os.pread(fd, count, pos[0])
+                        if not data_:
+                            return True
+                        pos[0] += len(data_)
+                        pending[0] = memoryview(data_)
+                    sent = conn.send(pending[0])  # BlockingIOError keeps `pending` for the next turn
+                    pending[0] = pending[0][sent:]
+                    progress[0] += sent
+                    return False
             else:  # no sendfile through TLS in Python 3.11 (no kernel TLS): copy
+                count = chunk or TLS_CHUNK
+
                 def step(sfd: int) -> bool:
                     if not conn.flush():
                         raise BlockingIOError
-                    chunk = os.pread(fd, TLS_CHUNK, pos[0])
-                    if chunk:
-                        conn.send(chunk)  # takes it all (or raised before)
-                    pos[0] += len(chunk)
-                    progress[0] += len(chunk)
-                    return not chunk
+                    piece = os.pread(fd, count, pos[0])
+                    if piece:
+                        conn.send(piece)  # takes it all (or raised before)
+                    pos[0] += len(piece)
+                    progress[0] += len(piece)
+                    return not piece
             await _pump(conn, step, stall, writing=True)
             return
         encoder = AsciiEncoder() if ascii_mode else None
         throttle = throttle or Throttle(0)
-        size = throttle.chunk(READ_CHUNK)
+        size = throttle.chunk(chunk or READ_CHUNK)
         os.lseek(fd, offset, os.SEEK_SET)
-        while chunk := os.read(fd, size):
-            await _send_all(conn, encoder.feed(chunk) if encoder else chunk)
-            progress[0] += len(chunk)
+        while piece := os.read(fd, size):
+            await _send_all(conn, encoder.feed(piece) if encoder else piece)
+            progress[0] += len(piece)
             stall.moved()
-            await throttle.account(len(chunk))
+            await throttle.account(len(piece))
 
 
 async def receive_file(conn: Conn, fd: int, ascii_mode: bool, progress: list[int],
-                       stall_timeout: float = 0, throttle: Throttle | None = None) -> None:
+                       stall_timeout: float = 0, throttle: Throttle | None = None, *, chunk: int = 0) -> None:
     """Read the data connection to its end into `fd`; `progress[0]` counts bytes
     written.  A TLS stream cut without close_notify raises tls.Truncated, after
-    every byte decrypted before the cut is written."""
-    buf = bytearray(RECV_BUFFER)
+    every byte decrypted before the cut is written.  `chunk`: bytes per read (0: ours)."""
+    buf = bytearray(chunk or RECV_BUFFER)
     view = memoryview(buf)
     decoder = AsciiDecoder() if ascii_mode else None
     async with Stalled(stall_timeout) as stall:

@@ -7,12 +7,16 @@ Blocking calls, but for `perform`, which runs the slow ones in a thread.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import hashlib
 import os
+import secrets
 import stat as stat_mod
+import struct
 import time
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..proto import paths
 from ..proto.actions import (
@@ -29,8 +33,8 @@ from ..proto.actions import (
 from ..proto.listing import Entry
 from .jail import Jail
 
-__all__ = ["perform", "open_download", "open_upload", "partial_path", "exists", "fs_change", "entries",
-           "read_message", "hash_file", "PARTIAL_PREFIX", "MESSAGE_MAX"]
+__all__ = ["perform", "open_download", "open_upload", "Upload", "partial_path", "exists", "fs_change", "entries",
+           "read_message", "hash_file", "wait_lock", "discard_failed_upload", "PARTIAL_PREFIX", "MESSAGE_MAX"]
 
 MESSAGE_MAX = 8192  # a directory message file is shown up to this size
 
@@ -68,8 +72,51 @@ def exists(jail: Jail, vpath: str) -> bool:
         return False
 
 
-def open_upload(jail: Jail, action: ReceiveFile) -> tuple[int, str, str | None]:
-    """(fd, name shown to the client, hidden partial path when writing atomically)."""
+class Upload(NamedTuple):
+    """An upload's open file and what a failed one must undo (delete_failed_uploads)."""
+
+    fd: int
+    name: str            # the name shown to the client (STOU picks it)
+    partial: str | None  # atomic_uploads: the hidden file renamed into place at the end
+    written: str         # the path `fd` writes (the partial, or the file itself)
+    created: bool        # this upload made the file (it did not exist before)
+    size_before: int     # its size when opened (an append or a restart grows it from there)
+
+
+STOU_TRIES = 100  # better_stou: random names tried before giving up (each is 36 bits of chance)
+_STOU_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def _stou_candidates(base: str, random_suffix: bool) -> list[str]:
+    """STOU names in the order tried: the name itself, then NAME.1, NAME.2 ...
+    (wu-ftpd, vsftpd) or, with better_stou (Red Hat's vsftpd), always
+    NAME.<6 random letters or digits>: nobody can predict the name and make it
+    first, and O_EXCL decides each race."""
+    if random_suffix:
+        return [base + "." + "".join(secrets.choice(_STOU_ALPHABET) for _ in range(6))
+                for _ in range(STOU_TRIES)]
+    return [base] + [f"{base}.{i}" for i in range(1, 1000)]
+
+
+def _open_noting_creation(jail: Jail, vpath: str, flags: int, mode: int) -> tuple[int, bool]:
+    """Open for writing and say whether this open made the file: with O_CREAT
+    and no O_EXCL, try creating exclusively first, then open the existing one."""
+    if not flags & os.O_CREAT or flags & os.O_EXCL:
+        return jail.open(vpath, flags, mode), bool(flags & os.O_EXCL)
+    for _ in range(3):  # the file may come and go between the two opens
+        try:
+            return jail.open(vpath, flags | os.O_EXCL, mode), True
+        except FileExistsError:
+            pass
+        try:
+            return jail.open(vpath, flags & ~os.O_CREAT, mode), False
+        except FileNotFoundError:
+            continue
+    return jail.open(vpath, flags, mode), False  # (a dangling symlink in the jail: created through it)
+
+
+def open_upload(jail: Jail, action: ReceiveFile) -> Upload:
+    """The file to write, and what a failed upload would have to undo."""
     # No O_TRUNC: a fresh STOR empties the file only once its data connection
     # is up (net/transfer.py), so a failed STOR never destroys the old content.
     flags = os.O_WRONLY | os.O_CREAT
@@ -77,14 +124,12 @@ def open_upload(jail: Jail, action: ReceiveFile) -> tuple[int, str, str | None]:
         flags |= os.O_APPEND
     mode = action.file_mode & ~action.umask & 0o777
     if action.unique:
-        base = action.path
-        for i in range(1000):
-            candidate = base if i == 0 else f"{base}.{i}"
+        for candidate in _stou_candidates(action.path, action.random_suffix):
             try:
                 fd = jail.open(candidate, flags | os.O_EXCL, mode)
             except FileExistsError:
                 continue
-            return fd, paths.basename(candidate), None
+            return Upload(fd, paths.basename(candidate), None, candidate, True, 0)
         raise FileExistsError(17, "No unique name available")
     partial = None
     target = action.path
@@ -101,7 +146,7 @@ def open_upload(jail: Jail, action: ReceiveFile) -> tuple[int, str, str | None]:
         flags |= os.O_EXCL
     if action.offset:
         flags &= ~os.O_CREAT  # a restart continues a file; it never makes one
-    fd = jail.open(target, flags, mode)
+    fd, created = _open_noting_creation(jail, target, flags, mode)
     try:
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):
@@ -117,7 +162,57 @@ def open_upload(jail: Jail, action: ReceiveFile) -> tuple[int, str, str | None]:
     except BaseException:
         os.close(fd)
         raise
-    return fd, paths.basename(action.path), partial
+    return Upload(fd, paths.basename(action.path), partial, target, created, st.st_size)
+
+
+def discard_failed_upload(jail: Jail, up: Upload, fd: int | None, emptied: bool) -> None:
+    """delete_failed_uploads: leave nothing a failed upload wrote.  The hidden
+    partial of an atomic upload goes (the file under its name was never touched);
+    so does a file this upload made, or emptied (a fresh STOR: its old content is
+    gone already).  An append or a restart into a file that was there is cut back
+    to its old size: the bytes before belonged to the file, not to this upload.
+    Best effort: a failure here changes nothing of the transfer's reply."""
+    try:
+        if up.partial is not None or up.created or emptied:
+            jail.unlink(up.written)
+        elif fd is not None:
+            os.ftruncate(fd, up.size_before)
+    except OSError:
+        pass
+
+
+# lock_upload_files: a whole-file fcntl lock.  Open file description (OFD) locks, not
+# classic POSIX ones: those belong to a process, so two sessions in one pooled worker
+# or identity worker would never exclude each other; OFD locks do, and they conflict
+# with the classic locks a local program (flock(1) -F, lockf, fcntl) takes.
+_FLOCK = "hhqqi4x"  # struct flock on Linux x86-64/aarch64: type, whence, start, len, pid (0 for OFD)
+LOCK_POLL = (0.01, 0.2)  # seconds between tries: the first, and the most as the wait goes on
+
+
+def try_lock(fd: int, exclusive: bool) -> bool:
+    """Take the lock now if it is free: True, or False when someone holds a conflicting one.
+    A file system without locks (ENOLCK, EINVAL ...) counts as locked: the transfer goes
+    on unlocked, as vsftpd's does (it ignores the lock's result)."""
+    kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0))
+    except OSError as e:
+        return e.errno not in (errno.EAGAIN, errno.EACCES)
+    return True
+
+
+async def wait_lock(fd: int, exclusive: bool, timeout: float) -> None:
+    """vsftpd waits (F_SETLKW) for as long as the other transfer lasts; an event
+    loop may not block, so this tries again and again, and gives up after
+    `timeout` seconds with EAGAIN (450, the file is busy)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pause = LOCK_POLL[0]
+    while not try_lock(fd, exclusive):
+        if loop.time() >= deadline:
+            raise BlockingIOError(errno.EAGAIN, "the file is locked by another transfer")
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, LOCK_POLL[1])
 
 
 def fs_change(jail: Jail, a: FsChange) -> None:

@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..policy import hostsaccess, rdns
+from . import proctitle
 from .context import ServerContext
 from .control import ControlConnection
 from .tls import handshake_deadline
@@ -31,6 +33,7 @@ log = logging.getLogger("ftpwarden.server")
 _PR_SET_PDEATHSIG = 1
 
 Listener = tuple[socket.socket, ...]  # one worker's sockets (one per address)
+Sandbox = Callable[[], object] | None  # installs seccomp_sandbox's allow-list in the calling process
 
 
 def _bind(host: str, port: int, *, v6only: bool | None = None) -> socket.socket:
@@ -71,9 +74,13 @@ def bind_listeners(addresses: list[tuple[str, bool | None]], port: int, workers:
     return [tuple(socks)] * workers
 
 
-async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None) -> None:
+async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None,
+                 sandbox: Sandbox = None) -> None:
     limits = ctx.limits
     sessions: set[ControlConnection] = set()
+    titled = proctitle.active()
+    if titled:
+        _title(0)
     all_ended = asyncio.Event()
 
     def admit(cc: ControlConnection) -> str | None:
@@ -84,17 +91,24 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
         refusal = limits.enter(ip) if limits else None
         if not refusal:
             sessions.add(cc)
+            if titled:
+                _title(len(sessions))
         return refusal
 
     def ended(cc: ControlConnection) -> None:
         sessions.discard(cc)
+        if titled:
+            _title(len(sessions))
         if limits:
             limits.leave(cc.remote_ip)
         if not sessions:
             all_ended.set()
 
-    def protocol() -> ControlConnection:
+    def session() -> ControlConnection:
         return ControlConnection(ctx, admit=admit, on_end=ended)
+
+    def protocol() -> asyncio.Protocol:
+        return _HostsGate(ctx, session) if ctx.cfg.tcp_wrappers else session()
 
     cfg = ctx.cfg
     def tls_for(sock: socket.socket) -> Any:
@@ -111,6 +125,8 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, ctx.events.reopen)  # logrotate moved the logs
+    if sandbox is not None:  # seccomp_sandbox: the listeners are ready, the loop runs; from here on
+        sandbox()  # only the calls a worker needs (priv/seccomp.py, passed in by cli.py)
     if ready:
         ready()
     await stop.wait()
@@ -126,8 +142,70 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
             pass
 
 
-def _run_worker(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None = None) -> None:
-    asyncio.run(_serve(ctx, sockets, ready))
+def _title(count: int) -> None:
+    """setproctitle_enable: a pooled process hosts many sessions; it shows how many."""
+    proctitle.show(f"pooled: {count} session{'' if count == 1 else 's'}")
+
+
+class _HostsGate(asyncio.Protocol):
+    """tcp_wrappers=YES: hosts.allow / hosts.deny decide before the session starts
+    (no greeting, no byte read).  An address rule decides at once; a name rule
+    waits for a reverse lookup in a thread, bounded in time, while the loop goes on.
+    Granted, the connection goes to the session's protocol; denied, vsftpd's 421."""
+
+    def __init__(self, ctx: ServerContext, session: Callable[[], ControlConnection]) -> None:
+        self.ctx, self.session = ctx, session
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        transport.pause_reading()
+        self.task = asyncio.get_running_loop().create_task(self._decide(transport))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _decide(self, transport: Any) -> None:
+        try:
+            await self._check(transport)
+        except Exception:  # our bug: this connection is refused (fail closed), the others go on
+            log.exception("tcp_wrappers check failed")
+            transport.abort()
+
+    async def _check(self, transport: Any) -> None:
+        client, server = transport.get_extra_info("peername")[0], transport.get_extra_info("sockname")[0]
+        rules = hostsaccess.load(hostsaccess.rules_dir(self.ctx.cfg))  # two small local files
+        decision = hostsaccess.decide(rules, hostsaccess.Peer(client), hostsaccess.Peer(server))
+        if decision is hostsaccess.NEED_NAME:
+            loop = asyncio.get_running_loop()
+            try:
+                name, paranoid = await asyncio.wait_for(
+                    loop.run_in_executor(None, rdns.lookup, hostsaccess.host_addr(client)), rdns.LOOKUP_SECONDS)
+            except TimeoutError:
+                name, paranoid = "", False
+            decision = hostsaccess.decide(rules, hostsaccess.Peer(client, name, paranoid), hostsaccess.Peer(server))
+        assert isinstance(decision, hostsaccess.Decision)
+        decision = hostsaccess.without_load_conf(decision)
+        if transport.is_closing():
+            return
+        if decision.verdict is hostsaccess.Verdict.DENY:
+            log.warning("%s: refused by %s", hostsaccess.host_addr(client), decision.where or "hosts.deny")
+            self.ctx.events.connect_refused(self.ctx.session_id(), hostsaccess.host_addr(client),
+                                            hostsaccess.DENIED_TEXT)
+            transport.write(hostsaccess.DENIED_REPLY)
+            transport.close()
+            return
+        self.task = None
+        cc = self.session()
+        transport.set_protocol(cc)
+        cc.connection_made(transport)
+        if not transport.is_closing():
+            transport.resume_reading()
+
+
+def _run_worker(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None = None,
+                sandbox: Sandbox = None) -> None:
+    asyncio.run(_serve(ctx, sockets, ready, sandbox))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -138,7 +216,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _spawn(ctx: ServerContext, listeners: list[Listener], i: int) -> int:
+def _spawn(ctx: ServerContext, listeners: list[Listener], i: int, sandbox: Sandbox = None) -> int:
     parent = os.getpid()
     pid = os.fork()
     if pid:
@@ -151,7 +229,7 @@ def _spawn(ctx: ServerContext, listeners: list[Listener], i: int) -> int:
         _die_with_parent(parent)
         if ctx.limits is not None:
             ctx.limits.attach(i)
-        _run_worker(ctx, listeners[i])  # the sockets every worker shares
+        _run_worker(ctx, listeners[i], sandbox=sandbox)  # the sockets every worker shares
     except BaseException:
         log.exception("worker failed")
         code = 1
@@ -159,17 +237,22 @@ def _spawn(ctx: ServerContext, listeners: list[Listener], i: int) -> int:
         os._exit(code)
 
 
-def serve_pooled(ctx: ServerContext, listeners: list[Listener], ready: Callable[[], None] | None = None) -> int:
+def serve_pooled(ctx: ServerContext, listeners: list[Listener], ready: Callable[[], None] | None = None,
+                 sandbox: Sandbox = None) -> int:
     """Run one worker per listener set; with one, in this process.  Returns an exit code.
 
     With several, this process supervises: it keeps the sockets (so nothing is
-    lost while a crashed worker is replaced) and passes SIGTERM on.
+    lost while a crashed worker is replaced) and passes SIGTERM on.  `sandbox`:
+    called in each worker once it serves (seccomp_sandbox), never in the supervisor.
     """
+    if ctx.cfg.setproctitle_enable:
+        proctitle.take_over()  # now: it reads /proc, and the workers inherit the room
     if len(listeners) == 1:
-        _run_worker(ctx, listeners[0], ready)
+        _run_worker(ctx, listeners[0], ready, sandbox)
         return 0
+    proctitle.show(f"pooled: supervisor of {len(listeners)} workers")
     stopping = False
-    workers = {_spawn(ctx, listeners, i): i for i in range(len(listeners))}
+    workers = {_spawn(ctx, listeners, i, sandbox): i for i in range(len(listeners))}
 
     def stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
@@ -207,8 +290,9 @@ def serve_pooled(ctx: ServerContext, listeners: list[Listener], ready: Callable[
         if ctx.limits is not None:
             ctx.limits.forget(i)  # its sessions died with it
         if not stopping:
-            print(f"ftpwarden: worker {pid} ended ({code}); starting a new one", file=sys.stderr)
-            workers[_spawn(ctx, listeners, i)] = i
+            why = ", killed by the seccomp sandbox (SIGSYS)" if code == -signal.SIGSYS else ""
+            print(f"ftpwarden: worker {pid} ended ({code}{why}); starting a new one", file=sys.stderr)
+            workers[_spawn(ctx, listeners, i, sandbox)] = i
         elif code not in (0, -signal.SIGTERM):
             status = 1
     return status

@@ -15,13 +15,19 @@ close_notify is the clean end; a FIN or a reset before it is a truncation.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["make_context", "TlsSetupError", "Contexts", "control_done", "handshake_deadline", "accept_data", "TlsConn",
-           "Truncated", "REUSE_REQUIRED", "refuse_unresumed"]
+           "Truncated", "REUSE_REQUIRED", "refuse_unresumed", "set_note", "describe", "ecdh_curve"]
+
+log = logging.getLogger("ftpwarden.tls")
 
 REUSE_REQUIRED = ("TLS session of the data connection must resume the control connection's "
                   "(require_ssl_reuse); enable session reuse in the client")
@@ -58,6 +64,23 @@ def make_context(cfg: Any) -> ssl.SSLContext:
             ctx.set_ciphers(cfg.ssl_ciphers)
         except ssl.SSLError:
             raise TlsSetupError(f"ssl_ciphers: no usable cipher in {cfg.ssl_ciphers!r}") from None
+    _client_certs(ctx, cfg)
+    _key_exchange(ctx, cfg)
+    debug = bool(cfg.debug_ssl)
+    if cfg.ssl_sni_hostname or debug:
+        ctx.sni_callback = _sni_check(cfg.ssl_sni_hostname, debug)
+    ctx.ftpwarden_debug = debug  # type: ignore[attr-defined]  # read by _debugging
+    # "ftp" is the ALPN name of FTP; a client naming another protocol is refused
+    ctx.set_alpn_protocols(["ftp"])
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    return ctx
+
+
+def _client_certs(ctx: ssl.SSLContext, cfg: Any) -> None:
+    """vsftpd asks for a certificate (ssl_request_cert) and, with validate_cert=NO, takes
+    any, unchecked.  Python's ssl cannot take a certificate it does not verify, and one it
+    does not verify proves nothing: so one is asked for only when it is checked against
+    ca_certs_file, that is with validate_cert=YES or require_cert=YES."""
     if cfg.ca_certs_file:
         try:
             ctx.load_verify_locations(cfg.ca_certs_file)
@@ -65,12 +88,148 @@ def make_context(cfg: Any) -> ssl.SSLContext:
             raise TlsSetupError(f"ca_certs_file: cannot load {cfg.ca_certs_file}: {e}") from None
     if cfg.require_cert:
         ctx.verify_mode = ssl.CERT_REQUIRED
-    elif cfg.ssl_request_cert and cfg.ca_certs_file:
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    # "ftp" is the ALPN name of FTP; a client naming another protocol is refused
-    ctx.set_alpn_protocols(["ftp"])
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    return ctx
+    elif cfg.validate_cert and cfg.ssl_request_cert:
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # none is fine; one that does not verify is refused
+    if ctx.verify_mode != ssl.CERT_NONE and not cfg.ca_certs_file:
+        named = "require_cert" if cfg.require_cert else "validate_cert"
+        raise TlsSetupError(f"{named}: client certificates are verified against ca_certs_file, "
+                            "which is not set (a certificate that is not checked proves nothing)")
+
+
+def _key_exchange(ctx: ssl.SSLContext, cfg: Any) -> None:
+    """dh_param_file (DHE cipher suites need it: OpenSSL 3 has no default DH group for
+    TLS 1.2 here) and ecdh_param_file (the one ECDHE group, TLS 1.3 included)."""
+    path = cfg.dh_param_file
+    if path:
+        try:
+            ctx.load_dh_params(path)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            raise TlsSetupError(f"dh_param_file: cannot load {path}: "
+                                f"{getattr(e, 'strerror', None) or e} (PEM DH PARAMETERS, e.g. "
+                                "openssl genpkey -genparam -algorithm DH -pkeyopt dh_param:ffdhe2048)") from None
+    value = cfg.ecdh_param_file
+    if value:
+        curve = ecdh_curve(value)
+        try:
+            ctx.set_ecdh_curve(curve)
+        except (ValueError, ssl.SSLError):
+            raise TlsSetupError(f"ecdh_param_file: OpenSSL cannot use the curve {curve!r} "
+                                "(e.g. prime256v1, secp384r1, X25519)") from None
+
+
+# Named curves an "EC PARAMETERS" file may name (its DER is the curve's OID), and their OpenSSL names.
+_CURVE_OIDS = {
+    "1.2.840.10045.3.1.7": "prime256v1", "1.3.132.0.34": "secp384r1", "1.3.132.0.35": "secp521r1",
+    "1.3.132.0.10": "secp256k1", "1.3.36.3.3.2.8.1.1.7": "brainpoolP256r1",
+    "1.3.36.3.3.2.8.1.1.11": "brainpoolP384r1", "1.3.36.3.3.2.8.1.1.13": "brainpoolP512r1",
+}
+
+
+def ecdh_curve(value: str) -> str:
+    """ecdh_param_file's curve: the file's (Red Hat's vsftpd reads `openssl ecparam -name
+    NAME` output and keeps its curve name), or, when no such file exists and the value has
+    no "/", the value itself as a curve name (X25519, secp384r1 ...).  TlsSetupError if neither."""
+    if "/" not in value and not os.path.exists(value):
+        return value
+    try:
+        with open(value, "rb") as f:
+            text = f.read(65536).decode("ascii", "replace")
+    except OSError as e:
+        raise TlsSetupError(f"ecdh_param_file: cannot read {value}: {e.strerror or e}") from None
+    begin, end = "-----BEGIN EC PARAMETERS-----", "-----END EC PARAMETERS-----"
+    if begin not in text or end not in text:
+        raise TlsSetupError(f"ecdh_param_file: {value} holds no EC PARAMETERS block "
+                            "(make one with openssl ecparam -name secp384r1)")
+    try:
+        der = base64.b64decode(text.split(begin, 1)[1].split(end, 1)[0], validate=False)
+    except (binascii.Error, ValueError):
+        der = b""
+    oid = _der_oid(der)
+    if oid is None:
+        raise TlsSetupError(f"ecdh_param_file: {value}: only a named curve is supported, not explicit "
+                            "parameters (openssl ecparam -name secp384r1, without -param_enc explicit)")
+    if oid not in _CURVE_OIDS:
+        raise TlsSetupError(f"ecdh_param_file: {value}: unsupported curve {oid}")
+    return _CURVE_OIDS[oid]
+
+
+def _der_oid(der: bytes) -> str | None:
+    """The dotted OID of a DER OBJECT IDENTIFIER (tag 6, short length); None otherwise."""
+    if len(der) < 3 or der[0] != 6 or der[1] != len(der) - 2 or der[1] > 127:
+        return None
+    body, parts, n = der[2:], [], 0
+    for byte in body:
+        n = (n << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            parts.append(n)
+            n = 0
+    if not parts or body[-1] & 0x80:
+        return None
+    first = min(parts[0] // 40, 2)
+    return ".".join(str(p) for p in (first, parts[0] - 40 * first, *parts[1:]))
+
+
+# ---------------------------------------------------------------- SNI and debug_ssl
+
+Note = Callable[[str], None]
+
+
+def set_note(ctx: ssl.SSLContext, note: Note | None) -> None:
+    """Where this context's TLS diagnostics go: the session's vsftpd log (a DEBUG line).
+    Each control connection has its own context, so the note names its session."""
+    ctx.ftpwarden_note = note  # type: ignore[attr-defined]
+
+
+def _note(ctx: Any, text: str) -> None:
+    note = getattr(ctx, "ftpwarden_note", None)
+    if note is not None:
+        try:
+            note(text)
+        except Exception:  # a diagnostic never breaks a handshake
+            log.exception("TLS diagnostic failed")
+    else:  # before a session knows this connection (implicit TLS): the server's own log
+        log.info("%s", text)
+
+
+def _debugging(ctx: Any) -> bool:
+    return bool(getattr(ctx, "ftpwarden_debug", False))
+
+
+def _sni_check(expected: str | None, debug: bool) -> Callable[[Any, str | None, ssl.SSLContext], int | None]:
+    """ssl_sni_hostname (ALPACA): a handshake naming another host, or none, is refused
+    with an unrecognized_name alert, as vsftpd 3.0.4+ does; names compare as DNS names
+    do (case and a final dot aside).  OpenSSL calls this for every ClientHello, with or
+    without the extension."""
+    want = expected.lower().rstrip(".") if expected else None
+
+    def check(_obj: Any, name: str | None, ctx: ssl.SSLContext) -> int | None:
+        ok = want is None or (name is not None and name.lower().rstrip(".") == want)
+        if not ok:
+            _note(ctx, f"SNI rejection: the client asked for {name!r}, not {expected!r} (ssl_sni_hostname)"
+                  if name is not None else f"SNI rejection: no server name sent; {expected!r} is required "
+                  "(ssl_sni_hostname: clients must connect by that name)")
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        if debug:
+            _note(ctx, f"SNI hostname: {name or '(none)'}")
+        return None
+
+    return check
+
+
+def describe(obj: Any) -> str:
+    """vsftpd's debug_ssl line for an established connection (no secret in it)."""
+    cipher = obj.cipher()
+    cert = obj.getpeercert(binary_form=True) if obj.context.verify_mode != ssl.CERT_NONE else None
+    return (f"SSL version: {obj.version()}, SSL cipher: {cipher[0] if cipher else '?'}, "
+            f"{'reused' if obj.session_reused else 'not reused'}, "
+            f"{'CERT PRESENTED' if cert else 'no cert'}")
+
+
+def handshake_failed(ctx: Any, what: str, error: BaseException) -> None:
+    """debug_ssl: why a handshake failed (OpenSSL's reason; never key material)."""
+    if _debugging(ctx):
+        reason = getattr(error, "reason", None) or str(error) or error.__class__.__name__
+        _note(ctx, f"SSL_accept failed ({what}): {reason}")
 
 
 class Contexts:
@@ -114,14 +273,18 @@ async def refuse_unresumed(conn: TlsConn, required: bool) -> str | None:
     return REUSE_REQUIRED
 
 
-def control_done(ctx: ssl.SSLContext) -> None:
+def control_done(ctx: ssl.SSLContext, obj: Any = None) -> None:
     """The control connection's handshake is over (its TLS 1.3 session tickets
     are sent): this context's data connections issue none.  They only resume
     the control's session, so a new ticket is never needed; and a client that
     leaves one unread resets the connection when it closes, which destroys
     whatever of its upload was still in its send queue (curl before 8.9,
-    curl/curl#13904, and lftp/GnuTLS do this on large uploads)."""
+    curl/curl#13904, and lftp/GnuTLS do this on large uploads).
+
+    `obj` (the connection's SSLObject) is described in the log with debug_ssl."""
     ctx.num_tickets = 0
+    if obj is not None and _debugging(ctx):
+        _note(ctx, "control connection: " + describe(obj))
 
 
 HANDSHAKE_MAX = 30.0  # seconds for a TLS handshake on the control connection, at most
@@ -341,6 +504,12 @@ async def wait_fd(fd: int, *, writing: bool) -> None:
 async def accept_data(sock: socket.socket, ctx: ssl.SSLContext, timeout: float, *, strict_eof: bool) -> TlsConn:
     """Server-side TLS handshake on an established, non-blocking data socket."""
     conn = TlsConn(sock, ctx, strict_eof=strict_eof)
-    async with asyncio.timeout(timeout):
-        await conn.handshake()
+    try:
+        async with asyncio.timeout(timeout):
+            await conn.handshake()
+    except (TimeoutError, OSError, ssl.SSLError) as e:
+        handshake_failed(ctx, "data connection", e)
+        raise
+    if _debugging(ctx):
+        _note(ctx, "data connection: " + describe(conn.obj))
     return conn

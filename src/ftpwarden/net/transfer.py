@@ -28,9 +28,16 @@ from .limits import RateGrants
 if TYPE_CHECKING:
     from .control import ControlConnection
 
-__all__ = ["run", "ATOMIC_GRACE"]
+__all__ = ["run", "ATOMIC_GRACE", "RECURSE_MAX_ENTRIES", "RECURSE_MAX_SECONDS"]
 
 ATOMIC_GRACE = 0.05  # seconds to wait for a dying client's control EOF
+# ls -R (ls_recurse_enable): a listing of the whole tree is built before its 150, in a
+# thread; these bound it.  100k entries is ~7 MB of listing (far inside a worker's
+# address-space room) and more than any client shows usefully; 5 s of walking keeps a
+# deep or slow tree from holding a thread.  Past either, the listing ends with a last
+# line saying so and the reply is 451, never a 226 that would call it complete.
+RECURSE_MAX_ENTRIES = 100_000
+RECURSE_MAX_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -40,6 +47,8 @@ class Held:
     fd: int | None = None                # the file read or written
     name: str = ""                       # the name written (STOU picks it)
     partial: str | None = None           # atomic upload: the hidden file renamed into place at the end
+    upload: files.Upload | None = None   # how the upload's file was opened (delete_failed_uploads undoes it)
+    emptied: bool = False                # a fresh STOR truncated the file it writes
     sock: socket.socket | None = None    # the data socket before it became a connection
     conn: data.Conn | None = None        # the data connection (plain or TLS)
     moving: bool = False                 # the 150 went out and bytes began to move: the transfer is logged
@@ -63,11 +72,16 @@ async def run(cc: ControlConnection, action: TransferAction) -> None:
     held = Held()
     started = time.time()
     try:
-        done = await _move(cc, action, progress, held)
-    except asyncio.CancelledError:
-        done = TransferDone("aborted", progress[0])
-    except OSError:  # the control connection failed under us (or would not drain)
-        done = TransferDone("connection_lost", progress[0])
+        try:
+            done = await _move(cc, action, progress, held)
+        except asyncio.CancelledError:
+            done = TransferDone("aborted", progress[0])
+        except OSError:  # the control connection failed under us (or would not drain)
+            done = TransferDone("connection_lost", progress[0])
+        if (isinstance(action, ReceiveFile) and action.delete_on_failure and done.status != "ok"
+                and held.upload is not None and cc.jail is not None):
+            # before the file is closed: its lock still keeps readers off what goes
+            files.discard_failed_upload(cc.jail, held.upload, held.fd, held.emptied)
     finally:
         held.release()
     if held.moving and isinstance(action, (SendFile, ReceiveFile)):
@@ -87,14 +101,22 @@ async def _move(cc: ControlConnection, action: TransferAction, progress: list[in
     assert jail is not None
     size: int | None = None
     payload = b""
+    truncated = ""  # a recursive listing stopped at its bound: why
     try:
         if isinstance(action, SendFile):
             held.fd, size = files.open_download(jail, action)
         elif isinstance(action, ReceiveFile):
-            held.fd, held.name, held.partial = files.open_upload(jail, action)
+            held.upload = files.open_upload(jail, action)
+            held.fd, held.name, held.partial = held.upload.fd, held.upload.name, held.upload.partial
         else:
             assert isinstance(action, SendListing)
-            payload = await asyncio.to_thread(_render_listing, cc, jail, action)
+            payload, truncated = await asyncio.to_thread(_render, cc, jail, action)
+        if isinstance(action, (SendFile, ReceiveFile)) and action.lock:
+            # lock_upload_files (vsftpd): a download waits for the upload writing the file
+            # (and an upload for the downloads reading it), up to data_connection_timeout
+            assert held.fd is not None
+            await files.wait_lock(held.fd, isinstance(action, ReceiveFile),
+                                  float(cc.cfg.data_connection_timeout or 300))
     except OSError as e:
         return TransferDone("local_error", error=e)
     try:
@@ -105,12 +127,16 @@ async def _move(cc: ControlConnection, action: TransferAction, progress: list[in
         # only now, with the data connection up, may an old file be emptied:
         # a STOR answered 425 leaves it as it was
         assert held.fd is not None
-        os.ftruncate(held.fd, 0)
+        os.ftruncate(held.fd, 0)  # after the lock (vsftpd: "must truncate the file AFTER locking it")
+        held.emptied = True
     start: TransferAction = action
     if isinstance(action, ReceiveFile) and action.unique:
         start = ReceiveFile(paths.resolve(paths.parent(action.path), held.name), unique=True)
     started = cc.session.transfer_started(start, size)
-    at_once = _sent_at_once(cc, action, held, size, progress)
+    use_sendfile = bool(cc.cfg.use_sendfile)
+    chunk = data.chunk_size(cc.cfg.trans_chunk_size)
+    # the early send is one sendfile of up to 64 KiB: not without sendfile, nor with a chunk size set
+    at_once = use_sendfile and not chunk and _sent_at_once(cc, action, held, size, progress)
     if not at_once:
         cc.send(started)
     if isinstance(start, (SendFile, ReceiveFile)):
@@ -138,10 +164,10 @@ async def _move(cc: ControlConnection, action: TransferAction, progress: list[in
             assert held.fd is not None
             # from where `_sent_at_once` stopped, if it began
             await data.send_file(conn, held.fd, action.offset + progress[0], action.ascii, progress, stall,
-                                 throttle)
+                                 throttle, chunk=chunk, use_sendfile=use_sendfile)
         elif isinstance(action, ReceiveFile):
             assert held.fd is not None
-            await data.receive_file(conn, held.fd, action.ascii, progress, stall, throttle)
+            await data.receive_file(conn, held.fd, action.ascii, progress, stall, throttle, chunk=chunk)
         else:
             progress[0] = await data.send_bytes(conn, payload)
     except (ConnectionError, TimeoutError, ssl.SSLError):
@@ -165,6 +191,8 @@ async def _move(cc: ControlConnection, action: TransferAction, progress: list[in
             return TransferDone("connection_lost", progress[0])
     if isinstance(action, ReceiveFile):
         return await _finish_upload(cc, jail, action, held, progress[0])
+    if truncated:
+        return TransferDone("truncated", progress[0], detail=truncated)
     return TransferDone("ok", progress[0], name=held.name)
 
 
@@ -284,6 +312,62 @@ def _log(cc: ControlConnection, action: SendFile | ReceiveFile, done: TransferDo
         direction="o" if isinstance(action, SendFile) else "i", ascii=action.ascii,
         size=done.size, seconds=time.time() - started, complete=done.status == "ok",
         started_at=started))
+
+
+def _render(cc: ControlConnection, jail: Jail, action: SendListing) -> tuple[bytes, str]:
+    """The listing's bytes, and why it stopped short ("" when whole)."""
+    if action.recursive and stat_mod.S_ISDIR(jail.stat(action.path).st_mode):
+        return _render_tree(cc, jail, action)
+    return _render_listing(cc, jail, action), ""
+
+
+def _render_tree(cc: ControlConnection, jail: Jail, action: SendListing) -> tuple[bytes, str]:
+    """ls -R: each directory as a section ("label:", its lines, a blank line between
+    sections), depth first in name order, as vsftpd and ls print it.  Which
+    subdirectories are entered is the session's rule (`Session.subdirectories`:
+    visible, not denied, never through a symlink); the jail confines every open,
+    and a directory met twice (a bind mount) is not entered again.  The bounds are
+    checked before each directory: one directory is listed whole, as a plain LIST would."""
+    session = cc.session
+    given = action.given.rstrip("/") if action.given not in ("", "/") else action.given
+    now = time.time()
+    deadline = time.monotonic() + RECURSE_MAX_SECONDS
+    out = bytearray()
+    listed = 0
+    seen: set[tuple[int, int]] = set()
+    st = jail.stat(action.path)
+    seen.add((st.st_dev, st.st_ino))
+    # (virtual path, label as printed); the label of the top is the argument as given, or "."
+    stack: list[tuple[str, str]] = [(action.path, given or ".")]
+    first = True
+    while stack:
+        vpath, label = stack.pop()
+        if listed >= RECURSE_MAX_ENTRIES or time.monotonic() >= deadline:
+            why = (f"more than {RECURSE_MAX_ENTRIES} entries" if listed >= RECURSE_MAX_ENTRIES
+                   else f"more than {RECURSE_MAX_SECONDS:g} seconds")
+            out += f"\r\nftpwarden: recursive listing stopped here ({why}); list a subdirectory\r\n".encode()
+            return bytes(out), f"recursive listing stopped after {why}"
+        try:
+            entries = jail.listdir(vpath)  # sorted by name
+        except OSError:
+            entries = []  # an unreadable directory: its heading and nothing (as vsftpd)
+        listed += len(entries)
+        # NLST names carry their directory as labelled ("./sub/a.txt"; "/" gives "/a", not "//a"),
+        # but for the top "." (as vsftpd)
+        prefix = "" if first and label == "." else label.rstrip("/") + "/"
+        lines = session.render_lines(action.kind, entries, now, action.show_hidden, prefix=prefix)
+        out += (("" if first else "\r\n") + label + ":\r\n").encode("utf-8", "surrogateescape")
+        if lines:
+            out += ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+        first = False
+        below = []
+        for e in session.subdirectories(vpath, entries, action.show_hidden):
+            if (e.dev, e.ino) in seen:
+                continue
+            seen.add((e.dev, e.ino))
+            below.append((paths.resolve(vpath, e.name), label.rstrip("/") + "/" + e.name))
+        stack.extend(reversed(below))  # the first name is listed first
+    return bytes(out), ""
 
 
 def _render_listing(cc: ControlConnection, jail: Jail, action: SendListing) -> bytes:

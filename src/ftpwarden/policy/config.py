@@ -215,6 +215,8 @@ def load_config(path: str | None, overrides: Sequence[str] = (), *,
             where[name] = loc
         by_source[kind] = first
     if not errors:
+        errors += _merge_aliases(values, where)
+    if not errors:
         try:
             _check_combinations(values, where)
         except ConfigError as e:
@@ -272,6 +274,30 @@ def _parse_line(loc: str, line: str) -> tuple[str, Value] | None:
         raise ConfigError(loc, str(e)) from None
 
 
+# The man page's names for the TLS version switches -> the 3.0.5 parser's (ours).
+ALIASES = {"ssl_tlsv1_1": "ssl_tlsv11", "ssl_tlsv1_2": "ssl_tlsv12", "ssl_tlsv1_3": "ssl_tlsv13"}
+
+
+def _merge_aliases(values: dict[str, Value], where: dict[str, str]) -> list[ConfigError]:
+    """An alias and its option are one setting: whichever is set gives both their value;
+    both set to different values is an error naming both places."""
+    errors = []
+    for alias, name in ALIASES.items():
+        if alias not in where:
+            if name in where:
+                values[alias] = values[name]
+            continue
+        if name in where and values[name] != values[alias]:
+            t = TUNABLES[name]
+            errors.append(ConfigError(where[alias], f"{alias}={format_value(t, values[alias])} but "
+                                      f"{where[name]} says {name}={format_value(t, values[name])}; "
+                                      "they are one option (the man page's name and the parser's): give one"))
+            continue
+        values[name] = values[alias]
+        where.setdefault(name, where[alias])
+    return errors
+
+
 def _check_combinations(values: Mapping[str, Value], where: Mapping[str, str]) -> None:
     """Settings that are clearly mistakes; named at the last line involved."""
     order = list(where)
@@ -293,6 +319,10 @@ def _check_combinations(values: Mapping[str, Value], where: Mapping[str, str]) -
                                                    "is neither identity nor process")
     if values["identity_sessions_max"] < 1:  # type: ignore[operator]
         raise ConfigError(at("identity_sessions_max"), "identity_sessions_max must be 1 or more")
+    if not values["ftp_enable"]:
+        raise ConfigError(at("ftp_enable", "http_enable"),
+                          "ftp_enable=NO leaves nothing to serve (HTTP is not offered: http_enable "
+                          "is refused); vsftpd also stops here (\"both FTP and HTTP disabled\")")
     if values["listen"] and values["listen_ipv6"]:
         raise ConfigError(at("listen", "listen_ipv6"),
                           "listen and listen_ipv6 are both YES (listen defaults to YES); "

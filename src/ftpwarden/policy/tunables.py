@@ -68,6 +68,15 @@ _IMPLEMENTED = frozenset("""
     force_anon_data_ssl implicit_ssl require_ssl_reuse ssl_ciphers ca_certs_file require_cert
     ssl_request_cert ssl_tlsv1 ssl_tlsv11 ssl_tlsv12 ssl_tlsv13 strict_ssl_read_eof strict_ssl_write_shutdown
     anon_max_rate local_max_rate allow_writeable_chroot
+    validate_cert ssl_sni_hostname dh_param_file ecdh_param_file debug_ssl
+    ssl_tlsv1_1 ssl_tlsv1_2 ssl_tlsv1_3 no_log_lock log_die wc_logs_enable
+    ftp_enable run_as_launching_user
+    setproctitle_enable session_support
+    deny_email_enable banned_email_file secure_email_list_enable email_password_file userlist_log
+    delay_successful_login reverse_lookup_enable tcp_wrappers
+    download_file upload_file ls_recurse_enable delete_failed_uploads lock_upload_files better_stou
+    utf8_filesystem use_sendfile trans_chunk_size async_abor_enable
+    isolate isolate_network bind_retries pasv_addr_resolve seccomp_sandbox
 """.split())  # noqa: SIM905 - a word list is easier to edit than a literal
 
 # Refused on purpose: a non-default value is ignored with this reason (one line, saying
@@ -79,6 +88,11 @@ _REFUSED: dict[str, str] = {
                  "TLS 1.2 and 1.3 (ssl_tlsv12, ssl_tlsv13) are what clients use",
     "ptrace_sandbox": "vsftpd builds it for 32-bit x86 only and for one_process_model; "
                       "seccomp_sandbox (default YES) is the sandbox here",
+    "http_enable": "vsftpd's experimental HTTP GET needs one_process_model (no privilege separation); "
+                   "serve the files over HTTP with a web server (nginx, Apache) on the same directory",
+    "one_process_model": "speed without privilege separation: as root the identity workers "
+                         "(session_isolation=identity, the default) already share one process per "
+                         "identity, and without root ftpwarden runs one process model (pooled mode)",
 }
 
 _OCTAL = frozenset({"anon_umask", "local_umask", "file_open_mode", "chown_upload_mode"})
@@ -335,15 +349,18 @@ _VSFTPD: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
         ("strict_ssl_write_shutdown", _B, False,
          "TLS downloads must be closed by the client with close_notify."),
         ("validate_cert", _B, False,
-         "Client certificates must verify against ca_certs_file (self-signed fails)."),
-        ("dh_param_file", _S, None, "Custom DHE parameters file."),
-        ("ecdh_param_file", _S, None, "Custom ECDHE curve/parameters."),
+         "Client certificates must verify against ca_certs_file (self-signed fails); ftpwarden asks for "
+         "one only when it checks it (validate_cert or require_cert), never taking one unchecked."),
+        ("dh_param_file", _S, None,
+         "PEM DH parameters for DHE cipher suites (checked at start-up; without it DHE is not offered)."),
+        ("ecdh_param_file", _S, None,
+         "The one ECDHE group: an `openssl ecparam -name CURVE` file, or (ftpwarden) a curve name such as secp384r1."),
         ("ssl_tlsv1_1", _B, False,
-         "Name used by the 3.0.5 man page for ssl_tlsv11; the 3.0.5 parser does not know it (unrecognised variable = fatal at startup). Accepted by the Red Hat fork."),
+         "The 3.0.5 man page's (and Red Hat's) name for ssl_tlsv11: an alias; set both differently is an error."),
         ("ssl_tlsv1_2", _B, True,
-         "Name used by the 3.0.5 man page for ssl_tlsv12; the 3.0.5 parser does not know it (unrecognised variable = fatal at startup). Accepted by the Red Hat fork."),
+         "The 3.0.5 man page's (and Red Hat's) name for ssl_tlsv12: an alias; set both differently is an error."),
         ("ssl_tlsv1_3", _B, True,
-         "Name used by the 3.0.5 man page for ssl_tlsv13; the 3.0.5 parser does not know it (unrecognised variable = fatal at startup). Accepted by the Red Hat fork."),
+         "The 3.0.5 man page's (and Red Hat's) name for ssl_tlsv13: an alias; set both differently is an error."),
     ),
     "messages/banners": (
         ("banner_file", _S, None,
@@ -371,15 +388,15 @@ _VSFTPD: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
     ),
     "sandbox/hardening": (
         ("isolate", _B, True,
-         "Undocumented: standalone listener forks each session into new PID and IPC namespaces (falls back silently if the kernel refuses)."),
+         "Each session process (isolated mode) in new PID and IPC namespaces (falls back, logged once, if the kernel refuses)."),
         ("isolate_network", _B, True,
-         "Undocumented: run unprivileged session processes in an empty network namespace so all sockets must come from the privileged parent (disabled for the post-login child when port_promiscuous)."),
+         "Session processes (isolated mode) in an empty network namespace; every socket they use is made by the root side and passed in (with port_promiscuous too, unlike vsftpd)."),
         ("nopriv_user", _S, "nobody",
          "Account used by the unprivileged pre-login and helper processes (should be dedicated, not nobody)."),
         ("ptrace_sandbox", _B, False,
          "Undocumented/experimental: ptrace-based syscall policy for one_process_model (32-bit builds only)."),
         ("seccomp_sandbox", _B, True,
-         "Undocumented: install a seccomp-BPF syscall allow-list in every process after privilege drop (x86_64 Linux builds)."),
+         "Kill a session process that makes a system call off its allow-list (docs/SECCOMP.md); x86_64 Linux; both modes."),
     ),
 }
 
@@ -388,6 +405,8 @@ _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
         ("worker_processes", _I, 0,
          "Pooled mode: processes accepting on the one listening socket (0 = one per CPU core)."),
         ("user_db_file", _S, None, "Virtual user file, one `name:hash[:options]` per line."),
+        ("tcp_wrappers_dir", _S, "/etc",
+         "Directory of hosts.allow and hosts.deny read when tcp_wrappers=YES."),
         ("pooled", _B, False, "Use pooled mode even when started as root."),
         ("atomic_uploads", _B, False,
          "Write uploads to a hidden temporary name and rename it into place on success."),
@@ -471,6 +490,7 @@ def format_tunables(names: Iterable[str] | None = None) -> str:
             group = t.group
             out.append(f"\n[{group}]")
         out.append(line(c))
-    out.append("\nIMPL=refused: a non-default value is ignored on purpose, for the reason given."
-               "\nIMPL=no: accepted so vsftpd.conf files load, but it has no effect yet.")
+    out.append("\nIMPL=refused: a non-default value is ignored on purpose, for the reason given.")
+    if any(t.status == "no" for t in rows):
+        out.append("IMPL=no: accepted so vsftpd.conf files load, but it has no effect yet.")
     return "\n".join(out) + "\n"

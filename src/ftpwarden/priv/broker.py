@@ -4,8 +4,8 @@ It accepts on the control port (bans, max_clients, max_per_ip: a fixed 421
 line, never a read), has the zygote (priv/zygote.py) fork a pre-login process
 per connection, and from then on talks to each session over that session's
 own channel only: Login and Handover before login, the admission into an
-identity worker (priv/identity.py), then ActiveDataSocket, ChownUpload and
-RateGrant, each checked as the inetd-mode monitor checks them (the functions
+identity worker (priv/identity.py), then ActiveDataSocket, PassiveListen,
+ChownUpload and RateGrant, each checked as the inetd-mode monitor checks them (the functions
 of monitor.py) and attributed to the session of its channel.  It never reads
 client bytes and never blocks on a session: a password check goes to the
 checker over its own channel, watched by the loop; the delay after a failed
@@ -39,10 +39,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ..logs.events import EventLog
+from ..net import proctitle
 from ..net.bans import login_failed
-from ..net.data import active_socket
+from ..net.data import active_socket, passive_listener
 from ..policy.passwords import dummy_verify
 from ..proto.principal import Principal
+from . import seccomp
 from .channel import Channel, ChannelClosed, drain, end_child, reap_exited, wake_on_signals
 from .checker import ANSWER_WAIT, Authenticate, Checker, CheckerClient
 from .logrelay import LOG_EVENTS, LogRelay
@@ -58,6 +60,7 @@ from .messages import (
     LoginOk,
     LogNotice,
     Message,
+    PassiveListen,
     RateGrant,
     Refused,
 )
@@ -96,11 +99,16 @@ class Broker:
         # first, before anything here could load the user DB: only the checker holds it
         self.checker = Checker(login, self._close_in_child) if login is not None else None
         self.site = load()
+        seccomp.warn_unsupported(bool(self.site.cfg.seccomp_sandbox))
         hash_buffers_unmapped()
         if self.checker is None:
             dummy_verify("warm-up")
+        if self.site.cfg.setproctitle_enable:  # read at start only, as vsftpd
+            proctitle.take_over()  # every process forked from here inherits the room
+        proctitle.show("zygote")  # the title the zygote is forked with and keeps
         # before any client exists: no password is ever in the heap it starts from
         self.zygote = Zygote(load, self._close_in_zygote)
+        proctitle.show("LISTENER")
         self.timers = Timers()
         self.sessions: set[Session] = set()
         self.per_ip: dict[str, int] = {}
@@ -108,6 +116,7 @@ class Broker:
         self.workers: set[Worker] = set()  # identity workers still running
         self.open: dict[tuple[Any, ...], list[Worker]] = {}  # those taking sessions, by sharing key
         self.queue: deque[tuple[Session, Login]] = deque()  # logins waiting for a check slot
+        self.holds: dict[Session, socket.socket] = {}  # session_support: each session holder's end
         self.checking = 0
         self.generation = 0
         self.serials = itertools.count(1)
@@ -257,6 +266,7 @@ class Broker:
 
         def exited() -> None:
             self.procs.discard(proc)
+            seccomp.report_sigsys(proc.pid, proc.pidfd)
             self._forget(proc.pidfd)
             proc.pidfd = -1
             if s.phase is Phase.ADMIT:
@@ -308,6 +318,9 @@ class Broker:
                 elif isinstance(msg, ActiveDataSocket):
                     self._request(s)
                     self._active_socket(s, msg)
+                elif isinstance(msg, PassiveListen):
+                    self._request(s)
+                    self._passive_listen(s)
                 elif isinstance(msg, RateGrant):
                     self._request(s)
                     self._send(s, rate_wait(s.site.account_rates, s.reserve, msg))
@@ -336,6 +349,7 @@ class Broker:
         if why:
             log.warning("session %s (%s) ended: %s", s.sid, s.remote_ip, why)
         self._forget(s.chan)
+        self._release(s)
         if s.timer is not None:
             s.timer.cancel()
         if s.check is not None:
@@ -399,9 +413,30 @@ class Broker:
     def _on_check(self, s: Session) -> None:
         if s.check is None:
             return
-        account = self._stop_check(s).answer()
+        client = self._stop_check(s)
+        account = client.answer()
+        if client.held is not None:  # session_support: until the session ends
+            self._hold(s, client.held)
+            client.held = None
         self._pump()
         self._decide(s, account)
+
+    def _hold(self, s: Session, held: socket.socket) -> None:
+        """session_support: the session holder's end (priv/sessionrec.py), closed when the
+        session ends; readable only if the holder died (its records ended then)."""
+        self._release(s)
+        self.holds[s] = held
+
+        def gone() -> None:
+            if self.holds.get(s) is held:
+                log.warning("session %s (%s): its PAM session holder ended", s.sid, s.remote_ip)
+                self._release(s)
+
+        self._watch(held, gone)
+
+    def _release(self, s: Session) -> None:
+        if (held := self.holds.pop(s, None)) is not None:
+            self._forget(held)
 
     def _check_late(self, s: Session) -> None:
         if s.check is not None:
@@ -431,14 +466,26 @@ class Broker:
             account = None
         s.relay.login(s.user, account)
         if account is None:
+            self._release(s)
             # counted toward a ban now; answered delay_failed_login after the Login came
             delay = login_failed(self.site.bans, s.remote_ip, self.site.events, s.started,
                                  float(cfg.delay_failed_login or 0), time.monotonic())
             s.phase = Phase.ANSWER
             s.timer = self.timers.after(delay, functools.partial(self._refuse, s), s)
             return
-        s.account, s.phase = account, Phase.HANDOVER
-        self._send(s, LoginOk(account.name, account.user_class.value))
+        s.account = account
+        pause = float(cfg.delay_successful_login or 0)
+        if pause > 0:  # delay_successful_login: a timer, the loop goes on meanwhile
+            s.phase = Phase.ANSWER
+            s.timer = self.timers.after(pause, functools.partial(self._grant, s), s)
+            return
+        self._grant(s)
+
+    def _grant(self, s: Session) -> None:
+        if s not in self.sessions or s.account is None:
+            return
+        s.phase = Phase.HANDOVER
+        self._send(s, LoginOk(s.account.name, s.account.user_class.value))
 
     def _refuse(self, s: Session) -> None:
         if s not in self.sessions:
@@ -624,6 +671,7 @@ class Broker:
         self._retire(w)
         self._close_admission(w)
         self.workers.discard(w)
+        seccomp.report_sigsys(w.proc.pid, w.proc.pidfd)
         self._forget(w.proc.pidfd)
         w.proc.pidfd = -1
         for s in list(w.sessions):
@@ -653,6 +701,19 @@ class Broker:
             return
         s.connecting = sock
         self._connected(s, err)
+
+    def _passive_listen(self, s: Session) -> None:
+        """isolate_network: a listener on the session's own local address at a port of
+        its range (bind_retries tries), passed to the session and closed here; or Refused."""
+        try:
+            sock = passive_listener(s.site.cfg, s.local_ip)
+        except OSError as e:
+            self._send(s, Refused(_reason(e)))
+            return
+        try:
+            self._send(s, DataSocket(), (sock.fileno(),))
+        finally:
+            sock.close()
 
     def _connected(self, s: Session, err: int | None = None) -> None:
         sock, s.connecting = s.connecting, None

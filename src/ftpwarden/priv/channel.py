@@ -92,9 +92,9 @@ def reap_exited() -> list[int]:
         ended.append(pid)
 
 
-def end_child(pid: int, wait: float, *, term: bool = False) -> None:
+def end_child(pid: int, wait: float, *, term: bool = False) -> int | None:
     """Reap our child `pid`, killing it if it has not ended within `wait` seconds;
-    `term`: ask it first (SIGTERM)."""
+    `term`: ask it first (SIGTERM).  Its wait status (None if it was reaped elsewhere)."""
     if term:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -103,17 +103,17 @@ def end_child(pid: int, wait: float, *, term: bool = False) -> None:
     deadline = time.monotonic() + wait
     while True:
         try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
         except ChildProcessError:
-            return
+            return None
         if time.monotonic() >= deadline:
             try:
                 os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+                return os.waitpid(pid, 0)[1]
             except (ProcessLookupError, ChildProcessError):
-                pass
-            return
+                return None
         time.sleep(0.005)
 
 

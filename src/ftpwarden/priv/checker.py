@@ -28,9 +28,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..net import proctitle
+from ..policy.auth.pam import take_held
 from ..policy.passwords import dummy_verify
 from ..proto.commands import Perm
 from ..proto.principal import Principal, UserClass
+from . import sessionrec
 from .channel import Channel, ChannelClosed, channel_pair, drain, fork_with_channel, reap_exited, wake_on_signals
 from .messages import (
     ChannelError,
@@ -64,6 +67,9 @@ class CheckerClient:
 
     def __init__(self, chan: Channel | None) -> None:
         self.chan = chan
+        # session_support: the session holder's end of a good login (priv/sessionrec.py);
+        # the login's PAM session and utmp record end when it is closed
+        self.held: socket.socket | None = None
 
     def __call__(self, user: str, password: str, remote_ip: str) -> Principal | None:
         if self.chan is None:
@@ -71,8 +77,7 @@ class CheckerClient:
         try:
             self.chan.sock.settimeout(ANSWER_WAIT)
             self.chan.send(CheckLogin(user, password, remote_ip))
-            msg, _ = self.chan.recv(CheckGranted, CheckRefused)
-            return _account(msg) if isinstance(msg, CheckGranted) else None
+            return self._read()
         except (ChannelError, OSError, ValueError):
             self.detach()  # a late answer must never be read as the next check's
             return None
@@ -94,12 +99,38 @@ class CheckerClient:
         if self.chan is None:
             return None
         try:
-            msg, _ = self.chan.recv(CheckGranted, CheckRefused)
-            return _account(msg) if isinstance(msg, CheckGranted) else None
+            return self._read()
         except (ChannelError, OSError, ValueError):
             return None
         finally:
             self.detach()  # one check per channel: a late answer is never the next check's
+
+    def _read(self) -> Principal | None:
+        """The answer; a grant may carry its session holder's end (kept in `held`)."""
+        assert self.chan is not None
+        msg, fds = self.chan.recv(CheckGranted, CheckRefused, max_fds=1)
+        try:
+            held = socket.socket(fileno=fds[0]) if fds else None
+        except OSError:  # not a socket
+            os.close(fds[0])
+            raise ChannelError("a grant carries something else than a socket") from None
+        try:
+            account = _account(msg) if isinstance(msg, CheckGranted) else None
+        except ValueError:
+            account = None
+        if account is None or (held is not None and held.type != socket.SOCK_SEQPACKET):
+            if held is not None:
+                held.close()  # refused: the holder ends the session records now
+            return None
+        self.release()
+        self.held = held
+        return account
+
+    def release(self) -> None:
+        """The session is over: its PAM session and utmp record end (session_support)."""
+        if self.held is not None:
+            held, self.held = self.held, None
+            held.close()
 
     def detach(self) -> None:
         """Close the channel (workers: they never ask the checker)."""
@@ -193,6 +224,7 @@ class Checker:
 
 def _serve(control: Channel, load: Callable[[], Authenticate]) -> int:
     _name(b"ftpwarden-check")
+    proctitle.show("password checker")  # one started again by the broker has its title's room, not LISTENER
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the listener's signals: it tells us what to do
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -270,7 +302,11 @@ def _fork_check(chan: Channel, authenticate: Authenticate, msg: CheckLogin) -> i
                 account = authenticate(msg.user, msg.password, msg.remote_ip)
             except Exception:  # an authenticator bug refuses the login, never grants it
                 account = None
-            chan.send(CheckRefused() if account is None else _granted(account))
+            held = take_held()  # session_support: a PAM login's handle, for its session
+            if account is not None and held is not None:
+                sessionrec.hold(chan, _granted(account), held, msg.remote_ip)  # the holder answers
+            else:
+                chan.send(CheckRefused() if account is None else _granted(account))
             code = 0
         except BaseException:
             pass  # the monitor went away: nothing to answer

@@ -36,7 +36,7 @@ def _prctl(option: int, arg: int) -> None:
         raise CredentialError(f"prctl({option}) failed: {os.strerror(err)}")
 
 
-def set_parent_death_signal(sig: int = signal.SIGKILL, *, parent: int | None = None) -> None:
+def set_parent_death_signal(sig: int = signal.SIGKILL, *, parent: int | None = None, stat_fd: int = -1) -> None:
     """A worker dies with its monitor: no orphan keeps a client connection.
 
     With `parent` (the pid that forked us, read before the fork), also check it
@@ -44,8 +44,27 @@ def set_parent_death_signal(sig: int = signal.SIGKILL, *, parent: int | None = N
     would ever come, so we end now instead.
     """
     _prctl(_PR_SET_PDEATHSIG, sig)
-    if parent is not None and os.getppid() != parent:
+    if parent is not None and _parent_pid(stat_fd) != parent:
         raise CredentialError("the parent process ended before the death signal was set")
+
+
+def _parent_pid(stat_fd: int = -1) -> int:
+    """getppid(), except in the first process of a PID namespace (isolate), whose
+    parent is outside it (getppid() is 0): then the parent's pid as /proc, the
+    root namespace's, shows it, read through `stat_fd` (our /proc/self/stat,
+    opened before a chroot) or by name.  0 if that cannot be read."""
+    ppid = os.getppid()
+    if ppid or os.getpid() != 1:
+        return ppid
+    try:
+        if stat_fd >= 0:
+            data = os.pread(stat_fd, 4096, 0)
+        else:
+            with open("/proc/self/stat", "rb") as f:
+                data = f.read()
+        return int(data.rsplit(b")", 1)[1].split()[1])  # field 4, after the name in parentheses
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _parent_death_signal() -> int:
@@ -72,7 +91,9 @@ def drop_privileges(uid: int, gid: int, *, groups: list[int] | None = None, root
     absolute cap under them would fail every thread stack, and CPython then
     waits forever for a thread that never starts.
     """
-    death_signal, parent = _parent_death_signal(), os.getppid()
+    # in a PID namespace of its own (isolate) our parent is named by /proc, gone after the chroot
+    stat_fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC) if os.getppid() == 0 else -1
+    death_signal, parent = _parent_death_signal(), _parent_pid(stat_fd)
     mapped = _mapped_bytes() if memory_limit else 0  # /proc is gone after the chroot
     if root is not None:
         os.chroot(root)
@@ -90,7 +111,13 @@ def drop_privileges(uid: int, gid: int, *, groups: list[int] | None = None, root
         else:
             raise CredentialError("could regain root after dropping it")
     if death_signal:  # cleared by setresuid; a parent dying meanwhile changes getppid()
-        set_parent_death_signal(death_signal, parent=parent)
+        try:
+            set_parent_death_signal(death_signal, parent=parent, stat_fd=stat_fd)
+        finally:
+            if stat_fd >= 0:
+                os.close(stat_fd)
+    elif stat_fd >= 0:
+        os.close(stat_fd)
     no_new_privs()
     _prctl(_PR_SET_DUMPABLE, 0)  # no core files or ptrace from other processes of this uid
     if memory_limit:

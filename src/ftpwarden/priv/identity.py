@@ -35,10 +35,12 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ..net import proctitle
 from ..net.context import ServerContext
 from ..net.control import ControlConnection
 from ..net.limits import RateGrants
 from ..proto.principal import Principal
+from . import seccomp
 from .channel import Channel, ChannelClosed
 from .checker import _account
 from .creds import close_strays, drop_privileges, minimal_environment
@@ -105,6 +107,7 @@ class _Worker:
         self.base: ServerContext | None = None
         self.wants: dict[str, bool] = {}
         self.rate = 0
+        self.name = ""  # the account of its sessions (for the title)
 
     # ------------------------------------------------------------ process set-up (root)
 
@@ -131,6 +134,8 @@ class _Worker:
         who = self.who
         drop_privileges(who.uid, who.gid, groups=list(who.groups), root=who.root if who.chroot else None,
                         memory_limit=memory_limit(sessions))
+        if cfg.seccomp_sandbox:  # last: from here on only an identity worker's calls (priv/seccomp.py)
+            seccomp.install("identity")
 
     def _stop(self, _signum: int, _frame: Any) -> None:
         """SIGTERM (the broker stopping, or the zygote gone): 421 to every session, then exit."""
@@ -174,6 +179,8 @@ class _Worker:
         session = _Session(conn, Channel(socket.socket(fileno=fds[1])),
                            Channel(socket.socket(fileno=fds[2])) if len(fds) == 3 else None)
         self.sessions[session.key] = session
+        self.name = account.name
+        self._title()
         task = asyncio.get_running_loop().create_task(self._session(session, account, msg))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -207,6 +214,8 @@ class _Worker:
             broker = MonitorBroker(session.chan)
             ctx.broker = broker
             ctx.events = ForwardingEventLog(session.chan.sock, **self.wants)
+            if proctitle.active() and self.site.cfg.session_isolation == "process":  # vsftpd's per-session form
+                ctx.events = proctitle.titled(ctx.events, f"{msg.remote_ip}/{account.name}")
             if self.rate:  # user_max_rate: grants from the broker, for this session's account only
                 ctx.account_rates = RateGrants(broker.rate_grant, self.rate)
             if session.helper is not None:
@@ -226,7 +235,14 @@ class _Worker:
         if self.sessions.pop(session.key, None) is None:
             return
         session.close()
+        self._title()
         self._maybe_done()
+
+    def _title(self) -> None:
+        """setproctitle_enable: a shared worker shows whose sessions it hosts, and how many."""
+        if proctitle.active() and self.site.cfg.session_isolation != "process":
+            count = len(self.sessions)
+            proctitle.show(f"{self.name}: {count} session{'' if count == 1 else 's'}")
 
     def _close_admission(self) -> None:
         if self.open:

@@ -27,16 +27,21 @@ from typing import Any, TypeVar
 from ..logs.configured import ConfiguredEventLog
 from ..logs.events import EventLog, TransferRecord
 from ..logs.xferlog import printable
+from ..policy.auth.local import USERLIST_TEXT
+from ..policy.hostsaccess import DENIED_TEXT as HOSTS_DENIED_TEXT
 from .messages import (
     ChannelError,
     LogCommand,
     LogConnect,
+    LogDebug,
     LogDisconnect,
     LogFsChange,
+    LogHostsDenied,
     LogNotice,
     LogReply,
     LogTransfer,
     LogTransferStart,
+    LogUserlist,
     Message,
     encode,
 )
@@ -44,7 +49,8 @@ from .messages import (
 __all__ = ["ForwardingEventLog", "ForwardingLogHandler", "LogRelay", "LOG_EVENTS", "forward_logs", "quiet_stdio"]
 
 LOG_EVENTS = (LogConnect, LogCommand, LogReply, LogTransferStart, LogTransfer, LogFsChange, LogDisconnect,
-              LogNotice)
+              LogNotice, LogDebug, LogUserlist, LogHostsDenied)
+
 
 # Bounds on what a worker may send (characters for str, bytes for bytes).
 USER_MAX = 256      # the monitor refuses names over 128 bytes anyway
@@ -151,6 +157,18 @@ class ForwardingEventLog(EventLog):
     @_quiet
     def disconnect(self, session: str, remote_ip: str, user: str, reason: str) -> None:
         self.post(LogDisconnect(user[:USER_MAX], reason[:REASON_MAX]))
+
+    @_quiet
+    def debug(self, session: str, remote_ip: str, user: str, text: str) -> None:
+        self.post(LogDebug(user[:USER_MAX], text[:NOTICE_MAX]))
+
+    @_quiet
+    def userlist_refused(self, session: str, remote_ip: str, user: str, text: str) -> None:
+        self.post(LogUserlist(user[:USER_MAX], text == USERLIST_TEXT[True]))
+
+    @_quiet
+    def connect_refused(self, session: str, remote_ip: str, text: str) -> None:
+        self.post(LogHostsDenied(text[:REASON_MAX]))
 
     def ban(self, remote_ip: str, seconds: int) -> None:
         """Not sent: bans are counted and logged by the monitor."""
@@ -283,6 +301,16 @@ class LogRelay:
                                       _bounded(target, PATH_MAX, "path"), ok)
             case LogDisconnect(user=user, reason=reason):
                 self.events.disconnect(s, ip, self._user(user), _bounded(reason, REASON_MAX, "reason"))
+            case LogUserlist(user=user, deny_list=deny_list):
+                if self.connected and self.account is None:  # only before login, after the greeting
+                    self.events.userlist_refused(s, ip, _bounded(user, USER_MAX, "user"), USERLIST_TEXT[deny_list])
+            case LogHostsDenied(where=where):
+                if self.connected or self.account is not None:
+                    raise ChannelError("a tcp_wrappers denial after the greeting")
+                log.warning("session %s (%s): refused by %s", s, ip, printable(_bounded(where, REASON_MAX, "where")))
+                self.events.connect_refused(s, ip, HOSTS_DENIED_TEXT)
+            case LogDebug(user=user, text=text):
+                self.events.debug(s, ip, self._user(user), _bounded(text, NOTICE_MAX, "debug line"))
             case LogNotice(level=level, text=text):
                 level = min(max(level, logging.DEBUG), logging.ERROR)  # a worker never speaks CRITICAL
                 for row in _bounded(text, NOTICE_MAX, "notice").splitlines()[:NOTICE_LINES]:

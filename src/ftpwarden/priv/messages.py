@@ -18,10 +18,10 @@ from ..proto.actions import TlsState
 
 __all__ = [
     "Message", "ChannelError", "MAX_MESSAGE", "encode", "decode",
-    "Login", "LoginOk", "LoginFailed", "Handover", "ActiveDataSocket", "DataSocket",
+    "Login", "LoginOk", "LoginFailed", "Handover", "ActiveDataSocket", "PassiveListen", "DataSocket",
     "ChownUpload", "Done", "Refused", "WrapData", "DataWrapped", "DataEnded", "DataSent",
     "LogConnect", "LogCommand", "LogReply", "LogTransferStart", "LogTransfer", "LogFsChange",
-    "LogDisconnect", "LogNotice",
+    "LogDisconnect", "LogNotice", "LogDebug", "LogUserlist", "LogHostsDenied",
     "RateGrant", "RateWait",
     "SpawnPrelogin", "SpawnIdentity", "Spawned", "ZygoteReload", "Admit",
     "CheckerConn", "CheckerReload", "CheckerUp", "CheckLogin", "CheckGranted", "CheckRefused",
@@ -87,6 +87,16 @@ class ActiveDataSocket(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class PassiveListen(Message):
+    """Post-login, isolate_network: a socket listening for this session's next
+    passive data connection.  The monitor picks the address (the control
+    connection's local one) and the port (pasv_min_port..pasv_max_port,
+    bind_retries tries); the worker names neither."""
+
+    kind: ClassVar[int] = 7
+
+
+@dataclass(frozen=True, slots=True)
 class ChownUpload(Message):
     """Post-login, anonymous uploads with chown_uploads: chown the passed fd."""
 
@@ -133,7 +143,8 @@ class LoginFailed(Message):
 
 @dataclass(frozen=True, slots=True)
 class DataSocket(Message):
-    """The answer to ActiveDataSocket; the socket travels as SCM_RIGHTS."""
+    """The answer to ActiveDataSocket (a connected socket) or PassiveListen (a
+    listening one); the socket travels as SCM_RIGHTS."""
 
     kind: ClassVar[int] = 12
 
@@ -230,8 +241,8 @@ class CheckRefused(Message):
 
 
 KINDS: dict[int, type[Message]] = {
-    cls.kind: cls for cls in (Login, Handover, ActiveDataSocket, ChownUpload, WrapData, DataSent, LoginOk,
-                              LoginFailed, DataSocket, DataWrapped, DataEnded, Done, Refused)
+    cls.kind: cls for cls in (Login, Handover, ActiveDataSocket, PassiveListen, ChownUpload, WrapData, DataSent,
+                              LoginOk, LoginFailed, DataSocket, DataWrapped, DataEnded, Done, Refused)
 }
 KINDS.update({cls.kind: cls for cls in (CheckerConn, CheckerReload, CheckerUp, CheckLogin, CheckGranted,
                                         CheckRefused)})
@@ -313,8 +324,35 @@ class LogNotice(Message):
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class LogDebug(Message):
+    """A DEBUG line for the session's vsftpd log (TLS diagnostics: debug_ssl, SNI refusals)."""
+
+    kind: ClassVar[int] = 38
+    user: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogUserlist(Message):
+    """userlist_log: `user` was refused at USER by the user list (the broker words the line)."""
+
+    kind: ClassVar[int] = 39
+    user: str
+    deny_list: bool  # userlist_deny=YES: listed; NO: not listed
+
+
+@dataclass(frozen=True, slots=True)
+class LogHostsDenied(Message):
+    """tcp_wrappers: hosts.allow/hosts.deny refused this client (the pre-login process said 421)."""
+
+    kind: ClassVar[int] = 42
+    where: str  # FILE:LINE of the deciding line
+
+
 KINDS.update({cls.kind: cls for cls in (LogConnect, LogCommand, LogReply, LogTransferStart, LogTransfer,
-                                        LogFsChange, LogDisconnect, LogNotice)})
+                                        LogFsChange, LogDisconnect, LogNotice, LogDebug, LogUserlist,
+                                        LogHostsDenied)})
 # --- user_max_rate grants (post-login worker <-> monitor) -------------------
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..net.bans import login_failed
-from ..net.data import active_socket
+from ..net.data import active_socket, passive_listener
 from ..net.limits import max_grant
 from ..policy.auth.local import refused_at_user
 from ..policy.options import session_options
@@ -49,10 +49,13 @@ from .messages import (
     LoginFailed,
     LoginOk,
     Message,
+    PassiveListen,
     RateGrant,
     RateWait,
     Refused,
 )
+from .namespaces import Namespaces
+from .namespaces import enter as enter_namespaces
 
 __all__ = ["Monitor", "run_one_session", "login_checkable", "login_refusal", "active_source_port", "rate_wait",
            "chown_upload", "hash_buffers_unmapped"]
@@ -103,6 +106,7 @@ class Monitor:
         self.remote_ip = conn.getpeername()[0]
         self.worker = 0
         self.helper = 0  # the pre-login worker kept as TLS helper
+        self.ns = Namespaces()  # isolate, isolate_network: each worker in namespaces of its own
         # the workers' log events, written here: they hold no log descriptor
         self.relay = LogRelay(events, self.remote_ip, f"{os.getpid()}.1")
 
@@ -135,16 +139,24 @@ class Monitor:
                 self._end_worker(wait=5.0)
 
     def _fork_worker(self, body: Callable[[Channel], None]) -> Channel:
-        def child(chan: Channel) -> int:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the monitor's; the worker sets its own
-            if isinstance(self.authenticate, CheckerClient):
-                self.authenticate.detach()  # only the monitor asks the password checker
-            body(chan)
-            return 0
+        def fork(flags: int) -> int:
+            def child(chan: Channel) -> int:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the monitor's; the worker sets its own
+                if isinstance(self.authenticate, CheckerClient):
+                    self.authenticate.detach()  # only the monitor asks the password checker
+                self.ns.close_in_child()
+                enter_namespaces(flags)  # isolate, isolate_network
+                body(chan)
+                return 0
 
-        # a worker's errors reach the monitor through the channel: its fd 2 is /dev/null (logrelay)
-        self.worker, mine = fork_with_channel(child, lambda: log.exception("session worker failed"))
-        return mine
+            # a worker's errors reach the monitor through the channel: its fd 2 is /dev/null (logrelay)
+            pid, mine = fork_with_channel(child, lambda: log.exception("session worker failed"))
+            chans.append(mine)
+            return pid
+
+        chans: list[Channel] = []
+        self.worker = self.ns.fork(self.cfg, fork)
+        return chans[0]
 
     def _pre_login(self) -> tuple[Any, Handover, list[int]] | None:
         chan = self._fork_worker(lambda ch: self.prelogin(self.conn, ch))
@@ -177,6 +189,7 @@ class Monitor:
                         return None
                     continue
                 granted = True
+                time.sleep(float(self.cfg.delay_successful_login or 0))  # one session here: vsftpd's sleep
                 chan.send(LoginOk(account.name, account.user_class.value))
                 msg, fds = self._recv(chan, Handover, max_fds=2)
                 assert isinstance(msg, Handover)
@@ -229,13 +242,17 @@ class Monitor:
         try:
             while True:
                 try:
-                    msg, fds = self._recv(chan, ActiveDataSocket, ChownUpload, RateGrant, max_fds=1)
+                    msg, fds = self._recv(chan, ActiveDataSocket, PassiveListen, ChownUpload, RateGrant, max_fds=1)
                 except ChannelClosed:
                     return
                 if isinstance(msg, ActiveDataSocket):
                     if fds:
                         raise ChannelError("ActiveDataSocket carries no descriptor")
                     self._active_socket(chan, msg)
+                elif isinstance(msg, PassiveListen):
+                    if fds:
+                        raise ChannelError("PassiveListen carries no descriptor")
+                    self._passive_listen(chan)
                 elif isinstance(msg, RateGrant):
                     if fds:
                         raise ChannelError("RateGrant carries no descriptor")
@@ -286,23 +303,21 @@ class Monitor:
     # ------------------------------------------------------------------ requests
 
     def _active_socket(self, chan: Channel, msg: ActiveDataSocket) -> None:
-        port = active_source_port(self.cfg, msg, self.remote_ip)
-        try:
-            sock = active_socket(msg.host, self.local_ip, port)
-        except OSError as e:
-            chan.send(Refused(os.strerror(e.errno) if e.errno else str(e)))
-            return
-        try:
-            sock.settimeout(float(self.cfg.connect_timeout or 60))
-            sock.connect((msg.host, msg.port))
-        except OSError as e:
-            sock.close()
-            chan.send(Refused(os.strerror(e.errno) if e.errno else str(e)))
-            return
-        try:
-            chan.send(DataSocket(), (sock.fileno(),))
-        finally:
-            sock.close()
+        def connected() -> socket.socket:
+            sock = active_socket(msg.host, self.local_ip, active_source_port(self.cfg, msg, self.remote_ip))
+            try:
+                sock.settimeout(float(self.cfg.connect_timeout or 60))
+                sock.connect((msg.host, msg.port))
+            except OSError:
+                sock.close()
+                raise
+            return sock
+
+        _pass_socket(chan, connected)
+
+    def _passive_listen(self, chan: Channel) -> None:
+        """isolate_network: a listener on this session's own local address, passed in."""
+        _pass_socket(chan, lambda: passive_listener(self.cfg, self.local_ip))
 
     def _rate_grant(self, chan: Channel, msg: RateGrant, reserve: Callable[[int], float] | None) -> None:
         chan.send(rate_wait(self.account_rates, reserve, msg))
@@ -318,7 +333,10 @@ class Monitor:
         pid, self.worker = self.worker, 0
         if not pid:
             return
-        end_child(pid, wait, term=term)
+        status = end_child(pid, wait, term=term)
+        if status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
+            log.warning("session process %d killed by the seccomp sandbox (SIGSYS); the kernel log "
+                        "(dmesg | grep syscall=) names the call", pid)
 
 
 # ---------------------------------------------------------------------- the checks (the broker's too)
@@ -336,6 +354,19 @@ def login_refusal(cfg: Any, msg: Login, account: Any) -> str | None:
         return "refused by userlist_file"
     return tls_login_refusal(session_options(cfg), anonymous=account.user_class.value == "anonymous",
                              protected=msg.tls_protected)
+
+
+def _pass_socket(chan: Channel, make: Callable[[], socket.socket]) -> None:
+    """The socket `make` returns, sent to the session and closed here; or why not."""
+    try:
+        sock = make()
+    except OSError as e:
+        chan.send(Refused(os.strerror(e.errno) if e.errno else str(e)))
+        return
+    try:
+        chan.send(DataSocket(), (sock.fileno(),))
+    finally:
+        sock.close()
 
 
 def active_source_port(cfg: Any, msg: ActiveDataSocket, remote_ip: str) -> int:
@@ -388,14 +419,40 @@ def run_one_session(site: Any, conn: socket.socket, checker: CheckerClient | Non
     channel to the password checker (None: site.authenticate checks)."""
     import functools
 
+    from ..net import proctitle
     from . import worker
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    if site.cfg.setproctitle_enable and proctitle.take_over():  # its children inherit the room
+        proctitle.show(f"{worker._peer_ip(conn)}: connected")
+    if site.cfg.tcp_wrappers and not _hosts_admitted(site, conn):
+        return 0
     return Monitor(site.cfg, conn, authenticate=site.authenticate if checker is None else checker,
                    prelogin=functools.partial(worker.prelogin, site),
                    postlogin=functools.partial(worker.postlogin, site),
                    bans=site.bans, events=site.events, account_rates=site.account_rates).run()
+
+
+def _hosts_admitted(site: Any, conn: socket.socket) -> bool:
+    """tcp_wrappers=YES in inetd mode: decided here, as root, before the pre-login
+    process exists; refused, vsftpd's 421 line and its log line."""
+    from ..policy import hostsaccess, rdns
+    try:
+        client, server = conn.getpeername()[0], conn.getsockname()[0]
+    except OSError:
+        return False
+    decision = hostsaccess.check(hostsaccess.rules_dir(site.cfg), client, server, rdns.bounded)
+    if decision.verdict is hostsaccess.Verdict.ALLOW:
+        return True
+    log.warning("%s: refused by %s", client, decision.where or "hosts.deny")
+    if site.events is not None:
+        site.events.connect_refused("-", hostsaccess.host_addr(client), hostsaccess.DENIED_TEXT)
+    try:
+        conn.send(hostsaccess.DENIED_REPLY, socket.MSG_DONTWAIT)
+    except OSError:
+        pass
+    return False
 
 
 def hash_buffers_unmapped() -> None:

@@ -26,7 +26,7 @@ from ..proto.principal import Principal
 from .channel import Channel
 from .checker import CheckerClient
 from .logrelay import LogRelay
-from .messages import ActiveDataSocket, ChannelError, ChownUpload, Handover, Login, Message, RateGrant
+from .messages import ActiveDataSocket, ChannelError, ChownUpload, Handover, Login, Message, PassiveListen, RateGrant
 from .worker import writable_root
 
 __all__ = ["Timer", "Timers", "Proc", "Phase", "Session", "Worker", "EXPECTED", "check_handover", "root_refusal",
@@ -103,7 +103,7 @@ class Phase(Enum):
 
     LOGIN = "waiting for Login"
     CHECK = "password check"
-    ANSWER = "failed-login delay"
+    ANSWER = "login delay (delay_failed_login, delay_successful_login)"
     LEAVING = "last failed login"
     HANDOVER = "waiting for Handover"
     ADMIT = "waiting for the pre-login process to exit"
@@ -157,7 +157,7 @@ EXPECTED: dict[Phase, tuple[tuple[type[Message], ...], int]] = {
     Phase.LEAVING: ((), 0),
     Phase.HANDOVER: ((Handover,), 2),
     Phase.ADMIT: ((), 0),
-    Phase.POST: ((ActiveDataSocket, ChownUpload, RateGrant), 1),
+    Phase.POST: ((ActiveDataSocket, PassiveListen, ChownUpload, RateGrant), 1),
 }
 
 

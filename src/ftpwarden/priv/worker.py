@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures.thread  # noqa: F401 - asyncio.to_thread needs it; nothing can be imported after chroot
+import errno
 import grp
 import logging
 import os
@@ -24,33 +25,39 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..net import proctitle
 from ..net.context import ServerContext
 from ..net.control import ControlConnection, serve
 from ..net.limits import MAX_WAIT, RateGrants
 from ..net.tls import Contexts, handshake_deadline, make_context, wait_fd
 from ..policy.auth.base import LoginRefused, LoginRequest
+from ..policy.hostsaccess import DENIED_REPLY, Verdict, check, rules_dir
+from ..policy.rdns import bounded
 from ..proto.actions import TlsState
 from ..proto.framing import line_cap
 from ..proto.principal import Principal, UserClass
+from . import seccomp
 from .channel import Channel
 from .creds import close_strays, drop_privileges, minimal_environment, set_parent_death_signal
-from .logrelay import forward_logs
+from .logrelay import ForwardingEventLog, forward_logs
 from .messages import (
     ActiveDataSocket,
     ChownUpload,
     DataSocket,
     Done,
     Handover,
+    LogHostsDenied,
     Login,
     LoginFailed,
     LoginOk,
+    PassiveListen,
     RateGrant,
     RateWait,
     Refused,
 )
 from .tlshelper import TlsLink, serve_helper
 
-__all__ = ["Site", "prelogin", "postlogin", "WORKER_MEMORY_LIMIT"]
+__all__ = ["Site", "hosts_admitted", "prelogin", "postlogin", "WORKER_MEMORY_LIMIT"]
 
 WORKER_MEMORY_LIMIT = 1 << 30  # address space a session process may add to what it inherits (threads reserve stacks)
 
@@ -111,6 +118,17 @@ class MonitorBroker:
             msg, fds = self.chan.recv(DataSocket, Refused, max_fds=1)
         if isinstance(msg, Refused):
             raise ConnectionRefusedError(msg.reason)
+        return socket.socket(fileno=fds[0])
+
+    def passive_listen(self) -> socket.socket:
+        """isolate_network: a listening socket for the next passive data connection."""
+        with self.lock:
+            self.chan.send(PassiveListen())
+            msg, fds = self.chan.recv(DataSocket, Refused, max_fds=1)
+        if isinstance(msg, Refused):
+            raise OSError(errno.EADDRINUSE, msg.reason)
+        if len(fds) != 1:
+            raise OSError(errno.EPROTO, "the monitor answered PassiveListen without a socket")
         return socket.socket(fileno=fds[0])
 
     def rate_grant(self, nbytes: int) -> float:
@@ -182,9 +200,34 @@ def _prepare(conn: socket.socket | None = None) -> None:
     time.localtime()  # load the zone data now: /etc/localtime is gone after chroot
 
 
+def hosts_admitted(site: Site, conn_fd: int, chan_fd: int) -> bool:
+    """tcp_wrappers=YES: may this client connect (hosts.allow / hosts.deny)?  Run
+    first in the pre-login process, as root, before its namespaces and before any
+    client byte is read: a name rule may need the resolver (a child, bounded in
+    time).  Refused: vsftpd's 421 line, the broker logs it, and False."""
+    cfg = site.cfg
+    if not cfg.tcp_wrappers:
+        return True
+    conn, chan = socket.socket(fileno=conn_fd), socket.socket(fileno=chan_fd)
+    try:
+        decision = check(rules_dir(cfg), conn.getpeername()[0], conn.getsockname()[0], bounded)
+        if decision.verdict is Verdict.ALLOW:
+            return True
+        ForwardingEventLog(chan).post(LogHostsDenied(decision.where[:200]))
+        conn.send(DENIED_REPLY, socket.MSG_DONTWAIT)
+    except OSError:
+        pass  # the client or the broker is gone: refused all the same
+    finally:
+        conn.detach()  # the descriptors stay the child's: run() takes them over
+        chan.detach()
+    return False
+
+
 def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     cfg = site.cfg
     _prepare(None if cfg.ssl_enable else conn)  # TLS may be on: no plain-text 421 then
+    ip = _peer_ip(conn) if proctitle.active() else ""
+    proctitle.show(f"{ip}: connected")
     forward_logs(site, chan.sock)  # no log fd here: the monitor writes what we report
     _detach_bans(site)
     _detach_rates(site)
@@ -206,6 +249,8 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
             req_theirs.close()
         helper.extend((plain_mine, Channel(req_mine)))
         control.detached = True  # keep the TLS transport: we relay it from now on
+        if proctitle.active():
+            proctitle.show(f"{ip}/{_account.name}: SSL handler")
 
     # Made before the jail: the userlist file and (TLS) the private key are read
     # here.  Only this process ever loads the key; the monitor never does, so
@@ -221,6 +266,9 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
     close_strays({conn.fileno(), chan.fileno()})
     drop_privileges(nobody.pw_uid, nobody.pw_gid, root=cfg.secure_chroot_dir,
                     memory_limit=WORKER_MEMORY_LIMIT)
+    if cfg.seccomp_sandbox:  # last: from here on only the pre-login / TLS helper calls (priv/seccomp.py)
+        seccomp.install("prelogin")
+    proctitle.show(f"{ip}: not logged in")
 
     async def main() -> None:
         control = ControlConnection(ctx)
@@ -237,6 +285,13 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
             await serve_helper(cfg, control.ssl_context, reader, writer, helper[0], helper[1])
 
     asyncio.run(main())
+
+
+def _peer_ip(conn: socket.socket) -> str:
+    try:
+        return str(conn.getpeername()[0])
+    except OSError:
+        return "?"
 
 
 def writable_root(account: Any) -> bool:
@@ -287,6 +342,9 @@ def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pend
         groups = os.getgrouplist(pwd.getpwuid(account.uid).pw_name, account.gid)
     broker = MonitorBroker(chan)
     ctx = ServerContext(cfg, None, broker=broker, events=site.events)
+    if proctitle.active():  # vsftpd's per-session form: this process is one session's
+        ip = addresses[1] if addresses else _peer_ip(conn)  # with TLS, conn is the helper's plaintext end
+        ctx.events = proctitle.titled(ctx.events, f"{ip}/{account.name}")
     if rate:  # user_max_rate: grants from the monitor, for this session's account only
         ctx.account_rates = RateGrants(broker.rate_grant, rate)
     ctx.preload_names(names)
@@ -301,5 +359,7 @@ def postlogin(site: Site, conn: socket.socket, chan: Channel, account: Any, pend
         os.chdir(account.start_dir)  # as the user, as vsftpd: a home it may not enter ends here
     except OSError as e:  # this process exits after the reply: never runs half-dropped
         return _cannot_enter(conn, account, e)
+    if cfg.seccomp_sandbox:  # inetd mode's session process: an identity worker's calls
+        seccomp.install("identity")
     _run(ctx, conn, account=replace(account, root="/") if account.chroot else account, pending=pending,
          tls_state=tls_state, addresses=addresses)

@@ -36,6 +36,7 @@ from .messages import (
     SpawnPrelogin,
     ZygoteReload,
 )
+from .namespaces import Namespaces, enter, keep_signals
 from .warmup import settle, warm
 
 __all__ = ["Identity", "Zygote", "SpawnRefused", "RateNumber", "ZYGOTE_NAME", "PRELOGIN_NAME", "IDENTITY_NAME"]
@@ -151,6 +152,7 @@ class _Zygote:
         self.after_fork = after_fork
         self.site: Any = None
         self.wake: tuple[int, int] = (-1, -1)
+        self.ns = Namespaces()  # isolate, isolate_network: each child in namespaces of its own
 
     def serve(self) -> int:
         self.after_fork()
@@ -233,11 +235,14 @@ class _Zygote:
         def run() -> None:
             from . import worker
             _name(PRELOGIN_NAME.encode())
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
             conn = socket.socket(fileno=fds[0])
             worker.prelogin(site, conn, Channel(socket.socket(fileno=fds[1])))  # sets its own death signal
 
-        return self._fork(run, signal.SIGKILL)
+        def admitted() -> bool:  # tcp_wrappers, as root with the host's network: before the namespaces
+            from . import worker
+            return worker.hosts_admitted(site, fds[0], fds[1])
+
+        return self._fork(run, signal.SIGKILL, (signal.SIGTERM, signal.SIGINT), admitted)
 
     def _spawn_identity(self, msg: SpawnIdentity, fds: list[int]) -> int:
         if len(fds) != 1:
@@ -259,21 +264,33 @@ class _Zygote:
             _name(IDENTITY_NAME.encode())
             identity.serve(site, who, Channel(socket.socket(fileno=fds[0])))
 
-        return self._fork(run, signal.SIGTERM)  # the zygote's end: each session hears 421
+        return self._fork(run, signal.SIGTERM, (signal.SIGTERM,))  # the zygote's end: each session hears 421
 
-    def _fork(self, run: Callable[[], None], death_signal: int) -> int:
-        """The child leaves the zygote's descriptors and signal set-up, then runs `run`."""
-        def child() -> int:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            for fd in self.wake:
-                os.close(fd)
-            self.chan.close()
-            run()
-            return 0
+    def _fork(self, run: Callable[[], None], death_signal: int, defaults: tuple[int, ...],
+              first: Callable[[], bool] | None = None) -> int:
+        """The child leaves the zygote's descriptors and signal set-up (`defaults`:
+        the signals it obeys as any process does), enters its namespaces
+        (isolate, isolate_network), then runs `run`.  `first()` runs before the
+        namespaces (tcp_wrappers' check, which may need the host's resolver); False ends the child."""
+        def fork(flags: int) -> int:
+            def child() -> int:
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGCHLD, *defaults):
+                    signal.signal(sig, signal.SIG_DFL)
+                for fd in self.wake:
+                    os.close(fd)
+                self.chan.close()
+                self.ns.close_in_child()
+                keep_signals(flags)  # before `first`: a SIGTERM then still ends it
+                if first is not None and not first():
+                    return 0
+                enter(flags)
+                run()
+                return 0
 
-        return fork_child(child, lambda: log.exception("a child of the zygote failed"), death_signal)
+            return fork_child(child, lambda: log.exception("a child of the zygote failed"), death_signal)
+
+        return self.ns.fork(self.site.cfg, fork)
 
 
 def _tidy(site: Any) -> Any:

@@ -122,6 +122,7 @@ class SendFile(Transfer):
     # decided by the core, carried out by the I/O layer:
     rate: int = 0                 # bytes/s for this session's class (anon/local_max_rate); 0: none
     reuse_required: bool = False  # protected: refuse a data connection that does not resume the control's TLS session
+    lock: bool = False            # lock_upload_files: a shared fcntl lock while reading (waits for a writer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,9 @@ class ReceiveFile(Transfer):
     reuse_required: bool = False  # protected: refuse a data connection that does not resume the control's TLS session
     atomic: bool = False          # write a hidden partial file, renamed into place once whole
     chown: bool = False           # chown_uploads: the monitor gives the file to chown_username
+    lock: bool = False            # lock_upload_files: an exclusive fcntl lock while writing
+    delete_on_failure: bool = False  # delete_failed_uploads: a failed upload leaves nothing it wrote
+    random_suffix: bool = False   # better_stou: STOU tries NAME.<random>, not NAME.1, NAME.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,7 @@ class SendListing(Transfer):
     rate: int = 0                 # bytes/s for this session's class (anon/local_max_rate); 0: none
     reuse_required: bool = False  # protected: refuse a data connection that does not resume the control's TLS session
     dir_only: bool = False  # MLSD, a glob or "name/": a file there is 501/550, not a one-line listing
+    recursive: bool = False  # ls -R (ls_recurse_enable): every directory below, as ls -lR prints them
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +194,7 @@ class RestartBeyondEnd(OSError):
 
 
 TransferStatus = Literal["ok", "no_data_connection", "aborted", "connection_lost", "local_error",
-                         "tls_refused"]
+                         "tls_refused", "truncated"]  # truncated: a recursive listing stopped at its bound
 
 
 @dataclass(frozen=True, slots=True)

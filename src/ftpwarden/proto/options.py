@@ -21,9 +21,12 @@ class SessionOptions:
     # what may be seen and run
     deny_file: str | None
     hide_file: str | None
+    download_file: str | None   # only names matching may be downloaded (deny_file wins)
+    upload_file: str | None     # only names matching may be uploaded (deny_file wins)
     cmds_allowed: str | None
     cmds_denied: str | None
     force_dot_files: bool
+    ls_recurse_enable: bool     # LIST -R / NLST -R walk the tree (bounded)
     hide_ids: bool
     use_localtime: bool
     # login
@@ -53,8 +56,12 @@ class SessionOptions:
     local_max_rate: int
     atomic_uploads: bool
     chown_uploads: bool
+    delete_failed_uploads: bool  # a failed upload leaves nothing it wrote behind
+    lock_upload_files: bool      # fcntl (OFD) write lock while uploading, read lock while downloading
+    better_stou: bool            # STOU picks random suffixes, not .1 .2
     # extensions
     mdtm_write: bool
     hash_enable: bool
     mlsd_enable: bool
     utf8_enable: bool
+    utf8_filesystem: bool       # Debian: FEAT lists UTF8

@@ -14,7 +14,7 @@ import fnmatch
 from .errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["MAX_PATH", "GLOB_MAX", "resolve", "parent", "basename", "to_relative", "quote_pwd", "name_patterns",
-           "matches_any", "names_directory", "split_glob", "glob_match"]
+           "matches_any", "name_matches", "names_directory", "split_glob", "glob_match"]
 
 MAX_PATH = 4096  # Linux PATH_MAX; vsftpd caps a command line at 4 KiB too
 _BAD_FILE_NAME = 553
@@ -80,6 +80,12 @@ def name_patterns(value: str | None) -> tuple[str, ...]:
 def matches_any(patterns: tuple[str, ...], vpath: str) -> bool:
     """Does any component of `vpath` match any of the patterns?"""
     return any(fnmatch.fnmatchcase(part, p) for part in vpath.split("/") if part for p in patterns)
+
+
+def name_matches(patterns: tuple[str, ...], vpath: str) -> bool:
+    """Does the last component of `vpath` (the file's own name) match any pattern?"""
+    name = basename(vpath)
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def names_directory(arg: str) -> bool:

@@ -39,7 +39,7 @@ from .commands import COMMANDS, HTTP_VERBS, Arg, Command, Perm, Spec, parse_line
 from .errors import FtpError, RemoteProtocolError
 from .framing import TooLong, strip_telnet
 from .options import SessionOptions
-from .paths import matches_any, name_patterns
+from .paths import matches_any, name_matches, name_patterns
 from .principal import Principal, UserClass
 from .replies import Code, Reply, reply_for_oserror
 from .sequence import KEEPS_RENAME, TAKES_REST
@@ -55,7 +55,8 @@ class Session(VerbHandlers):
     """State of one control connection under `options` (policy.options builds them)."""
 
     # slots: a pooled server holds thousands of these (the handlers' state is declared in VerbHandlers)
-    __slots__ = ("name_of", "banner", "_deny", "_hide", "_allowed", "_denied", "login_fails", "errors")
+    __slots__ = ("name_of", "banner", "_deny", "_hide", "_download", "_upload", "_allowed", "_denied", "login_fails",
+                 "errors")
 
     def __init__(self, options: SessionOptions, *, local_ip: str, remote_ip: str, banner: str | None = None,
                  names: Callable[[int, bool], str] | None = None,
@@ -68,6 +69,8 @@ class Session(VerbHandlers):
         self.banner = banner
         self._deny = name_patterns(options.deny_file)
         self._hide = name_patterns(options.hide_file)
+        self._download = name_patterns(options.download_file)  # empty: every name may be downloaded
+        self._upload = name_patterns(options.upload_file)
         self._allowed = self._verb_set(options.cmds_allowed)
         self._denied = self._verb_set(options.cmds_denied)
         self.idle_timeout = options.idle_session_timeout
@@ -356,6 +359,8 @@ class Session(VerbHandlers):
             return [Reply(Code.CANT_OPEN_DATA, "Failed to establish connection.")]
         if done.status == "tls_refused":
             return [Reply(522, f"TLS on the data connection failed: {done.detail}.")]
+        if done.status == "truncated":  # the listing's bytes went out, up to a clear last line
+            return [Reply(Code.LOCAL_ERROR, f"Listing truncated: {done.detail}.")]
         if done.status == "aborted":
             return [Reply(Code.TRANSFER_ABORTED, "Transfer aborted.")]
         if done.status == "connection_lost":
@@ -382,9 +387,20 @@ class Session(VerbHandlers):
             raise FtpError(Code.CANT_OPEN_DATA, "Use PORT or PASV first.")
         if not self.prot_private and self._data_tls_forced():
             raise FtpError(522, "Data connections must be encrypted: send PBSZ 0 and PROT P.")
+        self._check_name_allowed(action)
         action = self._transfer_decisions(action)
         self.transferring = action
         return [action]
+
+    def _check_name_allowed(self, action: TransferAction) -> None:
+        """download_file / upload_file (Debian's vsftpd): only names matching may move.
+        The gate checked deny_file first, so a denied name stays denied (deny wins).
+        The name checked is the file's own (its last component): an allow-list that
+        matched a directory component would open every file below it."""
+        patterns = self._download if isinstance(action, SendFile) else \
+            self._upload if isinstance(action, ReceiveFile) else ()
+        if patterns and not name_matches(patterns, action.path):
+            raise FtpError(Code.FILE_UNAVAILABLE, "Permission denied.")
 
     def _transfer_decisions(self, action: TransferAction) -> TransferAction:
         """What the I/O layer only carries out: protection, rate, upload handling, listing rule."""
@@ -395,7 +411,12 @@ class Session(VerbHandlers):
         reuse = self.prot_private and o.require_ssl_reuse
         if isinstance(action, ReceiveFile):
             return dataclasses.replace(action, rate=rate, protected=protected, reuse_required=reuse,
-                                       atomic=o.atomic_uploads, chown=anon and o.chown_uploads)
+                                       atomic=o.atomic_uploads, chown=anon and o.chown_uploads,
+                                       lock=o.lock_upload_files, delete_on_failure=o.delete_failed_uploads,
+                                       random_suffix=action.unique and o.better_stou)
+        if isinstance(action, SendFile):
+            return dataclasses.replace(action, rate=rate, protected=protected, reuse_required=reuse,
+                                       lock=o.lock_upload_files)
         if isinstance(action, SendListing):  # RFC 3659 7.2: MLSD lists a directory, never a file
             dir_only = action.kind == "MLSD" or bool(action.pattern) or paths.names_directory(action.given)
             return dataclasses.replace(action, rate=rate, protected=protected, reuse_required=reuse, dir_only=dir_only)
@@ -433,6 +454,20 @@ class Session(VerbHandlers):
             return listing.mlsx_lines(shown, perm_file=perm_file, perm_dir=perm_dir,
                                       owner=owner, group=group, facts=self.mlst_facts)
         return listing.ls_lines(shown, now, owner=owner, group=group, localtime=self.options.use_localtime)
+
+    def subdirectories(self, vpath: str, entries: Iterable[listing.Entry], show_hidden: bool) -> list[listing.Entry]:
+        """ls -R (ls_recurse_enable): the entries of directory `vpath` a recursive
+        listing goes into.  Directories by their lstat, so a symlink is never
+        followed (no loop through one, nothing outside through one); only those
+        the listing shows (dot files with -a or force_dot_files, never hide_file's);
+        never deny_file's (their contents could not be listed by name either)."""
+        show_hidden = show_hidden or self.options.force_dot_files
+        hide, deny = self._hide, self._deny
+        return [e for e in entries
+                if stat_mod.S_ISDIR(e.mode) and e.name not in (".", "..")
+                and (show_hidden or not e.name.startswith("."))
+                and not (hide and matches_any(hide, e.name))
+                and not (deny and matches_any(deny, paths.resolve(vpath, e.name)))]
 
     def _id_names(self) -> tuple[Callable[[int], str], Callable[[int], str]]:
         """uid -> owner and gid -> group as listings show them."""

@@ -383,8 +383,11 @@ class VerbHandlers:
         if glob is not None:  # "sub/*.txt": list sub, keep the names matching "*.txt"
             head, pattern = glob
             vpath = paths.resolve(self.cwd, head) if head else self.cwd
+        # -R walks the tree only where ls_recurse_enable allows it (vsftpd ignores it otherwise);
+        # a glob lists one directory's matches, never a tree
+        recursive = "R" in flags and self.options.ls_recurse_enable and not pattern
         return self._start_transfer(SendListing(kind, vpath or self.cwd, show_hidden=show_hidden,
-                                                given=given, pattern=pattern))
+                                                given=given, pattern=pattern, recursive=recursive))
 
     @handles("ABOR")
     def _abor(self, arg: str, _p: str | None) -> list[Event]:
@@ -471,7 +474,7 @@ class VerbHandlers:
         if self.options.mlsd_enable:
             facts = "".join(f + ("*;" if f in self.mlst_facts else ";") for f in listing.SUPPORTED_FACTS)
             feats.append("MLST " + facts)
-        if self.options.utf8_enable:
+        if self.options.utf8_enable or self.options.utf8_filesystem:  # Debian's utf8_filesystem: the same FEAT line
             feats.append("UTF8")
         if self.options.hash_enable:
             feats.append("HASH " + ";".join(a + ("*" if a == self.hash_algorithm else "") for a in HASH_ALGORITHMS))

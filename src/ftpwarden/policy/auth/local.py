@@ -22,12 +22,17 @@ from typing import Any
 
 from ..config import Config, ConfigError, load_config
 from ..passwords import dummy_verify
+from ..rdns import bounded
 from ..users import Account, UserClass, grants_for
 from .base import LoginRefused, LoginRequest
-from .pam import pam_check
+from .pam import hold_sessions, pam_check
 from .userfile import valid_user_name
 
-__all__ = ["LocalAuthenticator", "refused_at_user", "userlist_filter", "chroot_plan"]
+__all__ = ["LocalAuthenticator", "refused_at_user", "userlist_filter", "chroot_plan", "USERLIST_TEXT"]
+
+# userlist_log's line, in vsftpd's words (its RHEL patch), by userlist_deny: fixed texts, so a
+# pre-login process forwarding one only says which
+USERLIST_TEXT = {True: "User is in the deny user list.", False: "User is not in the allow user list."}
 
 
 def _getpw(name: str) -> pwd.struct_passwd | None:
@@ -102,15 +107,18 @@ def chroot_plan(cfg: Any, user: str, home: str, in_chroot_list: bool) -> tuple[s
 class LocalAuthenticator:
     """Logins of system accounts through PAM service `pam_service_name`.
 
-    The paths and `pam` are parameters for tests.
+    The paths, `pam` and `lookup` (address -> name or "") are parameters for tests.
     """
 
     def __init__(self, cfg: Any, *, ftpusers_file: str = "/etc/ftpusers", shells_file: str = "/etc/shells",
-                 pam: Callable[[str, str, str, str], tuple[bool, str]] = pam_check) -> None:
+                 pam: Callable[[str, str, str, str], tuple[bool, str]] = pam_check,
+                 lookup: Callable[[str], str] = lambda ip: bounded(ip, verify=False)[0]) -> None:
         self._cfg = cfg
+        self._lookup = lookup
         self._ftpusers = ftpusers_file
         self._shells = shells_file
         self._pam = pam
+        hold_sessions(bool(cfg.session_support))  # the checker's session holder takes the handle
 
     def wants(self, user: str) -> bool:
         if not (self._cfg.local_enable and valid_user_name(user)):  # the name may end up in a path
@@ -125,7 +133,7 @@ class LocalAuthenticator:
         if not self.wants(req.user):
             dummy_verify(req.password)  # as slow as a wrong password: no user enumeration
             raise LoginRefused("unknown user")
-        ok, why = self._pam(cfg.pam_service_name or "ftp", req.user, req.password, req.remote_ip)
+        ok, why = self._pam(cfg.pam_service_name or "ftp", req.user, req.password, self._rhost(req.remote_ip))
         if not ok:
             raise LoginRefused(f"PAM: {why}")
         pw = _getpw(req.user)  # None only for a PAM-only guest name
@@ -141,6 +149,14 @@ class LocalAuthenticator:
             return self._account(self.user_config(cfg, req.user), req.user, pw)
         except ConfigError as e:
             raise LoginRefused(f"user_config_dir: {e}") from None
+
+    def _rhost(self, remote_ip: str) -> str:
+        """PAM_RHOST: with reverse_lookup_enable (vsftpd's default), the client's name
+        when a reverse lookup finds one in time (for pam_access by name), else its address.
+        The lookup runs in a child of this process (the checker's check child): never a loop."""
+        if not self._cfg.reverse_lookup_enable or not remote_ip:
+            return remote_ip
+        return self._lookup(remote_ip) or remote_ip
 
     @staticmethod
     def user_config(cfg: Config, user: str) -> Config:

@@ -1,10 +1,13 @@
 """PAM through ctypes: is (user, password) good for a PAM service?
 
 The calls and items are vsftpd's (sysdeputil.c): pam_start, PAM_RHOST =
-client IP, PAM_TTY = "ftp", PAM_RUSER = user, pam_authenticate,
-pam_acct_mgmt, pam_end.  No pam_open_session: session_support (vsftpd's
-default NO) is not implemented.  Only isolated mode's monitor calls this: as
-root, pam_unix reads /etc/shadow itself.
+`remote_ip` as given (local.py passes the client's name under
+reverse_lookup_enable, else its address), PAM_TTY = "ftp", PAM_RUSER = user, pam_authenticate,
+pam_acct_mgmt, pam_end.  With session_support (vsftpd's default NO) a good
+login's handle is kept (`hold_sessions`, `take_held`) for pam_setcred and
+pam_open_session, and pam_close_session when the session ends: the check
+child's session holder (priv/sessionrec.py) does that.  Only isolated mode's
+checker calls this: as root, pam_unix reads /etc/shadow itself.
 
 Two choices differ from plain PAM use, both for the rules in base.py:
 - PAM's own failure delay is switched off (PAM_FAIL_DELAY, a no-op
@@ -24,7 +27,7 @@ import ctypes.util
 import functools
 from typing import Any
 
-__all__ = ["pam_check"]
+__all__ = ["pam_check", "hold_sessions", "take_held", "PamSession"]
 
 _PAM_SUCCESS = 0
 _PAM_BUF_ERR = 5
@@ -40,6 +43,9 @@ _PAM_TTY = 3
 _PAM_RHOST = 4
 _PAM_RUSER = 8
 _PAM_FAIL_DELAY = 10
+# pam_setcred flags
+_PAM_ESTABLISH_CRED = 0x0002
+_PAM_DELETE_CRED = 0x0004
 
 
 class _Message(ctypes.Structure):
@@ -75,6 +81,8 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     pam.pam_authenticate.argtypes = [handle, ctypes.c_int]
     pam.pam_acct_mgmt.argtypes = [handle, ctypes.c_int]
     pam.pam_end.argtypes = [handle, ctypes.c_int]
+    for name in ("pam_setcred", "pam_open_session", "pam_close_session"):
+        getattr(pam, name).argtypes = [handle, ctypes.c_int]
     pam.pam_strerror.argtypes = [handle, ctypes.c_int]
     pam.pam_strerror.restype = ctypes.c_char_p
     libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
@@ -128,6 +136,7 @@ _DELAY_FN = _DELAY(_no_delay)
 def pam_check(service: str, user: str, password: str, remote_ip: str) -> tuple[bool, str]:
     """(True, "") if PAM `service` authenticates `user` and accepts the account,
     else (False, reason).  The reason is PAM's error text, never the password."""
+    global _held
     try:
         c_service, c_user, c_ip = (s.encode("utf-8", "surrogateescape") for s in (service, user, remote_ip))
         c_password = password.encode("utf-8", "surrogateescape")
@@ -139,6 +148,9 @@ def pam_check(service: str, user: str, password: str, remote_ip: str) -> tuple[b
         pam, _ = _libs()
     except OSError:
         return False, "libpam.so.0 not available"
+    if _held is not None:  # an earlier login's handle nobody took
+        _held.end()
+        _held = None
     secret = ctypes.create_string_buffer(c_password)
     conv = _Conv(_CONV_FN, ctypes.cast(secret, ctypes.c_void_p))
     handle = ctypes.c_void_p()
@@ -163,10 +175,67 @@ def pam_check(service: str, user: str, password: str, remote_ip: str) -> tuple[b
         rc = pam.pam_acct_mgmt(handle, 0)
         if rc != _PAM_SUCCESS:
             return False, f"pam_acct_mgmt: {_strerror(pam, handle, rc)}"
+        if _hold:  # the conversation keeps pointing at `secret`: it goes with the handle (zeroed)
+            _held = PamSession(handle, secret)
         return True, ""
     finally:
-        pam.pam_end(handle, rc)
+        if _held is None or _held.handle is not handle:
+            pam.pam_end(handle, rc)
         ctypes.memset(secret, 0, len(secret))  # best effort: Python's own copies remain
+
+
+class PamSession:
+    """A good login's PAM handle, kept for its session (session_support)."""
+
+    def __init__(self, handle: ctypes.c_void_p, conv_data: Any) -> None:
+        self.handle = handle
+        self._conv_data = conv_data  # what the conversation's pointer points at, alive as long as the handle
+        self._opened = False
+
+    def open(self) -> str:
+        """pam_setcred(ESTABLISH) and pam_open_session, as vsftpd; "" or why it failed."""
+        pam, _ = _libs()
+        for name, call, flag in (("pam_setcred", pam.pam_setcred, _PAM_ESTABLISH_CRED),
+                                 ("pam_open_session", pam.pam_open_session, 0)):
+            rc = call(self.handle, flag)
+            if rc != _PAM_SUCCESS:
+                if name == "pam_open_session":
+                    pam.pam_setcred(self.handle, _PAM_DELETE_CRED)
+                return f"{name}: {_strerror(pam, self.handle, rc)}"
+        self._opened = True
+        return ""
+
+    def close(self) -> None:
+        """pam_close_session, pam_setcred(DELETE), pam_end (once)."""
+        pam, _ = _libs()
+        if self._opened:
+            self._opened = False
+            pam.pam_close_session(self.handle, 0)
+            pam.pam_setcred(self.handle, _PAM_DELETE_CRED)
+        self.end()
+
+    def end(self) -> None:
+        if self.handle.value:
+            pam, _ = _libs()
+            pam.pam_end(self.handle, _PAM_SUCCESS)
+            self.handle.value = None
+
+
+_hold = False  # hold_sessions: keep a good login's handle
+_held: PamSession | None = None
+
+
+def hold_sessions(on: bool) -> None:
+    """session_support: pam_check keeps a good login's handle for `take_held`."""
+    global _hold
+    _hold = on
+
+
+def take_held() -> PamSession | None:
+    """The handle of the last good login (hold_sessions on), now the caller's."""
+    global _held
+    held, _held = _held, None
+    return held
 
 
 def _strerror(pam: ctypes.CDLL, handle: ctypes.c_void_p, rc: int) -> str:
