@@ -50,6 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("names", nargs="*")
 
     sub.add_parser("user", help="manage a user_db_file (ftpwarden user --help)", add_help=False)
+
+    w = sub.add_parser("who", help="list the running server's sessions (control socket: root or admin_group)")
+    w.add_argument("--config", metavar="FILE", help="the server's config file (its control_socket); "
+                   "default /run/ftpwarden/control.sock")
+    w.add_argument("--json", action="store_true", help="print the sessions as JSON")
+
+    k = sub.add_parser("kick", help="end sessions: the client gets 421 (control socket: root or admin_group)")
+    k.add_argument("--config", metavar="FILE", help="the server's config file (its control_socket)")
+    k.add_argument("id", nargs="?", help="the session id (as `who` shows it)")
+    k.add_argument("--user", help="every session of this user")
+    k.add_argument("--ip", help="every session from this client address")
+    k.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+    q = sub.add_parser("quota", help="a user's quota usage: show it, or recompute it from the files on disk")
+    q.add_argument("action", choices=("show", "recompute"))
+    q.add_argument("user", help="the login name (\"anonymous\" for every anonymous login)")
+    q.add_argument("--config", metavar="FILE", help="the server's config file (quota_state_dir, the user's root)")
+    q.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--root", metavar="DIR", help="the user's root directory (default: from the config)")
     return p
 
 
@@ -67,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _tunables(args.names)
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "quota":
+            from .ops.quotacmd import main as quota_main
+            return quota_main(args)
+        if args.command in ("who", "kick"):
+            from .ops.admin import who_or_kick
+            return who_or_kick(args)
         return _serve(args)
     except (ConfigError, StartupError) as e:
         for line in str(e).splitlines():  # a ConfigError may carry several problems
@@ -258,13 +283,26 @@ def _banner(cfg: Any) -> str | None:
         raise StartupError(f"banner_file: cannot read {cfg.banner_file}: {e.strerror}") from None
 
 
-def _events(cfg: Any, verbose: bool = False) -> Any:
-    """The log sinks, with their files open before any session or jail exists."""
+def _events(cfg: Any, verbose: bool = False, ops: Any = None) -> Any:
+    """The log sinks, with their files open before any session or jail exists
+    (and `ops`' OpsSink beside them: metrics_listen, control_socket)."""
     from .logs.configured import LogFileError, build_event_log
     try:
-        return build_event_log(cfg, verbose=verbose)
+        return build_event_log(cfg, verbose=verbose, ops=ops.sink if ops is not None else None)
     except LogFileError as e:
         raise StartupError(str(e)) from None
+
+
+def _start_ops(cfg: Any, mode: str) -> Any:
+    """metrics_listen / control_socket: the session table and counters (ops/), the metrics
+    listener bound now; None when both are off."""
+    from .ops.runtime import start
+    try:
+        return start(cfg, mode)
+    except ValueError as e:
+        raise StartupError(f"metrics_listen: {e}") from None
+    except OSError as e:
+        raise StartupError(f"metrics_listen: cannot listen on {e.filename}: {e.strerror}") from None
 
 
 def _tls_context(cfg: Any) -> Any:
@@ -326,6 +364,15 @@ def _serve(args: argparse.Namespace) -> int:
         errors = check_site(cfg, args.config or "serve", isolated=isolated, quick_root=root).errors
     if errors:
         raise ConfigError.several(errors)
+    if isolated:  # upload_hook's settings (pooled mode checks them with the quota store, below)
+        from .ops.brokered import BrokerUploads
+        try:
+            BrokerUploads(cfg)
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+        if not cfg.listen and (cfg.upload_hook or cfg.quota_bytes or cfg.quota_files):
+            print("warning: upload_hook and quotas are not supported with listen=NO (inetd mode) yet: "
+                  "ignored", file=sys.stderr)
     if isolated and quick:
         if args.workers is not None:
             print(f"warning: --workers {args.workers}: isolated mode (quick mode as root) has no worker "
@@ -351,10 +398,29 @@ def _serve(args: argparse.Namespace) -> int:
     workers = int(cfg.worker_processes) or os.cpu_count() or 1
     addresses = _addresses(cfg, args.bind, quick)
     listeners = _listen(addresses, cfg, workers)
-    ctx = ServerContext(cfg, auth, banner=banner, events=_events(cfg, args.verbose))
+    ops = _start_ops(cfg, "pooled")
+    ctx = ServerContext(cfg, auth, banner=banner, events=_events(cfg, args.verbose, ops))
+    if ops is not None:
+        ctx.ops = ops  # type: ignore[attr-defined]
+        if workers > 1 and ops.listen_sock is not None:  # the supervisor sums the workers' numbers
+            from .ops.multiproc import SupervisorHttp, WorkerDump, make_dir
+            directory = make_dir()
+            ctx.ops_http = WorkerDump(directory, ops, ops.listen_sock)  # type: ignore[attr-defined]
+            ctx.ops_supervisor = SupervisorHttp(directory, ops.listen_sock,  # type: ignore[attr-defined]
+                                                getattr(cfg, "admin_group", None))
+        else:
+            from .ops.runtime import http_server
+            ctx.ops_http = http_server(ops, cfg)  # type: ignore[attr-defined]
     ctx.tls_contexts = _tls_context(cfg)
     ctx.account_rates = _account_rates(cfg)  # before the workers are forked: they share it
     ctx.bans = _ban_list(cfg, [])  # likewise
+    from .ops import uploads
+    try:
+        uploads.setup(ctx, cfg)  # upload_hook, quotas
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    ctx.ops_control = _control_socket(cfg)  # who/kick: served by the single worker or the supervisor
+    ctx.notifier = _notifier()
     if cfg.max_clients or cfg.max_per_ip:
         from .net.limits import SessionLimits
         ctx.limits = SessionLimits(int(cfg.max_clients or 0), int(cfg.max_per_ip or 0), len(listeners))
@@ -366,7 +432,11 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  connect: curl ftp://{url_host}:{bound_port}/   or   lftp -p {bound_port} {url_host.strip('[]')}")
     sys.stdout.flush()
     from .priv import seccomp
-    return serve_pooled(ctx, listeners, sandbox=seccomp.installer("pooled", bool(cfg.seccomp_sandbox)))
+    try:
+        return serve_pooled(ctx, listeners, sandbox=seccomp.installer("pooled", bool(cfg.seccomp_sandbox)))
+    finally:
+        from .ops.control import control_path, unlink_control
+        unlink_control(control_path(cfg))
 
 
 def _quick_what(args: argparse.Namespace, root: str | None, quick_users: list[tuple[str, str]]) -> str:
@@ -455,6 +525,28 @@ def _listen(addresses: list[tuple[str, bool | None]], cfg: Any, workers: int) ->
         where = e.filename or f"port {port}"
         raise StartupError(f"cannot listen on {where}: {e.strerror}") from None
     return listeners
+
+
+def _control_socket(cfg: Any) -> tuple[socket.socket, int | None] | None:
+    """control_socket: (the listening socket, admin_group's gid), or None when unset."""
+    from .ops.control import admin_gid, bind_control, control_path
+    path = control_path(cfg)
+    if path is None:
+        return None
+    try:
+        group = admin_gid(cfg)
+    except KeyError:
+        raise StartupError(f"admin_group={cfg.admin_group}: no such group") from None
+    try:
+        return bind_control(path, group), group
+    except OSError as e:
+        raise StartupError(f"control_socket={path}: {e.strerror or e}") from None
+
+
+def _notifier() -> Any:
+    """sd_notify (systemd Type=notify): NOTIFY_SOCKET, read once and removed from the environment."""
+    from .ops.sdnotify import Notifier
+    return Notifier()
 
 
 def _say_serving(what: str, socks: Sequence[socket.socket], mode: str) -> None:
@@ -559,10 +651,12 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any, reload: Callable[[], Any
     def load() -> Any:  # the listener's: no user DB (checks go to the checker)
         fresh = config()
         return worker.Site(fresh, refused, banner=_banner(fresh),
-                           events=_events(fresh, args.verbose),
+                           events=_events(fresh, args.verbose, ops),
                            bans=_ban_list(fresh, kept_bans), account_rates=account_rates)
 
-    if not cfg.listen and not cfg.listen_ipv6:  # inetd / systemd Accept=yes: the client is on stdin
+    inetd = not cfg.listen and not cfg.listen_ipv6
+    ops = None if inetd else _start_ops(cfg, "isolated")  # inetd: one session per process, nothing to show
+    if inetd:  # inetd / systemd Accept=yes: the client is on stdin
         conn = socket.socket(fileno=os.dup(0))
         kept_bans = None  # inetd: one connection per process, no bans to share
         # this session's own checker, forked before anything loads the user DB; the
@@ -584,10 +678,22 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any, reload: Callable[[], Any
     (socks,) = _listen(_addresses(cfg, args.bind, quick), cfg, 1)
     if quick_root is not None:  # after the port: "Address already in use" comes first, as in pooled mode
         _check_quick_root(cfg, quick_root)
+    notifier = _notifier()  # NOTIFY_SOCKET leaves the environment before the first fork
     try:
         listener = Broker(list(socks), load, login)
     except RuntimeError as e:
         raise StartupError(str(e)) from None
+    if ops is not None and ops.listen_sock is not None:  # metrics_listen: served by an unprivileged process
+        from .ops.process import fork_ops_process
+        listener.ops_feed = fork_ops_process(ops.listen_sock, listener.site.cfg)
+        ops.listen_sock.close()
+    listener.notifier = notifier
+    try:  # after the zygote and the checker were forked: neither ever holds it
+        listener.control = _control_socket(cfg)
+    except StartupError:
+        listener.stop_asked = True  # the children end as on SIGTERM
+        listener.serve()
+        raise
 
     def ready() -> None:
         if not quick:
@@ -600,11 +706,15 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any, reload: Callable[[], Any
             print(f"  connect: curl ftp://{url_host}:{port}/   or   lftp -p {port} {host}")
         sys.stdout.flush()
 
-    if cfg.background:
-        ready()
-        _daemonize()
-        return listener.serve()
-    return listener.serve(ready)
+    from .ops.control import control_path, unlink_control
+    try:
+        if cfg.background:
+            ready()
+            _daemonize()
+            return listener.serve()
+        return listener.serve(ready)
+    finally:
+        unlink_control(control_path(cfg))
 
 
 def _daemonize() -> None:

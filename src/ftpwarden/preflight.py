@@ -116,6 +116,12 @@ def _banner(cfg: Any) -> list[Problem]:
     return []
 
 
+def _control(cfg: Any) -> list[Problem]:
+    """control_socket, admin_group (ops/control.py: who and kick)."""
+    from .ops.control import problems
+    return problems(cfg)
+
+
 def _logs(cfg: Any) -> list[Problem]:
     from .logs.configured import check_log_file, log_files
     out: list[Problem] = []
@@ -250,6 +256,7 @@ def check_site(cfg: Any, source: str, *, isolated: bool, quick_root: str | None 
         lambda: _banner(cfg),
         lambda: _logs(cfg),
         lambda: _tls(cfg),
+        lambda: _control(cfg),
     ]
     if isolated:
         checks.append(lambda: _isolated(cfg, report))

@@ -32,7 +32,8 @@ from .protolog import command_text, reply_texts, transfer_tail, vsftpd_line, vsf
 from .sinks import LOG_INFO, LOG_WARNING, FileSink, JsonLinesSink, StderrSink, SyslogSink
 from .xferlog import narrow, xferlog_line
 
-__all__ = ["ConfiguredEventLog", "LogFileError", "build_event_log", "check_log_file", "log_files"]
+__all__ = ["ConfiguredEventLog", "LogFileError", "TeeEventLog", "build_event_log", "check_log_file",
+           "log_files"]
 
 log = logging.getLogger("ftpwarden.logs")
 
@@ -141,7 +142,8 @@ class ConfiguredEventLog(EventLog):
             self._vsftpd(now, user, "FTP response", remote_ip, text)
 
     @_never_raises
-    def transfer_start(self, session: str, remote_ip: str, user: str, path: str, direction: str) -> None:
+    def transfer_start(self, session: str, remote_ip: str, user: str, path: str, direction: str,
+                       size: int | None = None) -> None:
         """After the 150 reply (JSON only: the other formats log a transfer when it ends).
         Not called by net/control.py yet."""
         self._json(self.clock(), "transfer_start", session, remote_ip, user, path=path,
@@ -218,6 +220,74 @@ class ConfiguredEventLog(EventLog):
             sink.close()
 
 
+class TeeEventLog(EventLog):
+    """The log sinks, then the operations sink (ops.sink.OpsSink): each event to both."""
+
+    def __init__(self, logs: EventLog, ops: EventLog) -> None:
+        self.logs = logs
+        self.ops = ops
+
+    def connect(self, session: str, remote_ip: str) -> None:
+        self.logs.connect(session, remote_ip)
+        self.ops.connect(session, remote_ip)
+
+    def login(self, session: str, remote_ip: str, user: str, user_class: str | None,
+              ok: bool, reason: str = "") -> None:
+        self.logs.login(session, remote_ip, user, user_class, ok, reason)
+        self.ops.login(session, remote_ip, user, user_class, ok, reason)
+
+    def command(self, session: str, remote_ip: str, user: str, line: bytes) -> None:
+        self.logs.command(session, remote_ip, user, line)
+        self.ops.command(session, remote_ip, user, line)
+
+    def reply(self, session: str, remote_ip: str, user: str, data: bytes) -> None:
+        self.logs.reply(session, remote_ip, user, data)
+        self.ops.reply(session, remote_ip, user, data)
+
+    def transfer_start(self, session: str, remote_ip: str, user: str, path: str, direction: str,
+                       size: int | None = None) -> None:
+        self.logs.transfer_start(session, remote_ip, user, path, direction)
+        self.ops.transfer_start(session, remote_ip, user, path, direction, size)
+
+    def progress(self, session: str, moved: int) -> None:
+        self.ops.progress(session, moved)
+
+    def tls_handshake(self, session: str, remote_ip: str, ok: bool) -> None:
+        self.ops.tls_handshake(session, remote_ip, ok)
+
+    def transfer(self, record: TransferRecord) -> None:
+        self.logs.transfer(record)
+        self.ops.transfer(record)
+
+    def fs_change(self, session: str, remote_ip: str, user: str, op: str, path: str,
+                  target: str, ok: bool) -> None:
+        self.logs.fs_change(session, remote_ip, user, op, path, target, ok)
+
+    def disconnect(self, session: str, remote_ip: str, user: str, reason: str) -> None:
+        self.logs.disconnect(session, remote_ip, user, reason)
+        self.ops.disconnect(session, remote_ip, user, reason)
+
+    def debug(self, session: str, remote_ip: str, user: str, text: str) -> None:
+        self.logs.debug(session, remote_ip, user, text)
+
+    def userlist_refused(self, session: str, remote_ip: str, user: str, text: str) -> None:
+        self.logs.userlist_refused(session, remote_ip, user, text)
+        self.ops.login(session, remote_ip, user, None, False, text)
+
+    def connect_refused(self, session: str, remote_ip: str, text: str) -> None:
+        self.logs.connect_refused(session, remote_ip, text)
+
+    def ban(self, remote_ip: str, seconds: int) -> None:
+        self.logs.ban(remote_ip, seconds)
+        self.ops.ban(remote_ip, seconds)
+
+    def reopen(self) -> None:
+        self.logs.reopen()
+
+    def close(self) -> None:
+        self.logs.close()
+
+
 def _file(option: str, path: str | None, make: Callable[..., Any] = FileSink, *, lock: bool = False) -> Any:
     if not path:
         raise LogFileError(option, "(unset)", "no path given")
@@ -268,12 +338,18 @@ def check_log_file(option: str, path: str | None) -> str | None:
     return None
 
 
-def build_event_log(cfg: Any, *, verbose: bool = False) -> EventLog:
+def build_event_log(cfg: Any, *, verbose: bool = False, ops: EventLog | None = None) -> EventLog:
     """The sinks `cfg` asks for, opened now; the no-op EventLog when none.
 
     `verbose` (serve -v) also writes the vsftpd-format lines to stderr.
+    `ops` (ops.sink.OpsSink, metrics_listen/control_socket): also receives every event.
     Raises LogFileError when a log file cannot be opened.
     """
+    logs = _build_logs(cfg, verbose)
+    return logs if ops is None else TeeEventLog(logs, ops)
+
+
+def _build_logs(cfg: Any, verbose: bool) -> EventLog:
     want_xferlog, want_vsftpd = _wanted(cfg)
     if not (want_xferlog or want_vsftpd or cfg.syslog_enable or cfg.json_log_file or verbose):
         return EventLog()

@@ -46,8 +46,17 @@ class EventLog:
     def reply(self, session: str, remote_ip: str, user: str, data: bytes) -> None:
         """The encoded reply bytes as sent."""
 
-    def transfer_start(self, session: str, remote_ip: str, user: str, path: str, direction: str) -> None:
-        """A download ("o") or upload ("i") got its data connection and 150 reply."""
+    def transfer_start(self, session: str, remote_ip: str, user: str, path: str, direction: str,
+                       size: int | None = None) -> None:
+        """A download ("o") or upload ("i") got its data connection and 150 reply; `size`:
+        the bytes a download will send, when known (the status page's progress bar)."""
+
+    def tls_handshake(self, session: str, remote_ip: str, ok: bool) -> None:
+        """A TLS handshake on the control connection (AUTH TLS, implicit TLS) ended: `ok` or failed."""
+
+    def progress(self, session: str, moved: int) -> None:
+        """A running transfer has moved `moved` bytes (sent at most once a second, only
+        when the operations features are on: metrics_listen or control_socket)."""
 
     def transfer(self, record: TransferRecord) -> None:
         pass

@@ -45,6 +45,15 @@ class ServerContext:
         self.account_rates: Any = None  # net.limits.AccountRates when user_max_rate is set
         self.refuse_user = userlist_filter(cfg)  # read now, before any chroot
         self.limits: SessionLimits | None = None  # pooled mode: shared by the worker processes
+        # who/kick and sd_notify (ops/control.py, ops/sdnotify.py, ops/pooledlink.py), pooled mode:
+        # (control socket, admin gid), the Notifier, and a worker's link to its supervisor
+        self.ops_control: Any = None
+        self.notifier: Any = None
+        self.ops_link: Any = None
+        # upload_hook (ops/hooks.py): settings, and the client of this process's hook runner
+        self.hook_settings: Any = None
+        self.hooks: Any = None
+        self.quota: Any = None  # ops.quota.QuotaStore when quotas are on (pooled: kept in-process)
         self._names: dict[tuple[int, bool], str] = {}
         self._next_id = itertools.count(1)
 

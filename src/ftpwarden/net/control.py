@@ -16,10 +16,12 @@ import asyncio
 import logging
 import socket
 import ssl
+import stat
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Final
 
+from ..ops import uploads
 from ..policy.auth.base import LoginRefused, LoginRequest
 from ..policy.auth.local import USERLIST_TEXT
 from ..policy.options import session_options
@@ -148,6 +150,7 @@ class ControlConnection(asyncio.Protocol):
             tls.set_note(self.ssl_context, self._tls_note)
             tls.control_done(self.ssl_context, sslobj)
             self.session.tls_started()  # protected from the first byte
+            self.events.tls_handshake(self.sid, self.remote_ip, True)
         if account is None:
             self.events.connect(self.sid, self.remote_ip)
         if pending:  # handled after the opening, by the same handler
@@ -279,6 +282,21 @@ class ControlConnection(asyncio.Protocol):
         else:
             self.closing = True
             self._start(None)
+
+    def kick(self, line: bytes) -> bool:
+        """`ftpwarden kick`: the client gets `line` (a 421) and the session ends, a
+        transfer under way too.  False when it is ending already."""
+        if self.ended or self.closing or self.opening is not None:
+            return False
+        self.end_reason = "kicked by the administrator"
+        self.frames = _NO_FRAMES
+        if self.handler is not None:  # a command runs: it stops; the line goes out before the close
+            self.handler.cancel()
+            self.transport.write(line)
+        else:
+            self.closing = True
+            self._start(lambda: self._write_safely(line))
+        return True
 
     async def _write_safely(self, data_: bytes) -> None:
         try:
@@ -432,10 +450,12 @@ class ControlConnection(asyncio.Protocol):
                 await self._start_tls()
             except (TimeoutError, OSError, ssl.SSLError, ConnectionError, tls.TlsSetupError) as e:
                 self.end_reason = f"TLS handshake failed ({e.__class__.__name__})"
+                self.events.tls_handshake(self.sid, self.remote_ip, False)
                 self.closing = True
                 self.transport.abort()  # nothing more may be said in clear
                 return []
             s.tls_started()
+            self.events.tls_handshake(self.sid, self.remote_ip, True)
             return []
         if isinstance(action, actions.ResetSession):
             self._close_jail()
@@ -450,16 +470,39 @@ class ControlConnection(asyncio.Protocol):
             except OSError as e:
                 outcome = e
             return s.complete(action, outcome)
+        if isinstance(action, actions.ShowQuota):
+            try:
+                outcome = uploads.quota_lines(self)
+            except (OSError, ValueError) as e:
+                outcome = e if isinstance(e, OSError) else OSError(str(e))
+            return s.complete(action, outcome)
         jail = self.jail
         assert jail is not None, "file actions come only after login"
+        deleted = self._deleted_by(jail, action) if self.ctx.quota is not None else None
         try:
             outcome = await files.perform(jail, action)
         except OSError as e:
             outcome = e
+        if deleted is not None and outcome is None:  # quotas: a deleted file no longer counts
+            uploads.forget_file(self, deleted)
         if isinstance(action, actions.FsChange):
             self.events.fs_change(self.sid, self.remote_ip, self.user, action.verb or action.op,
                                   action.path, action.target, not isinstance(outcome, OSError))
         return s.complete(action, outcome)
+
+    @staticmethod
+    def _deleted_by(jail: Jail, action: actions.Action) -> int | None:
+        """Quota bookkeeping: the size of the regular file that `action` removes (DELE, or
+        the target an RNTO replaces), or None."""
+        if not isinstance(action, actions.FsChange) or action.op not in ("unlink", "rename"):
+            return None
+        try:
+            st = jail.lstat(action.target if action.op == "rename" else action.path)
+            if action.op == "rename" and jail.lstat(action.path)[stat.ST_INO] == st.st_ino:
+                return None  # renamed onto itself: nothing goes
+        except OSError:
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def _userlist_logged(self, name: str) -> bool:
         """userlist_log: the user list's refusal at USER, logged in vsftpd's words."""

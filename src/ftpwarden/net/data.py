@@ -494,17 +494,24 @@ async def send_file(conn: Conn, fd: int, offset: int, ascii_mode: bool, progress
 
 
 async def receive_file(conn: Conn, fd: int, ascii_mode: bool, progress: list[int],
-                       stall_timeout: float = 0, throttle: Throttle | None = None, *, chunk: int = 0) -> None:
+                       stall_timeout: float = 0, throttle: Throttle | None = None, *, chunk: int = 0,
+                       limit: int | None = None) -> None:
     """Read the data connection to its end into `fd`; `progress[0]` counts bytes
     written.  A TLS stream cut without close_notify raises tls.Truncated, after
-    every byte decrypted before the cut is written.  `chunk`: bytes per read (0: ours)."""
+    every byte decrypted before the cut is written.  `chunk`: bytes per read (0: ours).
+    `limit` (a quota's grant): more bytes than this raise EDQUOT before they are written."""
     buf = bytearray(chunk or RECV_BUFFER)
     view = memoryview(buf)
     decoder = AsciiDecoder() if ascii_mode else None
+
+    def within(n: int) -> None:
+        if limit is not None and progress[0] + n > limit:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
     async with Stalled(stall_timeout) as stall:
         if decoder is None and throttle is None:
             def step(sfd: int) -> bool:
                 n = conn.recv_into(view)
+                within(n)
                 _write_all(fd, view[:n])
                 progress[0] += n
                 return n == 0
@@ -513,6 +520,7 @@ async def receive_file(conn: Conn, fd: int, ascii_mode: bool, progress: list[int
         throttle = throttle or Throttle(0)
         size = throttle.chunk(RECV_BUFFER)
         while n := await _recv_some(conn, view[:size]):
+            within(n)
             _write_all(fd, decoder.feed(bytes(view[:n])) if decoder else view[:n])
             progress[0] += n
             stall.moved()

@@ -224,6 +224,15 @@ class Jail:
         finally:
             os.close(spfd)
 
+    def move_out(self, vpath: str, dst_dir_fd: int, dst_name: str) -> None:
+        """Move `vpath` out of the root into a directory given by its fd (upload
+        quarantine), never replacing; the lookup of `vpath` stays confined."""
+        pfd, name = self._parent(vpath)
+        try:
+            _rename_noreplace(pfd, name, dst_dir_fd, dst_name)
+        finally:
+            os.close(pfd)
+
     # chmod and utime: there is no chmodat/utimensat that takes a path *and*
     # RESOLVE_IN_ROOT, and fchmod/futimens refuse O_PATH fds (a plain open
     # could block on a FIFO or need read permission).  So we resolve with

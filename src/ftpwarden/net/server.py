@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import functools
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..ops.pooledlink import SupervisorOps, start_worker_ops
 from ..policy import hostsaccess, rdns
 from . import proctitle
 from .context import ServerContext
@@ -122,14 +124,24 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
                                         ssl_handshake_timeout=handshake_deadline(cfg) if tls_for(s) else None)
                for s in sockets]
     stop = asyncio.Event()
+    notifier = getattr(ctx, "notifier", None)  # sd_notify: set only when this worker is the main process
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, ctx.events.reopen)  # logrotate moved the logs
+    loop.add_signal_handler(signal.SIGHUP, functools.partial(_reopen, ctx, notifier, sessions))
+    stop_ops = start_worker_ops(ctx, lambda: sessions, loop)  # who/kick, the supervisor's link, sd_notify
+    ops_http = getattr(ctx, "ops_http", None)  # metrics_listen, one worker: /metrics and /status (ops/http.py)
+    if ops_http is not None:
+        await ops_http.start()
     if sandbox is not None:  # seccomp_sandbox: the listeners are ready, the loop runs; from here on
         sandbox()  # only the calls a worker needs (priv/seccomp.py, passed in by cli.py)
     if ready:
         ready()
+    if notifier is not None:
+        notifier.ready(len(sessions))
     await stop.wait()
+    if notifier is not None:
+        notifier.stopping()
+    stop_ops()
     for srv in servers:
         srv.close()
     if sessions:
@@ -140,6 +152,15 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
             await asyncio.wait_for(all_ended.wait(), 5)
         except TimeoutError:
             pass
+
+
+def _reopen(ctx: ServerContext, notifier: Any, sessions: set[ControlConnection]) -> None:
+    """SIGHUP: logrotate moved the logs (sd_notify: RELOADING=1 around it)."""
+    if notifier is not None:
+        notifier.reloading()
+    ctx.events.reopen()
+    if notifier is not None:
+        notifier.ready(len(sessions))
 
 
 def _title(count: int) -> None:
@@ -205,6 +226,8 @@ class _HostsGate(asyncio.Protocol):
 
 def _run_worker(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None = None,
                 sandbox: Sandbox = None) -> None:
+    from ..ops.uploads import start_hooks
+    start_hooks(ctx)  # upload_hook: its runner is forked now, before the sandbox forbids it
     asyncio.run(_serve(ctx, sockets, ready, sandbox))
 
 
@@ -216,13 +239,19 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _spawn(ctx: ServerContext, listeners: list[Listener], i: int, sandbox: Sandbox = None) -> int:
+def _spawn(ctx: ServerContext, listeners: list[Listener], i: int, sandbox: Sandbox = None,
+           ops: SupervisorOps | None = None) -> int:
     parent = os.getpid()
+    link = ops.for_worker(ctx, i) if ops is not None else None  # who/kick and the session count
     pid = os.fork()
     if pid:
+        if link is not None:
+            link.close()
         return pid
     code = 0
     try:
+        if ops is not None and link is not None:
+            ops.in_worker(ctx, link)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until _serve installs its own handler
@@ -252,11 +281,16 @@ def serve_pooled(ctx: ServerContext, listeners: list[Listener], ready: Callable[
         return 0
     proctitle.show(f"pooled: supervisor of {len(listeners)} workers")
     stopping = False
-    workers = {_spawn(ctx, listeners, i, sandbox): i for i in range(len(listeners))}
+    ops: SupervisorOps | None = SupervisorOps(ctx)
+    if ops is not None and not ops.wanted:
+        ops = None
+    workers = {_spawn(ctx, listeners, i, sandbox, ops): i for i in range(len(listeners))}
 
     def stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
+        if ops is not None and ops.notifier is not None:
+            ops.notifier.stopping()
         for pid in workers:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -264,17 +298,28 @@ def serve_pooled(ctx: ServerContext, listeners: list[Listener], ready: Callable[
                 pass
 
     def hup(signum: int, _frame: Any) -> None:
+        if ops is not None and ops.notifier is not None:
+            ops.notifier.reloading()  # READY=1 follows once the workers have been told
         for pid in workers:  # each worker reopens its own log files
             try:
                 os.kill(pid, signal.SIGHUP)
             except ProcessLookupError:
                 pass
+        if ops is not None and ops.notifier is not None:
+            ops.notifier.ready(ops.last_count)  # the thread's last count: no link is asked from a handler
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, hup)
+    if ops is not None:
+        ops.start()
+    ops_http = getattr(ctx, "ops_supervisor", None)  # metrics_listen: the workers' numbers summed (ops/multiproc.py)
+    if ops_http is not None:
+        ops_http.start_thread()
     if ready:
         ready()
+    if ops is not None and ops.notifier is not None:
+        ops.notifier.ready()
     status = 0
     while workers:
         try:
@@ -292,7 +337,7 @@ def serve_pooled(ctx: ServerContext, listeners: list[Listener], ready: Callable[
         if not stopping:
             why = ", killed by the seccomp sandbox (SIGSYS)" if code == -signal.SIGSYS else ""
             print(f"ftpwarden: worker {pid} ended ({code}{why}); starting a new one", file=sys.stderr)
-            workers[_spawn(ctx, listeners, i, sandbox)] = i
+            workers[_spawn(ctx, listeners, i, sandbox, ops)] = i
         elif code not in (0, -signal.SIGTERM):
             status = 1
     return status

@@ -8,15 +8,17 @@ rule); this module carries it out and reports a `TransferDone`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import ssl
 import stat as stat_mod
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..logs.events import TransferRecord
+from ..ops import uploads
 from ..proto import paths
 from ..proto.actions import ReceiveFile, SendFile, SendListing, TransferAction, TransferDone
 from ..proto.listing import Entry
@@ -53,6 +55,8 @@ class Held:
     conn: data.Conn | None = None        # the data connection (plain or TLS)
     moving: bool = False                 # the 150 went out and bytes began to move: the transfer is logged
     started: Reply | None = None         # a 150 held back to go out with the final reply (`_sent_at_once`)
+    quota: Any = None                    # ops.uploads.Charge: the upload's budget and what it replaces
+    over_quota: bool = False             # the upload crossed its quota: it is discarded whatever the options
 
     def release(self) -> None:
         if self.conn is not None:  # a failed transfer: no close_notify
@@ -71,6 +75,7 @@ async def run(cc: ControlConnection, action: TransferAction) -> None:
     progress = cc.transfer_progress
     held = Held()
     started = time.time()
+    reporter = _report_progress(cc, progress) if isinstance(action, (SendFile, ReceiveFile)) else None
     try:
         try:
             done = await _move(cc, action, progress, held)
@@ -78,11 +83,17 @@ async def run(cc: ControlConnection, action: TransferAction) -> None:
             done = TransferDone("aborted", progress[0])
         except OSError:  # the control connection failed under us (or would not drain)
             done = TransferDone("connection_lost", progress[0])
-        if (isinstance(action, ReceiveFile) and action.delete_on_failure and done.status != "ok"
-                and held.upload is not None and cc.jail is not None):
+        if isinstance(done.error, OSError) and done.error.errno == errno.EDQUOT:
+            held.over_quota = True
+        if (isinstance(action, ReceiveFile) and (action.delete_on_failure or held.over_quota)
+                and done.status != "ok" and held.upload is not None and cc.jail is not None):
             # before the file is closed: its lock still keeps readers off what goes
             files.discard_failed_upload(cc.jail, held.upload, held.fd, held.emptied)
+        if isinstance(action, ReceiveFile) and done.status == "ok":  # quota usage, upload_hook
+            done = await uploads.completed(cc, action, held.quota, done)
     finally:
+        if reporter is not None:
+            reporter.cancel()
         held.release()
     if held.moving and isinstance(action, (SendFile, ReceiveFile)):
         _log(cc, action, done, started, held.name)
@@ -94,6 +105,23 @@ async def run(cc: ControlConnection, action: TransferAction) -> None:
     except OSError:
         cc.closing = True
         cc.writer.transport.abort()  # the main loop sees the end and cleans up
+
+
+def _report_progress(cc: ControlConnection, progress: list[int]) -> asyncio.Task[None] | None:
+    """metrics_listen / control_socket: the running transfer's bytes to the session
+    table (ops/table.py), at most once a second and only when they changed."""
+    if not (getattr(cc.cfg, "metrics_listen", None) or getattr(cc.cfg, "control_socket", None)):
+        return None
+
+    async def report() -> None:
+        last = -1
+        while True:
+            await asyncio.sleep(1.0)
+            if progress[0] != last:
+                last = progress[0]
+                cc.events.progress(cc.sid, last)
+
+    return asyncio.get_running_loop().create_task(report())
 
 
 async def _move(cc: ControlConnection, action: TransferAction, progress: list[int], held: Held) -> TransferDone:
@@ -108,6 +136,7 @@ async def _move(cc: ControlConnection, action: TransferAction, progress: list[in
         elif isinstance(action, ReceiveFile):
             held.upload = files.open_upload(jail, action)
             held.fd, held.name, held.partial = held.upload.fd, held.upload.name, held.upload.partial
+            held.quota = uploads.charge(cc, jail, action, held.upload)  # EDQUOT: 552 before any 150
         else:
             assert isinstance(action, SendListing)
             payload, truncated = await asyncio.to_thread(_render, cc, jail, action)
@@ -141,7 +170,9 @@ async def _move(cc: ControlConnection, action: TransferAction, progress: list[in
         cc.send(started)
     if isinstance(start, (SendFile, ReceiveFile)):
         cc.events.transfer_start(cc.sid, cc.remote_ip, cc.user, start.path,
-                                 "o" if isinstance(start, SendFile) else "i")
+                                 "o" if isinstance(start, SendFile) else "i",
+                                 max(0, size - start.offset) if isinstance(start, SendFile) and size is not None
+                                 else None)
     if at_once:
         held.started, held.moving = started, True
         conn, held.conn = held.conn, None
@@ -167,7 +198,8 @@ async def _move(cc: ControlConnection, action: TransferAction, progress: list[in
                                  throttle, chunk=chunk, use_sendfile=use_sendfile)
         elif isinstance(action, ReceiveFile):
             assert held.fd is not None
-            await data.receive_file(conn, held.fd, action.ascii, progress, stall, throttle, chunk=chunk)
+            await data.receive_file(conn, held.fd, action.ascii, progress, stall, throttle, chunk=chunk,
+                                    limit=held.quota.grant if held.quota is not None else None)
         else:
             progress[0] = await data.send_bytes(conn, payload)
     except (ConnectionError, TimeoutError, ssl.SSLError):
@@ -269,6 +301,8 @@ async def _finish_upload(cc: ControlConnection, jail: Jail, action: ReceiveFile,
             jail.rename(held.partial, action.path, replace=action.may_overwrite)
         except OSError as e:
             return TransferDone("local_error", size, error=e)
+    if held.quota is not None and held.fd is not None:  # before chown closes it: what the file now holds
+        held.quota.size_after = os.fstat(held.fd).st_size
     if action.chown and cc.ctx.broker is not None:  # pooled mode runs as one user: nobody to give it to
         try:
             await asyncio.to_thread(cc.ctx.broker.chown_upload, held.fd)

@@ -411,6 +411,36 @@ _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
         ("atomic_uploads", _B, False,
          "Write uploads to a hidden temporary name and rename it into place on success."),
         ("json_log_file", _S, None, "JSON-lines event log: a path, or \"-\" for stdout."),
+        ("metrics_listen", _S, None,
+         "ADDR:PORT of the HTTP listener serving /metrics (Prometheus) and /status (root or admin_group "
+         "on loopback); unset = off."),
+        ("control_socket", _S, None,
+         "Path of the control socket that `ftpwarden who` and `ftpwarden kick` use (AF_UNIX, mode 0660 "
+         "root:admin_group; root, admin_group and the server's own user may connect); unset = off. "
+         "The packaged configuration sets /run/ftpwarden/control.sock."),
+        ("admin_group", _S, None,
+         "Group whose members may use the control socket (who, kick) and /status besides root; unset = root only."),
+        ("upload_hook", _S, None,
+         "Program run after each completed upload (after the atomic rename), the real path as its argument and "
+         "FTPW_USER, FTPW_CLASS, FTPW_PATH, FTPW_VPATH, FTPW_SIZE, FTPW_CLIENT in its environment; unset = off."),
+        ("upload_hook_sync", _B, False,
+         "Run upload_hook before the final reply: exit 0 gives 226, anything else 550 and the file is removed "
+         "(or moved to upload_quarantine_dir)."),
+        ("upload_hook_timeout", _I, 60, "Seconds an upload_hook may run; then it is killed (sync: a refusal)."),
+        ("upload_hook_user", _S, None,
+         "Account upload_hook runs as; required when the server starts as root (a uid-0 account only if named "
+         "here); not root, the hook runs as the server's user."),
+        ("upload_hook_queue", _I, 64, "Hooks waiting to run at most (per runner); further ones are dropped "
+         "(async) or refused (sync)."),
+        ("upload_hook_concurrency", _I, 2, "Hooks running at once (per runner)."),
+        ("upload_quarantine_dir", _S, None,
+         "Where a file refused by a sync upload_hook is moved (same file system as the users' roots); "
+         "unset = removed."),
+        ("quota_bytes", _I, 0, "Default per-user byte quota (user-file option quota_bytes overrides); 0 = none."),
+        ("quota_files", _I, 0, "Default per-user file-count quota (user-file option quota_files overrides); "
+         "0 = none."),
+        ("quota_state_dir", _S, "/var/lib/ftpwarden/quota",
+         "Directory of the per-user usage files kept by the server (`ftpwarden quota recompute USER` repairs one)."),
         ("syslog_socket", _S, "/dev/log",
          "Local syslog socket (AF_UNIX datagram) that syslog_enable writes to; connected at start-up."),
         ("hash_enable", _B, True, "Offer the HASH command (draft-bryan-ftpext-hash)."),

@@ -42,6 +42,7 @@ from ..logs.events import EventLog
 from ..net import proctitle
 from ..net.bans import login_failed
 from ..net.data import active_socket, passive_listener
+from ..ops.brokered import BrokerUploads
 from ..policy.passwords import dummy_verify
 from ..proto.principal import Principal
 from . import seccomp
@@ -55,6 +56,7 @@ from .messages import (
     ChownUpload,
     DataSocket,
     Handover,
+    Kick,
     Login,
     LoginFailed,
     LoginOk,
@@ -65,7 +67,18 @@ from .messages import (
     Refused,
 )
 from .monitor import active_source_port, chown_upload, hash_buffers_unmapped, login_checkable, login_refusal, rate_wait
-from .sessions import EXPECTED, Owner, Phase, Proc, Session, Timers, Worker, check_handover, root_refusal
+from .sessions import (
+    EXPECTED,
+    UPLOAD_REQUESTS,
+    Owner,
+    Phase,
+    Proc,
+    Session,
+    Timers,
+    Worker,
+    check_handover,
+    root_refusal,
+)
 from .zygote import Identity, SpawnRefused, Zygote
 
 __all__ = ["Broker"]
@@ -94,6 +107,10 @@ class Broker:
         no checker, site.authenticate checks here, blocking: tests only)."""
         self.sockets = sockets
         self.load = load
+        # set by cli.py once built (ops/): None until then, also in the processes forked meanwhile
+        self.ops_feed: Any = None  # metrics_listen: the feed of ftpwarden-ops
+        self.control: tuple[socket.socket, int | None] | None = None  # control_socket (who, kick)
+        self.notifier: Any = None  # sd_notify
         self.sel: selectors.BaseSelector | None = None
         self._wake: tuple[int, ...] = ()
         # first, before anything here could load the user DB: only the checker holds it
@@ -123,6 +140,10 @@ class Broker:
         self.stop_asked = self.reload_asked = self.stopping = False
         self.deadline = 0.0
         self.exit_code = 0
+        # who/kick and sd_notify (ops/): set by cli.py after this constructor, so neither the
+        # checker nor the zygote ever holds them; (listening socket, admin gid) or None
+        self._control: Any = None
+        self.uploads: BrokerUploads | None = None  # quotas and upload_hook (ops/brokered.py)
 
     # ------------------------------------------------------------------ the loop
 
@@ -139,8 +160,14 @@ class Broker:
             self._watch(sock, functools.partial(self._accept, sock))
         self._watch(wake_r, functools.partial(drain, wake_r))
         self._watch(self.zygote, self._zygote_died)
+        self._start_ops()
+        self._start_uploads()
+        self._ops_tick()
         if ready:
             ready()
+        if self.notifier is not None and self.notifier.enabled:
+            self.notifier.ready(len(self.sessions))
+            self._notify_tick()
         while True:
             if self.stop_asked and not self.stopping:
                 self._begin_stop()
@@ -324,6 +351,21 @@ class Broker:
                 elif isinstance(msg, RateGrant):
                     self._request(s)
                     self._send(s, rate_wait(s.site.account_rates, s.reserve, msg))
+                elif isinstance(msg, UPLOAD_REQUESTS) and self.uploads is not None:  # quotas, upload_hook
+                    self._request(s)
+                    self.uploads.handle(s, msg, self._answer_upload)
+
+    def _ops_tick(self) -> None:
+        """metrics_listen: a snapshot of the session table and counters for the
+        ftpwarden-ops process (ops/process.py, set by cli.py), once a second."""
+        feed = self.ops_feed
+        if feed is None or self.stopping:
+            return
+        feed.send(self.site.events, {  # each kind's memory (ftpwarden_memory_resident_bytes)
+            "broker": [os.getpid()], "zygote": [self.zygote.pid],
+            "checker": [self.checker.pid] if self.checker is not None and self.checker.pid else [],
+            "session": [p.pid for p in self.procs] + [w.proc.pid for w in self.workers]})
+        self.timers.after(1.0, self._ops_tick)
 
     def _request(self, s: Session) -> None:
         """One request at a time: its answer is not tagged, so a second is out of order."""
@@ -341,6 +383,11 @@ class Broker:
         if s not in self.sessions:
             return
         self.sessions.discard(s)
+        if self.uploads is not None:
+            self.uploads.forget(s)
+        table = getattr(getattr(self.site.events, "ops", None), "table", None)  # ops/: its worker may have died
+        if table is not None:
+            table.disconnect(s.sid)
         left = self.per_ip.get(s.remote_ip, 1) - 1
         if left > 0:
             self.per_ip[s.remote_ip] = left
@@ -562,7 +609,7 @@ class Broker:
         admit = Admit(account.name, account.user_class.value, account.root,
                       ",".join(sorted(p.value for p in account.grants)), account.umask, account.anon_password,
                       account.uid, account.gid, account.chroot, account.start_dir, msg.pending,
-                      msg.tls_protected, msg.tls_pbsz, msg.tls_prot_private, s.local_ip, s.remote_ip)
+                      msg.tls_protected, msg.tls_pbsz, msg.tls_prot_private, s.local_ip, s.remote_ip, s.sid)
         s.relay.logged_in(account)  # from now on the user in every line is the account's
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -737,6 +784,15 @@ class Broker:
 
     def _reload(self) -> None:
         self.reload_asked = False
+        if self.notifier is not None:  # sd_notify: RELOADING=1 now, READY=1 when done (kept or new)
+            self.notifier.reloading()
+        try:
+            self._load_again()
+        finally:
+            if self.notifier is not None:
+                self.notifier.ready(len(self.sessions))
+
+    def _load_again(self) -> None:
         try:
             old, self.site = self.site, self.load()
         except Exception as e:  # a broken file keeps the old config running
@@ -769,6 +825,11 @@ class Broker:
         """Stop accepting; every child is asked to say 421 and exit."""
         self.stopping = True
         self.deadline = time.monotonic() + STOP_WAIT
+        if self.notifier is not None:
+            self.notifier.stopping()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         for sock in self.sockets:
             self._forget(sock)
         self.queue.clear()
@@ -819,6 +880,13 @@ class Broker:
         holds none of the broker's descriptors (their copies close, ours stay)."""
         for sock in self.sockets:
             sock.close()
+        if self.ops_feed is not None:
+            self.ops_feed.close()
+        control, notifier = self.control, self.notifier
+        if control is not None:
+            control[0].close()
+        if notifier is not None:
+            notifier.close()
         signal.set_wakeup_fd(-1)
         if self.sel is not None:
             for key in list(self.sel.get_map().values()):
@@ -843,6 +911,97 @@ class Broker:
         for table in (self.site.bans, self.site.account_rates):
             if table is not None:
                 table.detach()
+
+
+    # ------------------------------------------------------------------ who, kick, sd_notify (ops/)
+
+    def _start_uploads(self) -> None:
+        """Quotas and upload_hook: the usage kept here; the hook runner forked now, before
+        the first accept (cli.py checked the settings, `BrokerUploads` raises on a bad one)."""
+        self.uploads = BrokerUploads(self.site.cfg)
+        runner = self.uploads.start_runner()
+        if runner is not None:
+            def answers() -> None:
+                if self.uploads is not None and not self.uploads.on_runner():
+                    self._forget(runner)
+                    self.uploads.runner = None
+            self._watch(runner, answers)
+
+    def _answer_upload(self, s: Session, msg: Message) -> None:
+        if s in self.sessions and s.chan.fileno() >= 0:
+            try:
+                self._send(s, msg)
+            except ChannelError as e:
+                self._end(s, str(e))
+
+    def _start_ops(self) -> None:
+        if self.control is not None:
+            from ..ops.control import SelectorControl
+            sock, group = self.control
+
+            def unwatch(obj: Any) -> None:
+                if self.sel is not None:
+                    try:
+                        self.sel.unregister(obj)
+                    except (KeyError, ValueError):
+                        pass
+
+            self._control = SelectorControl(sock, group, (self._who, self._kick),
+                                            lambda obj, fn, events: self._watch(obj, fn, None, events),
+                                            unwatch, lambda delay, fn: self.timers.after(delay, fn))
+
+    def _notify_tick(self) -> None:
+        """STATUS= and WATCHDOG=1, from this loop: a broker stuck anywhere stops the pings."""
+        if self.notifier is None or self.stopping:
+            return
+        self.notifier.tick(len(self.sessions))
+        self.timers.after(self.notifier.period(), self._notify_tick)
+
+    def _who(self) -> list[dict[str, Any]]:
+        """The sessions: the ops table's rows (ops/table.py), else what the broker knows."""
+        from ..ops.control import find_table
+        live = {s.sid: s for s in self.sessions}
+        table = find_table(self.site.events)
+        rows = [r for r in table.snapshot() if r["id"] in live] if table is not None else []
+        known = {r["id"] for r in rows}
+        for sid, s in live.items():
+            if sid not in known:
+                account = s.account
+                rows.append({"id": sid, "user": account.name if account is not None else s.user,
+                             "class": account.user_class.value if account is not None else "",
+                             "client": s.remote_ip, "since": None, "idle": None, "mode": "isolated",
+                             "command": "" if s.phase is Phase.POST else "(logging in)",
+                             "transfer": None})
+        for r in rows:  # the broker's word on who it is, after login
+            s = live[r["id"]]
+            if s.account is not None:
+                r["user"], r["class"] = s.account.name, s.account.user_class.value
+        return rows
+
+    def _kick(self, field: str, value: str) -> list[str]:
+        """End the matching sessions: a logged-in one through its identity worker (Kick: it
+        writes 421 and closes), one before login by its pre-login process (SIGTERM: 421)."""
+        from ..ops.control import matches
+        kicked = []
+        live = {s.sid: s for s in self.sessions}
+        for row in self._who():
+            s = live.get(row["id"])
+            if s is None or not matches(row, field, value):
+                continue
+            if s.phase is Phase.POST:
+                w = s.worker
+                if w is None or w.admission is None:
+                    continue
+                try:
+                    w.admission.send(Kick(s.sid))
+                except (BlockingIOError, ChannelError, OSError):
+                    continue
+            elif s.phase is Phase.ADMIT:  # between its two processes: nobody reads it; closed
+                self._end(s, "kicked by the administrator")
+            else:
+                s.proc.signal(signal.SIGTERM)
+            kicked.append(s.sid)
+        return kicked
 
 
 def _reason(e: OSError) -> str:

@@ -320,7 +320,9 @@ def _granted(account: Principal) -> CheckGranted:
         raise ValueError("an isolated account has a uid and a gid")
     return CheckGranted(account.name, account.user_class.value, account.root,
                         ",".join(sorted(p.value for p in account.grants)), account.umask, account.anon_password,
-                        account.uid, account.gid, account.chroot, account.start_dir)
+                        account.uid, account.gid, account.chroot, account.start_dir,
+                        -1 if account.quota_bytes is None else account.quota_bytes,
+                        -1 if account.quota_files is None else account.quota_files)
 
 
 def _account(msg: CheckGranted) -> Principal:
@@ -330,7 +332,8 @@ def _account(msg: CheckGranted) -> Principal:
     return Principal(msg.name, UserClass(msg.user_class), msg.root,
                      frozenset(Perm(p) for p in msg.grants.split(",") if p), msg.umask,
                      anon_password=msg.anon_password, uid=msg.uid, gid=msg.gid, chroot=msg.chroot,
-                     start_dir=msg.start_dir)
+                     start_dir=msg.start_dir, quota_bytes=None if msg.quota_bytes < 0 else msg.quota_bytes,
+                     quota_files=None if msg.quota_files < 0 else msg.quota_files)
 
 
 def _name(name: bytes) -> None:

@@ -39,15 +39,24 @@ from ..net import proctitle
 from ..net.context import ServerContext
 from ..net.control import ControlConnection
 from ..net.limits import RateGrants
+from ..ops.hooks import worker_settings
 from ..proto.principal import Principal
 from . import seccomp
 from .channel import Channel, ChannelClosed
 from .checker import _account
 from .creds import close_strays, drop_privileges, minimal_environment
 from .logrelay import ForwardingEventLog, forward_logs, wanted_events
-from .messages import Admit, ChannelError, CheckGranted
+from .messages import Admit, ChannelError, CheckGranted, Kick
 from .tlshelper import TlsLink
-from .worker import MonitorBroker, _cannot_enter, _detach_bans, _detach_rates, _names_snapshot
+from .worker import (
+    BrokerHooks,
+    BrokerQuota,
+    MonitorBroker,
+    _cannot_enter,
+    _detach_bans,
+    _detach_rates,
+    _names_snapshot,
+)
 
 if TYPE_CHECKING:
     from .worker import Site
@@ -61,6 +70,7 @@ BASE_MEMORY = 1 << 30  # address space the process may add to what it inherits (
 SESSION_MEMORY = 4 << 20  # and per session it may host: buffers of a transfer, a listing
 _M_ARENA_MAX = -8
 _SHUTTING_DOWN = b"421 Server shutting down.\r\n"
+_KICKED = b"421 Disconnected by the administrator.\r\n"  # ops.control.KICK_LINE
 
 log = logging.getLogger("ftpwarden.identity")
 
@@ -73,13 +83,15 @@ def memory_limit(sessions: int) -> int:
 class _Session:
     """One hosted session's descriptors: closed together when it ends."""
 
-    __slots__ = ("conn", "key", "chan", "helper")
+    __slots__ = ("conn", "key", "chan", "helper", "sid", "control")
 
-    def __init__(self, conn: socket.socket, chan: Channel, helper: Channel | None) -> None:
+    def __init__(self, conn: socket.socket, chan: Channel, helper: Channel | None, sid: str = "") -> None:
         self.conn = conn
         self.key = conn.fileno()  # the control socket is closed (fileno -1) before the session ends
         self.chan = chan
         self.helper = helper
+        self.sid = sid  # the broker's id: what a Kick names
+        self.control: ControlConnection | None = None
 
     def close(self) -> None:
         """The client's connection first: when the broker sees the session channel's
@@ -158,7 +170,7 @@ class _Worker:
 
     def _admit(self) -> None:
         try:
-            msg, fds = self.admission.recv(Admit, max_fds=3)
+            msg, fds = self.admission.recv(Admit, Kick, max_fds=3)
         except BlockingIOError:
             return
         except ChannelClosed:  # the broker takes no more sessions here
@@ -166,6 +178,11 @@ class _Worker:
             return
         except (ChannelError, OSError) as e:
             log.warning("admission: %s", e)
+            return
+        if isinstance(msg, Kick):
+            for fd in fds:
+                os.close(fd)
+            self._kick(msg.session)
             return
         assert isinstance(msg, Admit)
         try:
@@ -177,7 +194,7 @@ class _Worker:
             return
         conn = socket.socket(fileno=fds[0])
         session = _Session(conn, Channel(socket.socket(fileno=fds[1])),
-                           Channel(socket.socket(fileno=fds[2])) if len(fds) == 3 else None)
+                           Channel(socket.socket(fileno=fds[2])) if len(fds) == 3 else None, msg.session)
         self.sessions[session.key] = session
         self.name = account.name
         self._title()
@@ -218,16 +235,26 @@ class _Worker:
                 ctx.events = proctitle.titled(ctx.events, f"{msg.remote_ip}/{account.name}")
             if self.rate:  # user_max_rate: grants from the broker, for this session's account only
                 ctx.account_rates = RateGrants(broker.rate_grant, self.rate)
+            ctx.quota = BrokerQuota(broker)  # the broker keeps the usage and says if a quota applies
+            if getattr(ctx.cfg, "upload_hook", None):  # no execve here: the broker runs it
+                ctx.hooks = BrokerHooks(broker, worker_settings(ctx.cfg))
             if session.helper is not None:
                 ctx.tls_link = TlsLink(session.helper)
             control = ControlConnection(ctx, account=replace(account, root="/") if account.chroot else account,
                                         pending=msg.pending, tls_state=msg.tls_state,
                                         addresses=(msg.local_ip, msg.remote_ip),
                                         on_end=functools.partial(self._ended, session))
+            session.control = control
             await asyncio.get_running_loop().connect_accepted_socket(lambda: control, session.conn)
         except Exception:  # our bug: this session ends, the others go on
             log.exception("session %s failed", msg.remote_ip)
             self._ended(session)
+
+    def _kick(self, sid: str) -> None:
+        """`ftpwarden kick` (the broker's Kick): 421 to that session's client, and it ends."""
+        for session in list(self.sessions.values()):
+            if sid and session.sid == sid and session.control is not None:
+                session.control.kick(_KICKED)
 
     def _ended(self, session: _Session, _control: ControlConnection | None = None) -> None:
         """The session is over (its connection is closed and out of the selector):

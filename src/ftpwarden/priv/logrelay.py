@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..logs.configured import ConfiguredEventLog
+from ..logs.configured import ConfiguredEventLog, TeeEventLog
 from ..logs.events import EventLog, TransferRecord
 from ..logs.xferlog import printable
 from ..policy.auth.local import USERLIST_TEXT
@@ -38,7 +38,9 @@ from .messages import (
     LogFsChange,
     LogHostsDenied,
     LogNotice,
+    LogProgress,
     LogReply,
+    LogTlsHandshake,
     LogTransfer,
     LogTransferStart,
     LogUserlist,
@@ -49,7 +51,7 @@ from .messages import (
 __all__ = ["ForwardingEventLog", "ForwardingLogHandler", "LogRelay", "LOG_EVENTS", "forward_logs", "quiet_stdio"]
 
 LOG_EVENTS = (LogConnect, LogCommand, LogReply, LogTransferStart, LogTransfer, LogFsChange, LogDisconnect,
-              LogNotice, LogDebug, LogUserlist, LogHostsDenied)
+              LogNotice, LogDebug, LogUserlist, LogHostsDenied, LogProgress, LogTlsHandshake)
 
 
 # Bounds on what a worker may send (characters for str, bytes for bytes).
@@ -138,9 +140,18 @@ class ForwardingEventLog(EventLog):
             self.post(LogReply(user[:USER_MAX], piece))
 
     @_quiet
-    def transfer_start(self, session: str, remote_ip: str, user: str, path: str, direction: str) -> None:
+    def transfer_start(self, session: str, remote_ip: str, user: str, path: str, direction: str,
+                       size: int | None = None) -> None:
         if self._starts:
-            self.post(LogTransferStart(path[:PATH_MAX], direction == "i"))
+            self.post(LogTransferStart(path[:PATH_MAX], direction == "i", -1 if size is None else max(0, size)))
+
+    @_quiet
+    def progress(self, session: str, moved: int) -> None:
+        self.post(LogProgress(max(0, moved)))
+
+    @_quiet
+    def tls_handshake(self, session: str, remote_ip: str, ok: bool) -> None:
+        self.post(LogTlsHandshake(ok))
 
     @_quiet
     def transfer(self, record: TransferRecord) -> None:
@@ -217,6 +228,8 @@ def wanted_events(events: Any) -> dict[str, bool]:
     if isinstance(events, ForwardingEventLog):  # the post-login process, forked from the pre-login one
         return {"commands": events._commands, "replies": events._replies, "starts": events._starts,
                 "transfers": events._transfers}
+    if isinstance(events, TeeEventLog):  # ops (metrics_listen, control_socket): the sessions' every event
+        return {}
     if type(events) is EventLog:  # no log configured: the monitor writes none of them
         return {"commands": False, "replies": False, "starts": False, "transfers": False}
     if not isinstance(events, ConfiguredEventLog):
@@ -287,12 +300,19 @@ class LogRelay:
                 self.events.command(s, ip, self._user(user), _bounded(line, LINE_MAX, "command"))
             case LogReply(user=user, data=data):
                 self.events.reply(s, ip, self._user(user), _bounded(data, REPLY_CHUNK, "reply"))
-            case LogTransferStart(path=path, upload=upload):
+            case LogTransferStart(path=path, upload=upload, size=size):
                 account = self._after_login("a transfer")
                 self.events.transfer_start(s, ip, account.name, _bounded(path, PATH_MAX, "path"),
-                                           "i" if upload else "o")
+                                           "i" if upload else "o", size if size >= 0 else None)
             case LogTransfer():
                 self.events.transfer(self._record(msg))
+            case LogTlsHandshake(ok=ok):
+                self.events.tls_handshake(s, ip, ok)
+            case LogProgress(moved=moved):
+                self._after_login("a transfer's progress")
+                if moved < 0:
+                    raise ChannelError("a negative progress")
+                self.events.progress(s, moved)
             case LogFsChange(op=op, path=path, target=target, ok=ok):
                 account = self._after_login("a file change")
                 if op not in FS_OPS:

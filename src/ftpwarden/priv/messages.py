@@ -21,9 +21,10 @@ __all__ = [
     "Login", "LoginOk", "LoginFailed", "Handover", "ActiveDataSocket", "PassiveListen", "DataSocket",
     "ChownUpload", "Done", "Refused", "WrapData", "DataWrapped", "DataEnded", "DataSent",
     "LogConnect", "LogCommand", "LogReply", "LogTransferStart", "LogTransfer", "LogFsChange",
-    "LogDisconnect", "LogNotice", "LogDebug", "LogUserlist", "LogHostsDenied",
-    "RateGrant", "RateWait",
-    "SpawnPrelogin", "SpawnIdentity", "Spawned", "ZygoteReload", "Admit",
+    "LogDisconnect", "LogNotice", "LogDebug", "LogUserlist", "LogHostsDenied", "LogProgress", "LogTlsHandshake",
+    "RateGrant", "RateWait", "QuotaAsk", "QuotaGrant", "QuotaUsed", "QuotaShow", "QuotaLines", "UploadHook",
+    "HookDone",
+    "SpawnPrelogin", "SpawnIdentity", "Spawned", "ZygoteReload", "Admit", "Kick",
     "CheckerConn", "CheckerReload", "CheckerUp", "CheckLogin", "CheckGranted", "CheckRefused",
 ]
 
@@ -231,6 +232,8 @@ class CheckGranted(Message):
     gid: int
     chroot: bool
     start_dir: str
+    quota_bytes: int = -1   # the user file's quotas; -1: the config's default
+    quota_files: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +286,7 @@ class LogTransferStart(Message):
     kind: ClassVar[int] = 33
     path: str
     upload: bool
+    size: int = -1  # a download's bytes to send, when known (-1: unknown): the status page's progress bar
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,9 +354,26 @@ class LogHostsDenied(Message):
     where: str  # FILE:LINE of the deciding line
 
 
+@dataclass(frozen=True, slots=True)
+class LogProgress(Message):
+    """A running transfer's bytes so far (at most once a second, only with metrics_listen or
+    control_socket set): the session table's progress (ops/table.py)."""
+
+    kind: ClassVar[int] = 49
+    moved: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogTlsHandshake(Message):
+    """The control connection's TLS handshake ended (the metrics count them)."""
+
+    kind: ClassVar[int] = 48
+    ok: bool
+
+
 KINDS.update({cls.kind: cls for cls in (LogConnect, LogCommand, LogReply, LogTransferStart, LogTransfer,
                                         LogFsChange, LogDisconnect, LogNotice, LogDebug, LogUserlist,
-                                        LogHostsDenied)})
+                                        LogHostsDenied, LogProgress, LogTlsHandshake)})
 # --- user_max_rate grants (post-login worker <-> monitor) -------------------
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +394,73 @@ class RateWait(Message):
 
 
 KINDS.update({cls.kind: cls for cls in (RateGrant, RateWait)})
+
+
+# --- quotas and upload hooks (post-login worker <-> broker; ops/quota.py, ops/hooks.py) ---
+# The broker decides for the session's own account (the worker names none) and keeps the usage.
+
+@dataclass(frozen=True, slots=True)
+class QuotaAsk(Message):
+    """Worker -> broker: an upload starts (`probe`: only whether a quota applies to this account)."""
+
+    kind: ClassVar[int] = 70
+    new_file: bool
+    replaced: int   # bytes of the file it empties or replaces (they come back)
+    probe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaGrant(Message):
+    """Broker -> worker: `left` bytes may be written (-1: no byte limit); `refused`: why none (552)."""
+
+    kind: ClassVar[int] = 71
+    applies: bool
+    left: int
+    refused: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUsed(Message):
+    """Worker -> broker: an upload completed (or a file was deleted): the usage changes by this; -> Done."""
+
+    kind: ClassVar[int] = 72
+    nbytes: int
+    files: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaShow(Message):
+    """Worker -> broker: SITE QUOTA; -> QuotaLines."""
+
+    kind: ClassVar[int] = 73
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLines(Message):
+    kind: ClassVar[int] = 74
+    text: str  # lines joined by newlines; "" when no quota applies
+
+
+@dataclass(frozen=True, slots=True)
+class UploadHook(Message):
+    """Worker -> broker: `path` (in the session's root) is complete; run upload_hook.
+    Sync: answered with HookDone after the program ran; async: at once (status "queued")."""
+
+    kind: ClassVar[int] = 75
+    path: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class HookDone(Message):
+    kind: ClassVar[int] = 76
+    status: str     # ok | failed | timeout | busy | error | queued
+    code: int       # the exit code, -1 when none
+    moved_to: str   # quarantined here
+
+
+KINDS.update({cls.kind: cls for cls in (QuotaAsk, QuotaGrant, QuotaUsed, QuotaShow, QuotaLines, UploadHook,
+                                        HookDone)})
 
 
 # --- the zygote (priv/zygote.py) and identity workers (priv/identity.py) ------
@@ -441,13 +529,23 @@ class Admit(Message):
     tls_prot_private: bool
     local_ip: str
     remote_ip: str
+    session: str = ""  # the broker's id of the session (as `ftpwarden who` shows it): what Kick names
 
     @property
     def tls_state(self) -> TlsState:
         return TlsState(self.tls_protected, self.tls_pbsz, self.tls_prot_private)
 
 
-KINDS.update({cls.kind: cls for cls in (SpawnPrelogin, SpawnIdentity, Spawned, ZygoteReload, Admit)})
+@dataclass(frozen=True, slots=True)
+class Kick(Message):
+    """Broker -> identity worker, on its admission channel (`ftpwarden kick`): end the
+    hosted session of that id; the worker writes 421 to its client and closes it."""
+
+    kind: ClassVar[int] = 57
+    session: str
+
+
+KINDS.update({cls.kind: cls for cls in (SpawnPrelogin, SpawnIdentity, Spawned, ZygoteReload, Admit, Kick)})
 _INT = struct.Struct(">q")
 _LEN = struct.Struct(">I")
 

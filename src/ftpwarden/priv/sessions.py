@@ -26,13 +26,28 @@ from ..proto.principal import Principal
 from .channel import Channel
 from .checker import CheckerClient
 from .logrelay import LogRelay
-from .messages import ActiveDataSocket, ChannelError, ChownUpload, Handover, Login, Message, PassiveListen, RateGrant
+from .messages import (
+    ActiveDataSocket,
+    ChannelError,
+    ChownUpload,
+    Handover,
+    Login,
+    Message,
+    PassiveListen,
+    QuotaAsk,
+    QuotaShow,
+    QuotaUsed,
+    RateGrant,
+    UploadHook,
+)
 from .worker import writable_root
 
 __all__ = ["Timer", "Timers", "Proc", "Phase", "Session", "Worker", "EXPECTED", "check_handover", "root_refusal",
-           "WRITABLE_ROOT", "Owner"]
+           "WRITABLE_ROOT", "Owner", "UPLOAD_REQUESTS"]
 
 log = logging.getLogger("ftpwarden.broker")
+
+UPLOAD_REQUESTS = (QuotaAsk, QuotaUsed, QuotaShow, UploadHook)  # ops/brokered.py answers them
 
 WRITABLE_ROOT = b"500 OOPS: refusing to run with writable root inside chroot(); see allow_writeable_chroot\r\n"
 
@@ -157,7 +172,7 @@ EXPECTED: dict[Phase, tuple[tuple[type[Message], ...], int]] = {
     Phase.LEAVING: ((), 0),
     Phase.HANDOVER: ((Handover,), 2),
     Phase.ADMIT: ((), 0),
-    Phase.POST: ((ActiveDataSocket, PassiveListen, ChownUpload, RateGrant), 1),
+    Phase.POST: ((ActiveDataSocket, PassiveListen, ChownUpload, RateGrant, *UPLOAD_REQUESTS), 1),
 }
 
 

@@ -30,6 +30,8 @@ from ..net.context import ServerContext
 from ..net.control import ControlConnection, serve
 from ..net.limits import MAX_WAIT, RateGrants
 from ..net.tls import Contexts, handshake_deadline, make_context, wait_fd
+from ..ops.hooks import Result
+from ..ops.quota import Exceeded
 from ..policy.auth.base import LoginRefused, LoginRequest
 from ..policy.hostsaccess import DENIED_REPLY, Verdict, check, rules_dir
 from ..policy.rdns import bounded
@@ -42,18 +44,26 @@ from .creds import close_strays, drop_privileges, minimal_environment, set_paren
 from .logrelay import ForwardingEventLog, forward_logs
 from .messages import (
     ActiveDataSocket,
+    ChannelError,
     ChownUpload,
     DataSocket,
     Done,
     Handover,
+    HookDone,
     LogHostsDenied,
     Login,
     LoginFailed,
     LoginOk,
     PassiveListen,
+    QuotaAsk,
+    QuotaGrant,
+    QuotaLines,
+    QuotaShow,
+    QuotaUsed,
     RateGrant,
     RateWait,
     Refused,
+    UploadHook,
 )
 from .tlshelper import TlsLink, serve_helper
 
@@ -145,6 +155,74 @@ class MonitorBroker:
             msg, _ = self.chan.recv(Done, Refused)
         if isinstance(msg, Refused):
             raise PermissionError(msg.reason)
+
+    def quota_ask(self, new_file: bool, replaced: int, probe: bool = False) -> QuotaGrant:
+        with self.lock:
+            self.chan.send(QuotaAsk(new_file, replaced, probe))
+            msg, _ = self.chan.recv(QuotaGrant)
+        assert isinstance(msg, QuotaGrant)
+        return msg
+
+    def quota_used(self, nbytes: int, files: int) -> None:
+        with self.lock:
+            self.chan.send(QuotaUsed(nbytes, files))
+            self.chan.recv(Done)
+
+    def quota_show(self) -> str:
+        with self.lock:
+            self.chan.send(QuotaShow())
+            msg, _ = self.chan.recv(QuotaLines)
+        assert isinstance(msg, QuotaLines)
+        return msg.text
+
+    def upload_hook(self, path: str, size: int) -> HookDone:
+        """Blocks until the broker answers: sync, after the program ran (bounded by its timeout)."""
+        with self.lock:
+            self.chan.send(UploadHook(path, size))
+            msg, _ = self.chan.recv(HookDone)
+        assert isinstance(msg, HookDone)
+        return msg
+
+
+class BrokerQuota:
+    """Isolated mode's quota backend (ops/uploads.py): the broker keeps the usage and decides."""
+
+    def __init__(self, broker: MonitorBroker) -> None:
+        self.broker = broker
+        self._applies: bool | None = None  # one session, one account: asked once
+
+    def applies(self, account: Any) -> bool:
+        if self._applies is None:
+            self._applies = self.broker.quota_ask(False, 0, probe=True).applies
+        return self._applies
+
+    def grant(self, account: Any, *, new_file: bool, replaced: int) -> int | None:
+        msg = self.broker.quota_ask(new_file, replaced)
+        if msg.refused:
+            raise Exceeded(msg.refused)
+        return None if msg.left < 0 else msg.left
+
+    def add(self, account: Any, dbytes: int, dfiles: int) -> None:
+        self.broker.quota_used(dbytes, dfiles)
+
+    def lines(self, account: Any) -> tuple[str, ...]:
+        text = self.broker.quota_show()
+        return tuple(text.split("\n")) if text else ()
+
+
+class BrokerHooks:
+    """Isolated mode's upload_hook: no execve here (seccomp), so the broker runs it."""
+
+    def __init__(self, broker: MonitorBroker, settings: Any) -> None:
+        self.broker = broker
+        self.settings = settings
+
+    async def run(self, env: dict[str, str], root: str, vpath: str) -> Any:
+        try:
+            msg = await asyncio.to_thread(self.broker.upload_hook, vpath, int(env.get("FTPW_SIZE", "0")))
+        except (OSError, ChannelError) as e:
+            return Result("error", output=str(e))
+        return Result(msg.status, None if msg.code < 0 else msg.code, "", msg.moved_to)
 
 
 def _names_snapshot(cfg: Any) -> dict[tuple[int, bool], str]:

@@ -19,7 +19,7 @@ __all__ = [
     "Action", "Authenticate", "StartTls", "ResetSession", "ChangeDir", "StatPath", "FsChange",
     "OpenPassive", "ClosePassive", "AbortTransfer", "SendFile", "ReceiveFile", "SendListing",
     "ControlListing", "ComputeHash", "Transfer", "TransferAction", "TransferDone", "TransferStatus",
-    "RestartBeyondEnd", "Outcome", "TlsState",
+    "RestartBeyondEnd", "Outcome", "TlsState", "ShowQuota",
 ]
 
 
@@ -181,6 +181,11 @@ class ComputeHash(Action):
     algorithm: str
 
 
+@dataclass(frozen=True, slots=True)
+class ShowQuota(Action):
+    """SITE QUOTA: the user's quota and usage; outcome: its lines (a tuple of str), or OSError."""
+
+
 TransferAction = SendFile | ReceiveFile | SendListing  # every concrete Transfer
 
 
@@ -194,7 +199,8 @@ class RestartBeyondEnd(OSError):
 
 
 TransferStatus = Literal["ok", "no_data_connection", "aborted", "connection_lost", "local_error",
-                         "tls_refused", "truncated"]  # truncated: a recursive listing stopped at its bound
+                         "tls_refused", "truncated", "refused"]  # truncated: a recursive listing stopped at its
+# bound; refused: an upload complete on disk that the upload_hook (sync) refused: removed or quarantined
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,4 +227,4 @@ class TlsState:
 # What the I/O layer hands to `Session.complete`, whatever the action (each
 # action's docstring names its own); the session checks the pair.
 Outcome = (Principal | OSError | str | os.stat_result | tuple[list[Entry], float] | tuple[str, int]
-           | TransferDone | None)
+           | TransferDone | tuple[str, ...] | None)

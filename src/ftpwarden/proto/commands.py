@@ -103,10 +103,11 @@ COMMANDS: dict[str, Spec] = {
     "XPWD": _L(doc="XPWD"),
     "LIST": _L(arg=Arg.LIST_PATH, perm=Perm.LIST, doc="LIST [-a] [path]"),
     "NLST": _L(arg=Arg.LIST_PATH, perm=Perm.LIST, doc="NLST [path]"),
-    "SITE": _L(arg=Arg.REQUIRED, doc="SITE CHMOD|UMASK|IDLE|HELP"),  # an unknown subcommand
+    "SITE": _L(arg=Arg.REQUIRED, doc="SITE CHMOD|UMASK|IDLE|QUOTA|HELP"),  # an unknown subcommand
     "SITE CHMOD": _L(arg=Arg.MODE_PATH, perm=Perm.CHMOD, doc="SITE CHMOD <mode> <path>"),
     "SITE UMASK": _L(arg=Arg.OPTIONAL, doc="SITE UMASK [mask]"),
     "SITE IDLE": _L(arg=Arg.OPTIONAL, doc="SITE IDLE [seconds]"),
+    "SITE QUOTA": _L(arg=Arg.NONE, doc="SITE QUOTA"),
     "SITE HELP": _L(arg=Arg.OPTIONAL, doc="SITE HELP"),
     "SYST": _L(login=False, doc="SYST"),
     "STAT": _L(login=False, arg=Arg.OPTIONAL, during_transfer=True, doc="STAT [path]",

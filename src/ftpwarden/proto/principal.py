@@ -35,6 +35,8 @@ class Principal:
     gid: int | None = None
     chroot: bool = True       # False: a real user not jailed (vsftpd's chroot_local_user=NO)
     start_dir: str = "/"      # first cwd, inside `root` (a non-chrooted user starts at home)
+    quota_bytes: int | None = None  # the user file's quotas; None: the config's default (ops/quota.py)
+    quota_files: int | None = None
 
     @property
     def anonymous(self) -> bool:

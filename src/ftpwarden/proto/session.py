@@ -30,6 +30,7 @@ from .actions import (
     RestartBeyondEnd,
     SendFile,
     SendListing,
+    ShowQuota,
     StatPath,
     Transfer,
     TransferAction,
@@ -238,6 +239,8 @@ class Session(VerbHandlers):
                 return self._done_openpassive(action, outcome)
             case ComputeHash() if _is_name_and_number(outcome):
                 return self._done_computehash(action, outcome)
+            case ShowQuota() if isinstance(outcome, OSError) or _is_lines(outcome):
+                return self._done_showquota(outcome)
         raise TypeError(f"{type(action).__name__} does not end with {outcome!r}")
 
     def _done_authenticate(self, action: Authenticate, account: Principal | OSError | None) -> list[Event]:
@@ -331,6 +334,13 @@ class Session(VerbHandlers):
         end = max(size - 1, 0)
         return [Reply(Code.FILE_STATUS, f"{action.algorithm} 0-{end} {digest} {paths.basename(action.path) or '/'}")]
 
+    def _done_showquota(self, outcome: tuple[str, ...] | OSError) -> list[Event]:
+        if isinstance(outcome, OSError):
+            return [Reply(Code.LOCAL_ERROR, "Quota usage unavailable.")]
+        if not outcome:
+            return [Reply(Code.OK, "No quota for this user.")]
+        return [Reply(Code.OK, outcome[0], tuple(outcome[1:]) + ("End.",))]
+
     # ------------------------------------------------------------------ transfers
 
     def transfer_started(self, action: Transfer, size: int | None = None) -> Reply:
@@ -361,6 +371,8 @@ class Session(VerbHandlers):
             return [Reply(522, f"TLS on the data connection failed: {done.detail}.")]
         if done.status == "truncated":  # the listing's bytes went out, up to a clear last line
             return [Reply(Code.LOCAL_ERROR, f"Listing truncated: {done.detail}.")]
+        if done.status == "refused":
+            return [Reply(Code.FILE_UNAVAILABLE, f"Upload refused by the server's check{done.detail}.")]
         if done.status == "aborted":
             return [Reply(Code.TRANSFER_ABORTED, "Transfer aborted.")]
         if done.status == "connection_lost":
@@ -508,6 +520,10 @@ class Session(VerbHandlers):
     def _is_anonymous(self) -> bool:
         return self.account is not None and self.account.user_class is UserClass.ANONYMOUS
 
+
+
+def _is_lines(outcome: Outcome) -> TypeGuard[tuple[str, ...]]:
+    return isinstance(outcome, tuple) and all(isinstance(x, str) for x in outcome)
 
 
 def _is_listing(outcome: Outcome) -> TypeGuard[tuple[list[listing.Entry], float] | OSError]:

@@ -27,6 +27,7 @@ from .actions import (
     ResetSession,
     SendFile,
     SendListing,
+    ShowQuota,
     StartTls,
     StatPath,
     TlsState,
@@ -584,6 +585,10 @@ class VerbHandlers:
         limit = self.options.idle_session_timeout or _IDLE_CAP
         self.idle_timeout = max(30, min(int(arg), limit))
         return [Reply(Code.OK, f"SITE IDLE set to {self.idle_timeout}")]
+
+    @handles("SITE QUOTA")
+    def _site_quota(self, arg: str, _p: str | None) -> list[Event]:
+        return [ShowQuota()]  # the I/O layer knows the usage (ops/quota.py)
 
 
 

@@ -2,7 +2,8 @@
 
 One user per line, `#` comments and blank lines ignored:
 
-    name:hash[:options]         options: root=/abs/dir, write | write=yes|no, umask=022
+    name:hash[:options]         options: root=/abs/dir, write | write=yes|no, umask=022,
+                                         quota_bytes=N, quota_files=N (0: no limit)
 
 `htpasswd -B` lines (`alice:$2y$05$...`) work as they are: root is then the
 default root and writing follows write_enable.  The file is re-read when it
@@ -41,6 +42,8 @@ class UserRecord:
     root: str | None = None     # None: the authenticator's default root
     write: bool | None = None   # None: follow write_enable
     umask: int | None = None    # None: local_umask
+    quota_bytes: int | None = None  # None: the config's quota_bytes
+    quota_files: int | None = None  # None: the config's quota_files
 
 
 def valid_user_name(name: str) -> bool:
@@ -71,6 +74,7 @@ def _parse_line(line: str) -> UserRecord:
         raise ValueError(f"user {name}: unsupported password hash (use bcrypt, as `htpasswd -B` writes, "
                          "or `ftpwarden user`)")
     root = write = umask = None
+    quotas: dict[str, int] = {}
     seen: set[str] = set()
     for item in options.split(",") if options else ():
         key, eq, value = item.strip().partition("=")
@@ -86,11 +90,15 @@ def _parse_line(line: str) -> UserRecord:
                 write = not eq or value.lower() in _TRUE
             elif key == "umask":
                 umask = _parse_umask(value)
+            elif key in ("quota_bytes", "quota_files"):
+                if not value.isdigit() or len(value) > 19:
+                    raise ValueError(f"{key} must be a whole number (0: no limit)")
+                quotas[key] = int(value)
             else:
-                raise ValueError(f"unknown option {key!r} (known: root, write, umask)")
+                raise ValueError(f"unknown option {key!r} (known: root, write, umask, quota_bytes, quota_files)")
         except ValueError as e:
             raise ValueError(f"user {name}: {e}") from None
-    return UserRecord(name, hash_, root, write, umask)
+    return UserRecord(name, hash_, root, write, umask, quotas.get("quota_bytes"), quotas.get("quota_files"))
 
 
 def parse_userdb(text: str, filename: str) -> dict[str, UserRecord]:
@@ -127,6 +135,9 @@ def format_record(r: UserRecord) -> str:
         if not 0 <= r.umask <= 0o777:
             raise ValueError("umask must be 000 to 777")
         options.append(f"umask={r.umask:03o}")
+    for key in ("quota_bytes", "quota_files"):
+        if getattr(r, key) is not None:
+            options.append(f"{key}={int(getattr(r, key))}")
     return ":".join([r.name, r.hash] + ([",".join(options)] if options else []))
 
 
@@ -168,6 +179,8 @@ class _RecordAuthenticator:
             root=root,
             grants=self._grants_for(rec.write),
             umask=number(self._cfg, "local_umask") if rec.umask is None else rec.umask,
+            quota_bytes=rec.quota_bytes,
+            quota_files=rec.quota_files,
         )
 
     def _grants_for(self, write: bool | None) -> frozenset[Perm]:
