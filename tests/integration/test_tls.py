@@ -13,6 +13,9 @@ import subprocess
 
 import pytest
 
+from ftpwarden.net.tls import make_context
+from ftpwarden.policy.config import default_config
+
 from .conftest import ReusingFTP_TLS, client_ctx, tls_login
 
 TIMEOUT = 30
@@ -53,27 +56,19 @@ def test_data_connection_without_session_reuse_is_refused(tls_server):
         assert buf.getvalue() == b"hello over tls\n"
 
 
-def _tls11_only_client() -> ssl.SSLContext:
-    """An obsolete client that speaks TLS 1.1 and nothing newer: what the refusal is about
-    (stock clients at their defaults are the control below and every other test)."""
-    ctx = client_ctx()
-    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client really offer TLS 1.1
-    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-    return ctx
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_tls_below_1_2_is_refused(tls_server):
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")  # the setting tested
+def test_tls_below_1_2_is_refused(tls_server, cert):
+    """The floor is the server's own: its context (the one both modes build) accepts nothing
+    below TLS 1.2 unless ssl_tlsv11/ssl_tlsv1 say so; no client is pinned to an old version."""
+    files = {"ssl_enable": True, "rsa_cert_file": str(cert[0]), "rsa_private_key_file": str(cert[1])}
+    assert make_context(default_config(**files)).minimum_version is ssl.TLSVersion.TLSv1_2
+    assert make_context(default_config(**files, ssl_tlsv11=True)).minimum_version is ssl.TLSVersion.TLSv1_1
+    # a client at its defaults gets in, at TLS 1.2 or newer
     srv = tls_server()
-    ftp = ftplib.FTP_TLS(context=_tls11_only_client(), timeout=TIMEOUT)
-    ftp.connect(srv.host, srv.port)
-    with pytest.raises((ssl.SSLError, ConnectionError)):
-        ftp.auth()
-    ftp.close()
-    # a client at its defaults gets in: the version was the reason
     ftp = ftplib.FTP_TLS(context=client_ctx(), timeout=TIMEOUT)
     ftp.connect(srv.host, srv.port)
     assert ftp.auth().startswith("234")
+    assert ftp.sock.version() in ("TLSv1.2", "TLSv1.3")
     ftp.close()
 
 

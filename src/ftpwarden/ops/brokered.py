@@ -112,11 +112,10 @@ class BrokerUploads:
         if st is None or self.runner is None or account is None:
             answer(s, HookDone("ok", 0, ""))  # no hook configured: nothing to wait for
             return
-        vpath = "/" + msg.path.lstrip("/")
         root = account.root
-        env = hooks.hook_env(user=account.name, user_class=account.user_class.value,
-                             path=os.path.join(root, vpath.lstrip("/")), vpath=vpath, size=max(0, msg.size),
-                             client=s.remote_ip)
+        env = hooks.hook_env(user=account.name, user_class=account.user_class.value, root=root, vpath=msg.path,
+                             size=max(0, msg.size), client=s.remote_ip)
+        vpath = env["FTPW_VPATH"]
         rid = next(self._ids)
         data = json.dumps({"id": rid, "sync": st.sync, "env": env, "path": env["FTPW_PATH"],
                            "root": root, "vpath": vpath}).encode()

@@ -35,6 +35,7 @@ import itertools
 import json
 import logging
 import os
+import posixpath
 import pwd
 import queue
 import selectors
@@ -112,13 +113,12 @@ def worker_settings(cfg: Any) -> Settings:
                     float(getattr(cfg, "upload_hook_timeout", None) or 60), None, None, 0, 1, None)
 
 
-def hook_env(*, user: str, user_class: str, path: str, vpath: str, size: int, client: str,
-             sha256: str = "") -> dict[str, str]:
-    env = {"FTPW_USER": user, "FTPW_CLASS": user_class, "FTPW_PATH": path, "FTPW_VPATH": vpath,
-           "FTPW_SIZE": str(size), "FTPW_CLIENT": client, "PATH": _PATH}
-    if sha256:
-        env["FTPW_SHA256"] = sha256
-    return env
+def hook_env(*, user: str, user_class: str, root: str, vpath: str, size: int, client: str) -> dict[str, str]:
+    """The hook's whole environment.  `vpath` is normalised inside `root` here (in isolated mode it
+    comes from the user's process): FTPW_PATH never names a file outside the account's root."""
+    vpath = posixpath.normpath("/" + vpath.lstrip("/"))  # not "//": POSIX keeps two leading slashes
+    return {"FTPW_USER": user, "FTPW_CLASS": user_class, "FTPW_PATH": os.path.join(root, vpath.lstrip("/")),
+            "FTPW_VPATH": vpath, "FTPW_SIZE": str(size), "FTPW_CLIENT": client, "PATH": _PATH}
 
 
 @dataclass(frozen=True, slots=True)

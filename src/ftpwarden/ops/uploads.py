@@ -62,8 +62,7 @@ async def completed(cc: Any, action: ReceiveFile, held: Charge | None, done: Tra
             vpath = paths.resolve(paths.parent(action.path), done.name)
         root = cc.jail.root
         env = hooks.hook_env(user=account.name, user_class=account.user_class.value,
-                             path=os.path.join(root, vpath.lstrip("/")), vpath=vpath, size=done.size,
-                             client=cc.remote_ip)
+                             root=root, vpath=vpath, size=done.size, client=cc.remote_ip)
         result = await runner.run(env, root, vpath)
         if runner.settings.sync and not result.ok:
             why = " (timed out)" if result.status == "timeout" else ""
