@@ -49,7 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tunables", help="list every option with its default and meaning")
     t.add_argument("names", nargs="*")
 
-    sub.add_parser("user", help="manage a user_db_file (ftpwarden user --help)", add_help=False)
+    sub.add_parser("user", help="manage virtual users: a user_db_file or user_db_url (ftpwarden user --help)",
+                   add_help=False)
+
+    d = sub.add_parser("db", help="PostgreSQL for user_db_url and state_db_url")
+    dsub = d.add_subparsers(dest="db_command", required=True)
+    init = dsub.add_parser("init", help="create the tables (users, shared state) if missing; safe to run again")
+    init.add_argument("--db", required=True, metavar="URL", help="postgresql://[user[:password]@]host[:port]/db")
 
     w = sub.add_parser("who", help="list the running server's sessions (control socket: root or admin_group)")
     w.add_argument("--config", metavar="FILE", help="the server's config file (its control_socket); "
@@ -89,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "quota":
             from .ops.quotacmd import main as quota_main
             return quota_main(args)
+        if args.command == "db":
+            return _db_init(args.db)
         if args.command in ("who", "kick"):
             from .ops.admin import who_or_kick
             return who_or_kick(args)
@@ -128,6 +136,25 @@ def _tunables(names: list[str]) -> int:
         hint = f" (did you mean {lower[close[0]]!r}?)" if close else ""
         raise StartupError(f"tunables: unknown option {unknown[0]!r}{hint}")
     print(format_tunables([lower[n.lower()] for n in names] if names else None))
+    return 0
+
+
+def _db_init(url: str) -> int:
+    """`ftpwarden db init --db URL`: the users table and the shared-state tables, idempotent."""
+    import psycopg
+
+    from .ops.statedb import STATE_SCHEMA
+    from .policy.auth.pgusers import PgUserStore, describe, reason
+    where = describe(url)
+    try:
+        with PgUserStore(url) as store:
+            store.init(STATE_SCHEMA)
+    except ValueError as e:
+        raise StartupError(f"--db {where}: {e}") from None
+    except psycopg.Error as e:
+        print(f"ftpwarden: db init: {where}: {reason(e)}", file=sys.stderr)
+        return 1
+    print(f"{where}: tables ready (ftpwarden_users and the shared state's)")
     return 0
 
 
@@ -222,7 +249,9 @@ def _has_ipv6_loopback() -> bool:
 
 
 def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[tuple[str, str]],
-                   extra: Sequence[Any] = ()) -> Any:
+                   extra: Sequence[Any] = (), *, pooled: bool = True) -> Any:
+    """The login chain: anonymous, --user, user_db_file, `extra` (local users), and
+    last user_db_url (`pooled`: a connection pool per process, else a connection per check)."""
     from .policy.auth.anonymous import AnonymousAuthenticator
     from .policy.auth.base import chain
     from .policy.auth.userfile import MemoryUserAuthenticator, UserFileAuthenticator, UserRecord
@@ -249,7 +278,14 @@ def _authenticator(cfg: Any, quick_root: str | None, quick_users: list[tuple[str
         if not anon_root or not os.path.isdir(anon_root):
             raise StartupError(f"anon_root: {anon_root or '(unset)'} is not a directory")
         auths.insert(0, AnonymousAuthenticator(cfg, anon_root))
-    return chain(*auths, *extra)
+    last: list[Any] = []
+    if cfg.user_db_url:  # never connects here: the database may be down now (its logins get 421)
+        from .policy.auth.pgusers import PgUserAuthenticator
+        try:
+            last.append(PgUserAuthenticator(cfg, cfg.user_db_url, user_root or "", pooled=pooled))
+        except ValueError as e:
+            raise StartupError(f"user_db_url: {e}") from None
+    return chain(*auths, *extra, *last)
 
 
 def _quick_users(specs: list[str]) -> list[tuple[str, str]]:
@@ -383,7 +419,7 @@ def _serve(args: argparse.Namespace) -> int:
         return _serve_isolated(args, cfg, lambda: load_config(args.config, args.overrides, flags=_flags(args))[0])
     if cfg.local_enable and "local_enable" in cfg.explicit:
         print("warning: local_enable: system users log in only in isolated mode (started as root "
-              "without pooled=YES); pooled mode serves anonymous and user_db_file users", file=sys.stderr)
+              "without pooled=YES); pooled mode serves anonymous, user_db_file and user_db_url users", file=sys.stderr)
     if cfg.session_support:  # it has no PAM login to keep a session or a utmp record for
         print("warning: session_support=YES: PAM sessions and utmp/wtmp records are kept only in isolated "
               "mode, for PAM logins; pooled mode has no system users: ignored", file=sys.stderr)
@@ -412,6 +448,8 @@ def _serve(args: argparse.Namespace) -> int:
             from .ops.runtime import http_server
             ctx.ops_http = http_server(ops, cfg)  # type: ignore[attr-defined]
     ctx.tls_contexts = _tls_context(cfg)
+    from .net.proxyproto import trusted_from
+    ctx.proxy_trusted = trusted_from(cfg)  # proxy_protocol_from (checked with the site, above)
     ctx.account_rates = _account_rates(cfg)  # before the workers are forked: they share it
     ctx.bans = _ban_list(cfg, [])  # likewise
     from .ops import uploads
@@ -426,6 +464,9 @@ def _serve(args: argparse.Namespace) -> int:
         ctx.limits = SessionLimits(int(cfg.max_clients or 0), int(cfg.max_per_ip or 0), len(listeners))
     socks = listeners[0]
     host, bound_port = socks[0].getsockname()[:2]
+    if cfg.state_db_url:  # each worker process starts its own sync thread (ops/statedb.py)
+        from .ops.statedb import node_name
+        ctx.state_db = (str(cfg.state_db_url), node_name(cfg, bound_port))  # type: ignore[attr-defined]
     url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
     what = _quick_what(args, root, quick_users) if quick else args.config
     _say_serving(what, socks, f"{workers} worker process(es)")
@@ -608,16 +649,18 @@ def _site_errors_apart(cfg: Any, source: str, quick_root: str | None = None) -> 
 def _isolated_login(cfg: Any, quick_root: str | None = None, quick_users: Sequence[tuple[str, str]] = ()) -> Any:
     """Isolated mode's password check, run only in the password checker (priv/checker.py):
     the one process that loads the user DB, hashes quick mode's --user passwords and runs PAM."""
-    from .policy.auth.base import LoginRefused, LoginRequest
+    from .policy.auth.base import LoginRefused, LoginRequest, LoginUnavailable
     from .policy.auth.local import LocalAuthenticator
     from .policy.identity import isolated_identity
 
     auths = _authenticator(cfg, quick_root, list(quick_users),
-                           extra=[LocalAuthenticator(cfg)] if cfg.local_enable else [])
+                           extra=[LocalAuthenticator(cfg)] if cfg.local_enable else [], pooled=False)
 
     def authenticate(user: str, password: str, remote_ip: str) -> Any:
         try:
             return isolated_identity(cfg, auths.authenticate(LoginRequest(user, password, remote_ip)))
+        except LoginUnavailable:
+            raise  # the checker answers "unavailable": 421, not a failed login
         except LoginRefused:
             return None
     return authenticate
@@ -687,6 +730,15 @@ def _serve_isolated(args: argparse.Namespace, cfg: Any, reload: Callable[[], Any
         from .ops.process import fork_ops_process
         listener.ops_feed = fork_ops_process(ops.listen_sock, listener.site.cfg)
         ops.listen_sock.close()
+    site_cfg = listener.site.cfg
+    if site_cfg.state_db_url and (listener.site.bans is not None or listener.site.account_rates is not None):
+        from .ops.statedb import node_name
+        from .ops.stateproc import StateLink  # ftpwarden-state: it holds the URL, the broker never connects
+        listener.state = StateLink(node_name(site_cfg, socks[0].getsockname()[1]))
+        try:
+            listener.state.start(listener.zygote.spawn_state)  # the zygote forks it: a heap free of passwords
+        except OSError as e:  # the broker tries again
+            print(f"ftpwarden: ftpwarden-state not started: {e}", file=sys.stderr)
     listener.notifier = notifier
     try:  # after the zygote and the checker were forked: neither ever holds it
         listener.control = _control_socket(cfg)

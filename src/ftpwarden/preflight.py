@@ -78,6 +78,22 @@ def _listen(cfg: Any, isolated: bool) -> list[Problem]:
     return out
 
 
+def _proxy(cfg: Any) -> list[Problem]:
+    """proxy_protocol_enable: proxy_protocol_from names the balancers; inetd mode has no listener for it."""
+    if not cfg.proxy_protocol_enable:
+        return []
+    if not cfg.listen and not cfg.listen_ipv6:
+        return [(("proxy_protocol_enable", "listen"), "proxy_protocol_enable=YES: not supported with listen=NO "
+                 "(inetd mode: the connection comes from inetd, not from the balancer's listener); "
+                 "use listen=YES")]
+    from .net.proxyproto import trusted_from
+    try:
+        trusted_from(cfg)
+    except ValueError as e:
+        return [(("proxy_protocol_from", "proxy_protocol_enable"), f"{e} (needed by proxy_protocol_enable=YES)")]
+    return []
+
+
 def _anonymous(cfg: Any, quick_root: str | None) -> list[Problem]:
     if not cfg.anonymous_enable:
         return []
@@ -100,6 +116,18 @@ def _user_db(cfg: Any, quick_root: str | None) -> list[Problem]:
         return [(("user_db_file",), f"user_db_file: cannot read {cfg.user_db_file}: {e.strerror or e}")]
     except ValueError as e:
         return [(("user_db_file",), f"user_db_file: {e}")]
+    return []
+
+
+def _user_db_url(cfg: Any) -> list[Problem]:
+    """The URL's form only: a database down now is a runtime condition (421), not a config error."""
+    if not cfg.user_db_url:
+        return []
+    from .policy.auth.pgusers import check_url
+    try:
+        check_url(cfg.user_db_url)
+    except ValueError as e:
+        return [(("user_db_url",), f"user_db_url: {e}")]
     return []
 
 
@@ -251,8 +279,10 @@ def check_site(cfg: Any, source: str, *, isolated: bool, quick_root: str | None 
     report = Report()
     checks: list[Callable[[], list[Problem]]] = [
         lambda: _listen(cfg, isolated),
+        lambda: _proxy(cfg),
         lambda: _anonymous(cfg, quick_root),
         lambda: _user_db(cfg, quick_root),
+        lambda: _user_db_url(cfg),
         lambda: _banner(cfg),
         lambda: _logs(cfg),
         lambda: _tls(cfg),

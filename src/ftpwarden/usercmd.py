@@ -1,9 +1,11 @@
-"""`ftpwarden user add|del|passwd|list --db FILE`: edit the virtual user DB.
+"""`ftpwarden user add|del|passwd|list --db FILE|URL`: edit the virtual user DB.
 
 Passwords come from a prompt (asked twice) or, when stdin is not a terminal,
 from one line of stdin; never from argv, which `ps` and shell history show.
 Every change replaces the file atomically, so a running server never reads
-half a file; comments and the other lines are kept as they were.
+half a file; comments and the other lines are kept as they were.  A
+postgresql:// (or postgres://) --db edits the table of user_db_url instead
+(policy/auth/pgusers.py), with the same checks.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
 
 from .policy.auth.anonymous import ANONYMOUS_NAMES
 from .policy.auth.userfile import UserRecord, check_root, format_record, parse_userdb, valid_user_name
@@ -110,6 +115,38 @@ def _check_name(name: str) -> None:
                     "starting with a letter, digit or _")
 
 
+@contextmanager
+def _pg(url: str) -> Iterator[Any]:
+    """The PostgreSQL store of `url`; its errors as messages, without the password."""
+    import psycopg
+
+    from .policy.auth.pgusers import PgUserStore, describe, reason
+    where = describe(url)
+    try:
+        store = PgUserStore(url)
+    except ValueError as e:
+        raise _Fail(f"--db {where}: {e}") from None
+    except psycopg.Error as e:
+        raise _Fail(f"cannot reach the user database {where}: {reason(e)}") from None
+    try:
+        with store:
+            yield store
+    except psycopg.errors.UndefinedTable:
+        raise _Fail(f"{where} has no table ftpwarden_users: run `ftpwarden db init --db URL` first") from None
+    except psycopg.Error as e:
+        raise _Fail(f"user database {where}: {reason(e)}") from None
+
+
+def _is_url(db: str) -> bool:
+    """A --db naming PostgreSQL rather than a file (psycopg is imported only then)."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def _where(db: str) -> str:
+    from .policy.auth.pgusers import describe
+    return describe(db)
+
+
 def _add(args: argparse.Namespace) -> int:
     _check_name(args.name)
     if args.name.lower() in ANONYMOUS_NAMES:  # the anonymous login would always win
@@ -125,16 +162,29 @@ def _add(args: argparse.Namespace) -> int:
             check_root(args.root)
         except ValueError as e:
             raise _Fail(f"bad root {args.root!r}: {e}") from None
+    if _is_url(args.db):
+        with _pg(args.db) as store:
+            if store.get(args.name) is not None:
+                raise _Fail(f"user {args.name} already exists in {_where(args.db)}")
+            rec = UserRecord(args.name, hash_password(_read_password()), args.root, args.write, umask)
+            if not store.add(rec):  # added meanwhile by someone else
+                raise _Fail(f"user {args.name} already exists in {_where(args.db)}")
+        _warn_root(args.root)
+        return 0
     text, records = _read_db(args.db, create=True)
     if args.name in records:
         raise _Fail(f"user {args.name} already exists in {args.db}")
     line = format_record(UserRecord(args.name, hash_password(_read_password()), args.root, args.write, umask))
-    if args.root is not None and not os.path.isdir(args.root):
-        print(f"ftpwarden user: warning: {args.root} is not a directory (yet)", file=sys.stderr)
+    _warn_root(args.root)
     if text and not text.endswith("\n"):
         text += "\n"
     _write_db(args.db, text + line + "\n")
     return 0
+
+
+def _warn_root(root: str | None) -> None:
+    if root is not None and not os.path.isdir(root):
+        print(f"ftpwarden user: warning: {root} is not a directory (yet)", file=sys.stderr)
 
 
 def _existing(args: argparse.Namespace) -> tuple[str, UserRecord]:
@@ -145,21 +195,38 @@ def _existing(args: argparse.Namespace) -> tuple[str, UserRecord]:
 
 
 def _del(args: argparse.Namespace) -> int:
+    if _is_url(args.db):
+        with _pg(args.db) as store:
+            if not store.delete(args.name):
+                raise _Fail(f"no such user {args.name} in {_where(args.db)}")
+        return 0
     text, _ = _existing(args)
     _write_db(args.db, _replace_line(text, args.name, None))
     return 0
 
 
 def _passwd(args: argparse.Namespace) -> int:
+    if _is_url(args.db):
+        with _pg(args.db) as store:
+            rec = store.get(args.name)
+            if rec is None:
+                raise _Fail(f"no such user {args.name} in {_where(args.db)}")
+            if not store.replace(replace(rec, hash=hash_password(_read_password()))):
+                raise _Fail(f"no such user {args.name} in {_where(args.db)}")  # deleted meanwhile
+        return 0
     text, old = _existing(args)
-    new = UserRecord(old.name, hash_password(_read_password()), old.root, old.write, old.umask)
+    new = replace(old, hash=hash_password(_read_password()))  # every other option as it was
     _write_db(args.db, _replace_line(text, args.name, format_record(new)))
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    _, records = _read_db(args.db)
-    for r in records.values():
+    if _is_url(args.db):
+        with _pg(args.db) as store:
+            listed = store.list()
+    else:
+        listed = list(_read_db(args.db)[1].values())
+    for r in listed:
         write = "-" if r.write is None else ("yes" if r.write else "no")
         umask = "-" if r.umask is None else f"{r.umask:03o}"
         print(f"{r.name}\t{r.root or '-'}\t{write}\t{umask}")
@@ -168,9 +235,10 @@ def _list(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     db = argparse.ArgumentParser(add_help=False)
-    db.add_argument("--db", required=True, metavar="FILE", help="the user DB (user_db_file)")
+    db.add_argument("--db", required=True, metavar="FILE|URL",
+                    help="the user DB: a file (user_db_file) or postgresql://... (user_db_url)")
     parser = argparse.ArgumentParser(
-        prog="ftpwarden user", description="Manage virtual users in the user DB file.",
+        prog="ftpwarden user", description="Manage virtual users in the user DB file or PostgreSQL table.",
         epilog="The password is prompted for (twice) on a terminal, else read as one line from stdin.")
     sub = parser.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add", parents=[db], help="add a user (creates the DB if missing)")

@@ -289,7 +289,8 @@ def test_atomic_uploads_hide_partial_files_until_complete(make_server, tmp_path)
     conn.close()
     ftp.close()  # closes the control socket and its file object
     partial = root / ".ftpwarden-partial.big.bin"
-    wait_for(lambda: partial.stat().st_size >= 1_000_000, timeout=10)  # asserted below
+    # (its own hidden name while it runs; the one a resume looks for once it failed)
+    wait_for(lambda: partial.exists() and partial.stat().st_size >= 1_000_000, timeout=10)  # asserted below
     time.sleep(0.3)
     assert not (root / "big.bin").exists()
     assert partial.stat().st_size == 1_000_000

@@ -201,7 +201,7 @@ def test_every_tsv_row_is_in_the_table(row):
 def test_table_order_and_count():
     vsftpd = [n for n, t in TUNABLES.items() if t.origin == "vsftpd"]
     assert vsftpd == [row.split(" ")[0] for row in _ROWS]
-    assert len(TUNABLES) == len(_ROWS) + 32
+    assert len(TUNABLES) == len(_ROWS) + 37
 
 
 def test_names_unique_and_keys_match():

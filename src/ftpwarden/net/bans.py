@@ -60,6 +60,8 @@ class BanList:
         self.clock = clock  # CLOCK_MONOTONIC is one clock for every process of the machine
         self._mem: mmap.mmap | None = mmap.mmap(-1, _SLOT.size * _SLOTS)  # MAP_SHARED: survives fork
         self._lock: Any = multiprocessing.Lock()
+        # state_db_url (ops/statedb.py): told of each failure counted here; set per process, after the fork
+        self.report: Callable[[str], None] | None = None
 
     def configure(self, threshold: int, ban_seconds: int, window_seconds: int) -> None:
         """New limits (SIGHUP); the table and the bans in force are kept."""
@@ -68,17 +70,41 @@ class BanList:
     # ------------------------------------------------------------ API
 
     def failed(self, ip: str) -> bool:
-        """Count one failed login from `ip`; True when this failure started a ban."""
+        """Count one failed login from `ip`; True when this failure started a ban.
+        A failure counted here is also reported to the shared state (`report`), if any."""
+        counted, banned = self._count(ip)
+        if counted and self.report is not None:
+            self.report(ip)
+        return banned
+
+    def ban(self, ip: str, seconds: float) -> bool:
+        """Ban `ip` for `seconds` from now (a ban learned from the other nodes), or
+        longer if it is banned already; True when this started a ban here."""
+        with self._locked(ip) as at:
+            if at is None or seconds <= 0:
+                return False
+            key, now, mem = at
+            found = self._find(key, now, create=True)
+            assert found is not None
+            i, (_used, _k, failures, start, until) = found
+            started = until <= now
+            if started:
+                failures = 0
+            _SLOT.pack_into(mem, i * _SLOT.size, True, key, failures, start, max(until, now + seconds))
+            return started
+
+    def _count(self, ip: str) -> tuple[bool, bool]:
+        """(counted, started a ban): a failure while banned already is not counted."""
         with self._locked(ip) as at:
             if at is None:
-                return False
+                return False, False
             key, now, mem = at
             found = self._find(key, now, create=True)
             assert found is not None  # with create there is always a slot
             i, slot = found
             _used, _k, failures, start, until = slot
             if until > now:
-                return False  # banned already: nothing more to start
+                return False, False  # banned already: nothing more to start
             if failures and now - start >= self.window_seconds:
                 failures = 0
             if not failures:
@@ -88,7 +114,7 @@ class BanList:
             if banned:
                 until, failures = now + self.ban_seconds, 0
             _SLOT.pack_into(mem, i * _SLOT.size, True, key, failures, start, until)
-            return banned
+            return True, banned
 
     def is_banned(self, ip: str) -> bool:
         with self._locked(ip) as at:
@@ -104,6 +130,7 @@ class BanList:
             self._mem.close()
         self._mem = None
         self._lock = None  # the last reference: the semaphore is unmapped as well
+        self.report = None
 
     # ------------------------------------------------------------ the table
 

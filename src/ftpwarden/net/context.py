@@ -54,6 +54,8 @@ class ServerContext:
         self.hook_settings: Any = None
         self.hooks: Any = None
         self.quota: Any = None  # ops.quota.QuotaStore when quotas are on (pooled: kept in-process)
+        # proxy_protocol_enable: net.proxyproto.TrustedSources (proxy_protocol_from), parsed at start
+        self.proxy_trusted: Any = None
         self._names: dict[tuple[int, bool], str] = {}
         self._next_id = itertools.count(1)
 

@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Final
 
 from ..ops import uploads
-from ..policy.auth.base import LoginRefused, LoginRequest
+from ..policy.auth.base import LoginRefused, LoginRequest, LoginUnavailable
 from ..policy.auth.local import USERLIST_TEXT
 from ..policy.options import session_options
 from ..proto import actions
 from ..proto.framing import Frame, LineFramer
-from ..proto.replies import Reply
+from ..proto.replies import Code, Reply
 from ..proto.session import Session
 from . import bans, context, data, files, tls, transfer
 from .context import ServerContext
@@ -36,6 +36,8 @@ from .jail import Jail
 __all__ = ["ControlConnection", "serve"]
 
 log = logging.getLogger("ftpwarden.session")
+# user_db_url down: no decision possible, so no 530; the client may try again later (or another node)
+UNAVAILABLE_REPLY = Reply(Code.UNAVAILABLE, "Service not available: the user database cannot be reached.", close=True)
 
 _NO_FRAMES: Final[list[Frame]] = []  # shared while none wait; data_received makes a new list, never appends
 _NO_PROGRESS: Final[list[int]] = [0]  # until the first transfer (each one gets its own)
@@ -47,19 +49,22 @@ class ControlConnection(asyncio.Protocol):
     __slots__ = ("ctx", "transport", "local_ip", "remote_ip", "session", "data", "jail", "detached",
                  "transfer_task", "transfer_progress", "closing", "sid", "end_reason", "login_deadline",
                  "ssl_context", "framer", "frames", "handler", "last_active", "eof", "lost", "paused",
-                 "drain_waiter", "lost_waiter", "held", "ended", "on_end", "opening")
+                 "drain_waiter", "lost_waiter", "held", "ended", "on_end", "opening", "advertise")
 
     def __init__(self, ctx: ServerContext, *, account: Any = None, pending: bytes = b"",
                  tls_state: actions.TlsState | None = None, addresses: tuple[str, str] | None = None,
                  admit: Callable[[ControlConnection], str | None] | None = None,
-                 on_end: Callable[[ControlConnection], None] | None = None) -> None:
+                 on_end: Callable[[ControlConnection], None] | None = None,
+                 advertise: str | None = None) -> None:
         """`account`: start logged in (isolated mode's post-login process), after
         feeding `pending`, the bytes the client pipelined after PASS; `tls_state`
         and `addresses` (local, remote) come along when the control connection
         reaches us as plaintext from the TLS helper.  `admit(self)`: a
         refusal answers 421 and ends the connection before any session starts;
-        `on_end(self)` runs once the session has ended."""
+        `on_end(self)` runs once the session has ended.  `advertise`: the server
+        address a PROXY header declared (PASV names it unless pasv_address is set)."""
         self.ctx = ctx
+        self.advertise = advertise
         # the start's arguments until connection_made; then None, or False: refused at admission
         self.opening: Any = (account, pending, tls_state, addresses, admit)
         self.on_end = on_end
@@ -128,7 +133,7 @@ class ControlConnection(asyncio.Protocol):
                                refuse_user=self._userlist_logged if cfg.userlist_log and self.ctx.refuse_user
                                else self.ctx.refuse_user)
         self.data = data.DataChannel(cfg, local_ip=self.local_ip, remote_ip=self.remote_ip,
-                                     broker=self.ctx.broker)
+                                     broker=self.ctx.broker, advertise=self.advertise)
         self.jail: Jail | None = None
         self.framer = LineFramer(cfg.control_line_max)
         # framed, not yet handled, the next one LAST (pop() from the end is O(1))
@@ -438,6 +443,8 @@ class ControlConnection(asyncio.Protocol):
             return []
         if isinstance(action, actions.Authenticate):
             outcome = await self._authenticate(action)
+            if isinstance(outcome, LoginUnavailable):
+                return [UNAVAILABLE_REPLY]
             if self.ctx.handover is not None and outcome is not None and not isinstance(outcome, OSError):
                 # the post-login process answers 230 and reads on from here
                 await self.ctx.handover(self, outcome)
@@ -523,6 +530,12 @@ class ControlConnection(asyncio.Protocol):
             else:
                 account = await loop.run_in_executor(context.password_checks(), self.ctx.authenticator.authenticate,
                                                      req)
+        except LoginUnavailable as e:  # 421 and the end: not counted toward a ban, no delay
+            if remote is None:  # isolated mode: the broker logged it
+                log.warning("login %s from %s: 421, the user database cannot be reached: %s", action.user,
+                            self.remote_ip, e.reason)
+            self.events.login(self.sid, self.remote_ip, action.user, None, False, e.reason)
+            return e
         except LoginRefused as e:
             self.events.login(self.sid, self.remote_ip, action.user, None, False, e.reason)
             # answered at a fixed time after PASS: an unknown user and a cheap hash look alike

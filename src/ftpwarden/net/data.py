@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from ..policy.config import ConfigError
 from ..proto import addr
+from . import proxyproto
 from .tls import wait_socket
 
 __all__ = ["DataChannel", "DataRefused", "AsciiEncoder", "AsciiDecoder", "PlainConn", "send_file", "receive_file",
@@ -56,13 +57,18 @@ class DataRefused(Exception):
 class DataChannel:
     """The data side of one control connection: at most one listener or target."""
 
-    __slots__ = ("cfg", "broker", "local_ip", "remote_ip", "listener")
+    __slots__ = ("cfg", "broker", "local_ip", "remote_ip", "listener", "advertise", "trusted")
 
-    def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str, broker: Any = None) -> None:
+    def __init__(self, cfg: Any, *, local_ip: str, remote_ip: str, broker: Any = None,
+                 advertise: str | None = None) -> None:
+        """`advertise`: the address PASV names when pasv_address is unset (the server
+        address a PROXY header declared); else local_ip, where the listener is."""
         self.cfg = cfg
         self.broker = broker  # isolated mode: the monitor makes active-mode sockets
         self.local_ip = local_ip
         self.remote_ip = remote_ip
+        self.advertise = advertise
+        self.trusted = proxyproto.trusted_from(cfg)  # proxy_protocol_enable: balancers send a header first
         self.listener: socket.socket | None = None
 
     # ------------------------------------------------------------ passive
@@ -81,22 +87,22 @@ class DataChannel:
         else:
             sock = passive_listener(self.cfg, self.local_ip)
         self.listener = sock
-        host = self.cfg.pasv_address or addr.ipv4_of(self.local_ip) or self.local_ip
+        host = (self.cfg.pasv_address or addr.ipv4_of(self.advertise or "") or addr.ipv4_of(self.local_ip)
+                or self.local_ip)
         return host, sock.getsockname()[1]
 
     async def _accept(self, timeout: float) -> socket.socket:
         assert self.listener is not None
-        promiscuous = bool(self.cfg.pasv_promiscuous)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:  # a passive client connects before it sends RETR: it is usually waiting already
             conn, peer = self.listener.accept()
         except BlockingIOError:
             pass
         else:
-            if promiscuous or addr.same_host(peer[0], self.remote_ip):
+            if await self._admitted(conn, peer[0], deadline):
                 return conn
             conn.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -106,9 +112,23 @@ class DataChannel:
                     conn, peer = await loop.sock_accept(self.listener)
             except TimeoutError:
                 raise DataRefused("accept timed out") from None
-            if promiscuous or addr.same_host(peer[0], self.remote_ip):
+            if await self._admitted(conn, peer[0], deadline):
                 return conn
             conn.close()  # a third party raced for our port: refuse it, keep waiting for the client
+
+    async def _admitted(self, conn: socket.socket, peer: str, deadline: float) -> bool:
+        """The data connection comes from the session's client (or pasv_promiscuous).
+        From a trusted balancer (proxy_protocol_enable) it starts with a PROXY header,
+        consumed here, and its declared client must be the session's; from any other
+        peer no header is read (a node advertising its own address for data)."""
+        if self.trusted is not None and peer in self.trusted:
+            conn.setblocking(False)
+            left = min(proxyproto.HEADER_SECONDS, deadline - asyncio.get_running_loop().time())
+            try:
+                peer = proxyproto.effective(await proxyproto.read_header(conn, max(0.1, left)), conn)[0]
+            except (proxyproto.ProxyHeaderError, TimeoutError, OSError):
+                return False
+        return bool(self.cfg.pasv_promiscuous) or addr.same_host(peer, self.remote_ip)
 
     # ------------------------------------------------------------ active
 

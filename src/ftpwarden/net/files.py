@@ -7,6 +7,7 @@ Blocking calls, but for `perform`, which runs the slow ones in a thread.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -34,7 +35,8 @@ from ..proto.listing import Entry
 from .jail import Jail
 
 __all__ = ["perform", "open_download", "open_upload", "Upload", "partial_path", "exists", "fs_change", "entries",
-           "read_message", "hash_file", "wait_lock", "discard_failed_upload", "PARTIAL_PREFIX", "MESSAGE_MAX"]
+           "read_message", "hash_file", "wait_lock", "discard_failed_upload", "keep_failed_upload", "PARTIAL_PREFIX",
+           "UPLOAD_PREFIX", "MESSAGE_MAX", "flush_needed"]
 
 MESSAGE_MAX = 8192  # a directory message file is shown up to this size
 
@@ -57,11 +59,42 @@ def open_download(jail: Jail, action: SendFile) -> tuple[int, int]:
         raise
 
 
-PARTIAL_PREFIX = ".ftpwarden-partial."  # atomic_uploads: hidden until complete
+# atomic_uploads.  Each upload writes a hidden file of its own, made with O_EXCL
+# (UPLOAD_PREFIX + random + "." + NAME), and renames it onto NAME once whole: two
+# uploads of one name at once (two sessions, or two nodes on one shared directory)
+# never write the same file, and the last to finish replaces the name whole.  An
+# interrupted one leaves its bytes under the one name a resume looks for
+# (PARTIAL_PREFIX + NAME); a resume first claims that file by renaming it to a name
+# of its own (of two at once, one rename wins; the other gets 450).  A separate
+# prefix: "PARTIAL_PREFIX + NAME + suffix" would also be the partial of "NAME.suffix".
+PARTIAL_PREFIX = ".ftpwarden-partial."  # an interrupted atomic upload, kept for a resume
+UPLOAD_PREFIX = ".ftpwarden-upload."    # an atomic upload under way
+NAME_MAX = 255                          # bytes in one name (Linux file systems)
 
 
 def partial_path(vpath: str) -> str:
     return paths.resolve(paths.parent(vpath), PARTIAL_PREFIX + paths.basename(vpath))
+
+
+def _own_path(vpath: str) -> str:
+    """A hidden name in `vpath`'s directory (so on its file system: the rename at the
+    end is atomic) that no other upload uses; it carries NAME where NAME fits."""
+    tag = UPLOAD_PREFIX + secrets.token_hex(8)
+    name = tag + "." + paths.basename(vpath)
+    if len(os.fsencode(name)) > NAME_MAX:
+        name = tag
+    return paths.resolve(paths.parent(vpath), name)
+
+
+def _claim_partial(jail: Jail, vpath: str) -> str:
+    """A resume's own name for the interrupted upload of `vpath`.  EBUSY (450) when
+    that file went meanwhile: another session claimed it first."""
+    own = _own_path(vpath)
+    try:  # a plain rename (RENAME_NOREPLACE is missing on NFS and CephFS): `own` is new
+        jail.rename(partial_path(vpath), own)
+    except FileNotFoundError:
+        raise OSError(errno.EBUSY, "another session is resuming this upload") from None
+    return own
 
 
 def exists(jail: Jail, vpath: str) -> bool:
@@ -132,21 +165,30 @@ def open_upload(jail: Jail, action: ReceiveFile) -> Upload:
             return Upload(fd, paths.basename(candidate), None, candidate, True, 0)
         raise FileExistsError(17, "No unique name available")
     partial = None
+    claimed = False  # a resume took over an interrupted atomic upload's file
     target = action.path
     if action.atomic:
-        resuming = action.append or action.offset
-        candidate = partial_path(action.path)
-        # a fresh upload, or the continuation of an interrupted one, goes to the
-        # partial; continuing a complete file (no partial) happens in place
-        if not resuming or exists(jail, candidate):
-            partial = target = candidate
+        # a fresh upload writes a new file of its own (so does an APPE of a file not there:
+        # it makes the file, as a STOR does); the continuation of an interrupted one
+        # claims that one; continuing a complete file (no partial) happens in place
+        resuming = bool(action.append or action.offset)
+        claimed = resuming and exists(jail, partial_path(action.path))
+        fresh = not resuming or (action.append and not claimed and not exists(jail, action.path))
+        if claimed or fresh:
             if not action.may_overwrite and exists(jail, action.path):
                 raise FileExistsError(17, "File exists")
+            partial = target = _claim_partial(jail, action.path) if claimed else _own_path(action.path)
+            flags = flags & ~os.O_CREAT if claimed else flags | os.O_EXCL
     if not action.may_overwrite and partial is None:
         flags |= os.O_EXCL
     if action.offset:
         flags &= ~os.O_CREAT  # a restart continues a file; it never makes one
-    fd, created = _open_noting_creation(jail, target, flags, mode)
+    try:
+        fd, created = _open_noting_creation(jail, target, flags, mode)
+    except BaseException:
+        if claimed:  # it stays for the next resume
+            _put_back(jail, target, action.path)
+        raise
     try:
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):
@@ -161,6 +203,10 @@ def open_upload(jail: Jail, action: ReceiveFile) -> Upload:
             os.lseek(fd, action.offset, os.SEEK_SET)
     except BaseException:
         os.close(fd)
+        if claimed:
+            _put_back(jail, target, action.path)
+        elif partial is not None:  # a fresh one, still empty
+            _unlink_quietly(jail, target)
         raise
     return Upload(fd, paths.basename(action.path), partial, target, created, st.st_size)
 
@@ -177,6 +223,53 @@ def discard_failed_upload(jail: Jail, up: Upload, fd: int | None, emptied: bool)
             jail.unlink(up.written)
         elif fd is not None:
             os.ftruncate(fd, up.size_before)
+    except OSError:
+        pass
+
+
+# Shared file systems where an upload's bytes reach the servers only when flushed (NFS:
+# another node opening the name reads what the servers have, close-to-open; CephFS
+# buffers under its caps) and a server's write error (ENOSPC, EDQUOT) is told only
+# then: there an upload is flushed (fdatasync) before its name appears and its 226.
+FLUSHED_FS = {0x6969: "nfs", 0x00C36400: "ceph"}  # statfs f_type
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def flush_needed(fd: int) -> bool:
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type (a long) comes first
+    if _libc.fstatfs(fd, buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value in FLUSHED_FS
+
+
+def keep_failed_upload(jail: Jail, up: Upload, vpath: str, fd: int | None) -> None:
+    """An atomic upload that failed (and is not discarded) leaves its bytes where a
+    resume of `vpath` finds them, replacing an older interrupted one; a new file
+    that got no byte (no data connection) goes instead, so an older partial stays
+    resumable.  Best effort, like `discard_failed_upload` (after the rename onto
+    `vpath` its own name is gone: nothing happens)."""
+    if up.partial is None:
+        return
+    try:
+        empty = up.created and fd is not None and os.fstat(fd).st_size == 0
+    except OSError:
+        empty = False
+    if empty:
+        _unlink_quietly(jail, up.partial)
+    else:
+        _put_back(jail, up.partial, vpath)
+
+
+def _put_back(jail: Jail, own: str, vpath: str) -> None:
+    try:
+        jail.rename(own, partial_path(vpath))
+    except OSError:
+        pass
+
+
+def _unlink_quietly(jail: Jail, own: str) -> None:
+    try:
+        jail.unlink(own)
     except OSError:
         pass
 

@@ -303,7 +303,22 @@ def _rename_noreplace(sfd: int, sname: str, dfd: int, dname: str) -> None:
     if _libc.renameat2(ctypes.c_int(sfd), ctypes.c_char_p(os.fsencode(sname)), ctypes.c_int(dfd),
                        ctypes.c_char_p(os.fsencode(dname)), ctypes.c_uint(_RENAME_NOREPLACE)) != 0:
         err = ctypes.get_errno()
+        if err == errno.EINVAL and _link_then_unlink(sfd, sname, dfd, dname):
+            return
         raise OSError(err, os.strerror(err), dname)
+
+
+def _link_then_unlink(sfd: int, sname: str, dfd: int, dname: str) -> bool:
+    """NFS and CephFS have no RENAME_NOREPLACE (EINVAL): link(2) refuses an existing
+    name just as atomically (EEXIST), then the old name goes.  False: no link either."""
+    try:
+        os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError:
+        return False
+    os.unlink(sname, dir_fd=sfd)
+    return True
 
 
 def _done(res: int) -> bool:

@@ -80,7 +80,10 @@ class SessionLimits:
             self._add(self._bucket(ip), -1)
 
 
-_RATE_SLOT = struct.Struct("=Id")  # account-name hash, time the account's bucket is booked until
+# account-name hash, time the account's bucket is booked until, and its share (state_db_url):
+# the nodes the rate is split between, and until when that count holds
+_RATE_SLOT = struct.Struct("=IdId")
+SHARE_HOLDS = 3.0  # seconds a share holds unless renewed: without news from the other nodes, the whole rate
 MAX_WAIT = 5.0  # seconds: the longest wait one booking may ask for, whatever the table says
 _LOCK_WAIT = 1.0  # seconds; a lock held longer than this is a stopped holder's: go on without it
 _LOCK_POLL = 0.001
@@ -103,6 +106,11 @@ class AccountRates:
     mode only the root monitors hold it and book for their own session's
     account (`grants`), the workers drop it (`detach`).
 
+    With state_db_url several nodes split an account's rate: `set_share(account,
+    nodes)` (ops/statedb.py) makes this node's budget rate / nodes for a few
+    seconds, for every process booking here; `recently_active()` names the
+    accounts this process booked for lately.
+
     The table is a memfd (named in /proc/PID/maps) locked with a POSIX record
     lock: a process that closes the fd and unmaps the table keeps nothing of
     it, and a holder that dies releases the lock."""
@@ -115,6 +123,7 @@ class AccountRates:
         self._ino = os.fstat(self._fd).st_ino
         self._mem: mmap.mmap | None = mmap.mmap(self._fd, size)  # MAP_SHARED: survives fork
         self._threads = threading.Lock()  # record locks are per process: threads need their own
+        self._recent: dict[str, float] = {}  # account -> last booking by this process (monotonic)
 
     def detach(self) -> None:
         """A process that must not book (isolated workers, TLS helper) drops the table and its lock."""
@@ -131,20 +140,43 @@ class AccountRates:
     def reserve_for(self, account: str) -> Callable[[int], float]:
         """A function booking n bytes on the account's bucket; it returns the wait in
         seconds, never more than MAX_WAIT (a bad entry cannot stall a session for good)."""
-        key = zlib.crc32(account.encode("utf-8", "surrogateescape")) or 1
+        key = _account_key(account)
 
         def reserve(n: int) -> float:
             now = time.monotonic()
+            self._recent[account] = now
             with self._locked() as mem:
                 if mem is None:
                     return 0.0
                 offset = self._slot(mem, key, now)
-                _, booked = _RATE_SLOT.unpack_from(mem, offset)
+                owner, booked, nodes, holds = _RATE_SLOT.unpack_from(mem, offset)
+                if owner != key:
+                    booked, nodes, holds = 0.0, 1, 0.0
+                rate = self.rate / nodes if holds > now and nodes > 1 else self.rate
                 # booked past the horizon (a backlog or a bad entry): book from the horizon
                 start: float = min(max(now, booked), now + MAX_WAIT)
-                _RATE_SLOT.pack_into(mem, offset, key, start + n / self.rate)
-            return min(start + n / self.rate - now, MAX_WAIT)
+                _RATE_SLOT.pack_into(mem, offset, key, start + n / rate, nodes, holds)
+            return min(start + n / rate - now, MAX_WAIT)
         return reserve
+
+    def set_share(self, account: str, nodes: int) -> None:
+        """`nodes` nodes move bytes for `account` now: this node's budget is rate / nodes."""
+        key, now = _account_key(account), time.monotonic()
+        with self._locked() as mem:
+            if mem is None:
+                return
+            offset = self._slot(mem, key, now)
+            owner, booked, _nodes, _holds = _RATE_SLOT.unpack_from(mem, offset)
+            _RATE_SLOT.pack_into(mem, offset, key, booked if owner == key else 0.0,
+                                 max(1, nodes), now + SHARE_HOLDS)
+
+    def recently_active(self, within: float = 1.0) -> list[str]:
+        """Accounts this process booked bytes for in the last `within` seconds."""
+        since = time.monotonic() - within
+        for account, at in list(self._recent.items()):
+            if at < since:
+                self._recent.pop(account, None)
+        return [account for account, at in list(self._recent.items()) if at >= since]
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[mmap.mmap | None]:
@@ -165,10 +197,14 @@ class AccountRates:
         first = key % _BUCKETS
         for i in range(16):
             offset = ((first + i) % _BUCKETS) * _RATE_SLOT.size
-            owner, booked = _RATE_SLOT.unpack_from(mem, offset)
-            if owner in (key, 0) or booked < now:
+            owner, booked, _nodes, holds = _RATE_SLOT.unpack_from(mem, offset)
+            if owner in (key, 0) or max(booked, holds) < now:
                 return offset
         return first * _RATE_SLOT.size  # all 16 busy: share (stricter, never looser)
+
+
+def _account_key(account: str) -> int:
+    return zlib.crc32(account.encode("utf-8", "surrogateescape")) or 1
 
 
 def _lockf(fd: int, deadline: float) -> bool:

@@ -18,13 +18,14 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..ops.pooledlink import SupervisorOps, start_worker_ops
 from ..policy import hostsaccess, rdns
-from . import proctitle
+from . import proctitle, proxyproto
 from .context import ServerContext
 from .control import ControlConnection
 from .tls import handshake_deadline
@@ -106,11 +107,11 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
         if not sessions:
             all_ended.set()
 
-    def session() -> ControlConnection:
-        return ControlConnection(ctx, admit=admit, on_end=ended)
-
-    def protocol() -> asyncio.Protocol:
-        return _HostsGate(ctx, session) if ctx.cfg.tcp_wrappers else session()
+    def protocol(addresses: tuple[str, str] | None = None, advertise: str | None = None) -> asyncio.Protocol:
+        """`addresses` (real local, declared client) and `advertise` come from a PROXY header."""
+        def session() -> ControlConnection:
+            return ControlConnection(ctx, admit=admit, on_end=ended, addresses=addresses, advertise=advertise)
+        return _HostsGate(ctx, session, addresses) if ctx.cfg.tcp_wrappers else session()
 
     cfg = ctx.cfg
     def tls_for(sock: socket.socket) -> Any:
@@ -120,9 +121,13 @@ async def _serve(ctx: ServerContext, sockets: Listener, ready: Callable[[], None
         return ctx.tls_contexts if cfg.implicit_ssl or sock.getsockname()[1] == cfg.implicit_ssl_port else None
 
     loop = asyncio.get_running_loop()
-    servers = [await loop.create_server(protocol, sock=s, ssl=tls_for(s),
-                                        ssl_handshake_timeout=handshake_deadline(cfg) if tls_for(s) else None)
-               for s in sockets]
+    servers: list[Any]
+    if cfg.proxy_protocol_enable:  # a PROXY header first, from a trusted balancer; then the session
+        servers = [_ProxiedListener(ctx, s, tls_for(s), protocol) for s in sockets]
+    else:
+        servers = [await loop.create_server(protocol, sock=s, ssl=tls_for(s),
+                                            ssl_handshake_timeout=handshake_deadline(cfg) if tls_for(s) else None)
+                   for s in sockets]
     stop = asyncio.Event()
     notifier = getattr(ctx, "notifier", None)  # sd_notify: set only when this worker is the main process
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -174,8 +179,10 @@ class _HostsGate(asyncio.Protocol):
     waits for a reverse lookup in a thread, bounded in time, while the loop goes on.
     Granted, the connection goes to the session's protocol; denied, vsftpd's 421."""
 
-    def __init__(self, ctx: ServerContext, session: Callable[[], ControlConnection]) -> None:
+    def __init__(self, ctx: ServerContext, session: Callable[[], ControlConnection],
+                 addresses: tuple[str, str] | None = None) -> None:
         self.ctx, self.session = ctx, session
+        self.addresses = addresses  # (real local, declared client) behind a PROXY header
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: Any) -> None:
@@ -195,6 +202,8 @@ class _HostsGate(asyncio.Protocol):
 
     async def _check(self, transport: Any) -> None:
         client, server = transport.get_extra_info("peername")[0], transport.get_extra_info("sockname")[0]
+        if self.addresses is not None:  # the declared client decides, as it does everywhere
+            client = self.addresses[1]
         rules = hostsaccess.load(hostsaccess.rules_dir(self.ctx.cfg))  # two small local files
         decision = hostsaccess.decide(rules, hostsaccess.Peer(client), hostsaccess.Peer(server))
         if decision is hostsaccess.NEED_NAME:
@@ -222,6 +231,98 @@ class _HostsGate(asyncio.Protocol):
         cc.connection_made(transport)
         if not transport.is_closing():
             transport.resume_reading()
+
+
+class _ProxiedListener:
+    """proxy_protocol_enable=YES: one listening socket whose connections come from a
+    balancer and start with a PROXY header (net/proxyproto.py).
+
+    A peer outside proxy_protocol_from, or a header that is malformed, missing or
+    late (HEADER_SECONDS), is closed before any reply, with one warning line and a
+    "CONNECT" log event.  Otherwise the session starts on the socket as create_server
+    would start it (tcp_wrappers' gate, TLS on an implicit port: its handshake comes
+    after the header), with the declared client as its remote address.  Headers are
+    read in tasks while accepting goes on; at most MAX_PENDING at a time, each bounded
+    by its deadline, so half-open connections cannot grow without end."""
+
+    MAX_PENDING = 1024
+    ACCEPTS_PER_WAKE = 64  # then the loop serves the others
+    BACKOFF = 1.0  # seconds without accepting after EMFILE / ENFILE / ENOBUFS / ENOMEM
+
+    def __init__(self, ctx: ServerContext, sock: socket.socket, tls: Any,
+                 protocol: Callable[[tuple[str, str], str | None], asyncio.Protocol]) -> None:
+        self.ctx, self.sock, self.tls, self.protocol = ctx, sock, tls, protocol
+        self.trusted: proxyproto.TrustedSources = ctx.proxy_trusted
+        self.pending: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        for task in list(self.pending):
+            task.cancel()
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(self.ACCEPTS_PER_WAKE):
+            try:
+                conn, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # another worker took it, or the client gave up already
+            except OSError as e:  # out of descriptors or memory: pause, as asyncio's own server does
+                log.warning("accept failed: %s; pausing for %.0f s", e, self.BACKOFF)
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(self.BACKOFF, self._resume)
+                return
+            self._adopt(conn, str(peer[0]))
+
+    def _adopt(self, conn: socket.socket, peer: str) -> None:
+        if peer not in self.trusted:
+            self._refuse(conn, peer, "not in proxy_protocol_from")
+        elif len(self.pending) >= self.MAX_PENDING:
+            self._refuse(conn, peer, f"{self.MAX_PENDING} connections already wait for their PROXY header")
+        else:
+            task = self.loop.create_task(self._start(conn, peer))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+
+    def _refuse(self, conn: socket.socket, peer: str, why: str) -> None:
+        conn.close()
+        shown = hostsaccess.host_addr(peer)
+        log.warning("%s: connection refused: %s", shown, why)
+        self.ctx.events.connect_refused(self.ctx.session_id(), shown, f"refused: {why}")
+
+    async def _start(self, conn: socket.socket, peer: str) -> None:
+        started = False
+        try:
+            conn.setblocking(False)
+            try:
+                declared = await proxyproto.read_header(conn)
+            except proxyproto.ProxyHeaderError as e:
+                self._refuse(conn, peer, f"PROXY header: {e}")
+                return
+            except TimeoutError:
+                self._refuse(conn, peer, f"no whole PROXY header within {proxyproto.HEADER_SECONDS:.0f} s")
+                return
+            client = proxyproto.effective(declared, conn)[0]
+            local = str(conn.getsockname()[0])
+            advertise = declared.server[0] if declared.server is not None else None
+            started = True  # from here on the transport owns the socket (and closes it on failure)
+            await self.loop.connect_accepted_socket(
+                lambda: self.protocol((local, client), advertise), conn, ssl=self.tls,
+                ssl_handshake_timeout=handshake_deadline(self.ctx.cfg) if self.tls else None)
+        except (OSError, ssl.SSLError, ConnectionError, TimeoutError):
+            pass  # the peer went away or failed its TLS handshake: as create_server, nothing to say
+        finally:
+            if not started:
+                conn.close()
 
 
 def _run_worker(ctx: ServerContext, sockets: Listener, ready: Callable[[], None] | None = None,

@@ -85,10 +85,13 @@ async def run(cc: ControlConnection, action: TransferAction) -> None:
             done = TransferDone("connection_lost", progress[0])
         if isinstance(done.error, OSError) and done.error.errno == errno.EDQUOT:
             held.over_quota = True
-        if (isinstance(action, ReceiveFile) and (action.delete_on_failure or held.over_quota)
-                and done.status != "ok" and held.upload is not None and cc.jail is not None):
-            # before the file is closed: its lock still keeps readers off what goes
-            files.discard_failed_upload(cc.jail, held.upload, held.fd, held.emptied)
+        if (isinstance(action, ReceiveFile) and done.status != "ok" and held.upload is not None
+                and cc.jail is not None):
+            if action.delete_on_failure or held.over_quota:
+                # before the file is closed: its lock still keeps readers off what goes
+                files.discard_failed_upload(cc.jail, held.upload, held.fd, held.emptied)
+            else:  # atomic_uploads: where a resume finds it
+                files.keep_failed_upload(cc.jail, held.upload, action.path, held.fd)
         if isinstance(action, ReceiveFile) and done.status == "ok":  # quota usage, upload_hook
             done = await uploads.completed(cc, action, held.quota, done)
     finally:
@@ -290,6 +293,11 @@ def _sent_at_once(cc: ControlConnection, action: TransferAction, held: Held, siz
 
 async def _finish_upload(cc: ControlConnection, jail: Jail, action: ReceiveFile, held: Held,
                          size: int) -> TransferDone:
+    if held.fd is not None and files.flush_needed(held.fd):  # NFS, CephFS: on the servers first
+        try:
+            await asyncio.to_thread(os.fdatasync, held.fd)
+        except OSError as e:
+            return TransferDone("local_error", size, error=e)
     if held.partial is not None:  # atomic_uploads: the name appears only now, complete
         # A client that died closed both connections; the end of the data is
         # then no proof of a complete file.  Give the control EOF a moment to

@@ -17,6 +17,8 @@ import os
 import pwd
 import struct
 
+from ..proto.addr import plain_ip
+
 __all__ = ["Access", "admin_uids", "peer_uid"]
 
 
@@ -87,13 +89,8 @@ def peer_uid(peer: tuple[str, int], local: tuple[str, int], tables: dict[str, in
 
 
 def _loopback(ip: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
+    addr = plain_ip(ip)
+    return addr is not None and addr.is_loopback
 
 
 class Access:

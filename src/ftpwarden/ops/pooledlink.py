@@ -217,6 +217,8 @@ def start_worker_ops(ctx: Any, sessions: Callable[[], Iterable[Any]],
         from .control import serve_asyncio
         sock, group = control
         tasks.append(loop.create_task(serve_asyncio(sock, group, local.ops)))
+    from .statedb import start_pooled
+    stop_state = start_pooled(ctx, loop)  # state_db_url: this process's sync thread
     notifier = getattr(ctx, "notifier", None)
     if notifier is not None and notifier.enabled:
         notifier.open()  # now: a seccomp sandbox may come next
@@ -227,6 +229,7 @@ def start_worker_ops(ctx: Any, sessions: Callable[[], Iterable[Any]],
         handles.append(loop.call_later(notifier.period(), tick))
 
     def stop() -> None:
+        stop_state()
         for h in handles:
             h.cancel()
         for t in tasks:

@@ -463,6 +463,20 @@ _FTPWARDEN: dict[str, tuple[tuple[str, Kind, Value, str], ...]] = {
          "`process` = one user process per session (vsftpd's model)."),
         ("identity_sessions_max", _I, 256,
          "Isolated mode: sessions one identity process hosts at most (>= 1); more open another process."),
+        ("proxy_protocol_enable", _B, False,
+         "Control connections start with a PROXY protocol v1/v2 header (HAProxy send-proxy[-v2]) whose client "
+         "address becomes the session's; only from proxy_protocol_from, else closed before any reply."),
+        ("proxy_protocol_from", _S, None,
+         "Addresses or CIDR ranges (comma-separated) of the balancers allowed to send PROXY headers; required "
+         "with proxy_protocol_enable.  Passive data connections from them must carry a header too."),
+        ("user_db_url", _S, None,
+         "postgresql://... of a user store beside user_db_file (same hashes and per-user options); schema by "
+         "`ftpwarden db init`; unreachable: its logins get 421."),
+        ("state_db_url", _S, None,
+         "postgresql://... shared by every node: failed logins and bans (a ban holds on all nodes within a "
+         "second) and user_max_rate budgets; unset = each node keeps its own."),
+        ("node_name", _S, None,
+         "This node's name in state_db_url's tables (default: host name and listen port)."),
     ),
 }
 

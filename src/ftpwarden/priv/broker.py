@@ -12,6 +12,12 @@ checker over its own channel, watched by the loop; the delay after a failed
 login is a timer; connects are non-blocking; a channel that is full, closed
 or malformed ends that session only.
 
+With proxy_protocol_enable, a connection from a trusted balancer (others are
+closed unanswered) waits here, never read, while the unprivileged ftpwarden-proxy
+process (priv/proxyreader.py, forked by the zygote) reads its PROXY header from a
+dup; the declared client is then the session's address everywhere (bans, limits,
+logs, the checker's PAM_RHOST, tcp_wrappers, Admit).
+
 A session counts toward max_clients and max_per_ip until its last channel
 ends.  SIGHUP re-reads the config for new sessions (existing identity workers
 keep theirs, take no new ones); SIGTERM ends every child (each says 421),
@@ -42,12 +48,15 @@ from ..logs.events import EventLog
 from ..net import proctitle
 from ..net.bans import login_failed
 from ..net.data import active_socket, passive_listener
+from ..net.proxyproto import TrustedSources
 from ..ops.brokered import BrokerUploads
+from ..policy.auth.base import LoginUnavailable
+from ..policy.hostsaccess import host_addr
 from ..policy.passwords import dummy_verify
 from ..proto.principal import Principal
-from . import seccomp
+from . import messages, seccomp
 from .channel import Channel, ChannelClosed, drain, end_child, reap_exited, wake_on_signals
-from .checker import ANSWER_WAIT, Authenticate, Checker, CheckerClient
+from .checker import ANSWER_WAIT, RESTART_GAP, Authenticate, Checker, CheckerClient
 from .logrelay import LOG_EVENTS, LogRelay
 from .messages import (
     ActiveDataSocket,
@@ -63,10 +72,13 @@ from .messages import (
     LogNotice,
     Message,
     PassiveListen,
+    ProxyDeclared,
     RateGrant,
     Refused,
+    SpawnPrelogin,
 )
 from .monitor import active_source_port, chown_upload, hash_buffers_unmapped, login_checkable, login_refusal, rate_wait
+from .proxyreader import ANSWER_GRACE, HEADER_WAIT, Pending, ProxyLink, checked_ip
 from .sessions import (
     EXPECTED,
     UPLOAD_REQUESTS,
@@ -109,10 +121,16 @@ class Broker:
         self.load = load
         # set by cli.py once built (ops/): None until then, also in the processes forked meanwhile
         self.ops_feed: Any = None  # metrics_listen: the feed of ftpwarden-ops
+        self.state: Any = None  # state_db_url: ops/stateproc.StateLink to ftpwarden-state
         self.control: tuple[socket.socket, int | None] | None = None  # control_socket (who, kick)
         self.notifier: Any = None  # sd_notify
         self.sel: selectors.BaseSelector | None = None
         self._wake: tuple[int, ...] = ()
+        # proxy_protocol_enable: the ftpwarden-proxy process reading headers (priv/proxyreader.py)
+        self.proxy: ProxyLink | None = None
+        self.proxy_started = -RESTART_GAP
+        self.proxy_restart: Any = None  # the timer of its next start, while one waits
+        self.trusted: tuple[Any, Any] = (None, None)  # (site, its TrustedSources): parsed once per config
         # first, before anything here could load the user DB: only the checker holds it
         self.checker = Checker(login, self._close_in_child) if login is not None else None
         self.site = load()
@@ -161,7 +179,10 @@ class Broker:
         self._watch(wake_r, functools.partial(drain, wake_r))
         self._watch(self.zygote, self._zygote_died)
         self._start_ops()
+        self._start_state()
         self._start_uploads()
+        if self.site.cfg.proxy_protocol_enable:
+            self._start_proxy()  # before the first accept
         self._ops_tick()
         if ready:
             ready()
@@ -238,10 +259,14 @@ class Broker:
             except OSError as e:  # EMFILE and the like: the next wake-up tries again
                 log.warning("accept: %s", e)
                 return
+            if self.site.cfg.proxy_protocol_enable:
+                self._ask_proxy(conn, peer[0])  # kept until its header is read
+                continue
             with conn:  # passed on or refused: never kept here
                 self._start(conn, peer[0])
 
-    def _start(self, conn: socket.socket, ip: str) -> None:
+    def _start(self, conn: socket.socket, ip: str, declared: ProxyDeclared | None = None) -> None:
+        """`ip`: the client's address (with proxy_protocol_enable the declared one, `declared`)."""
         cfg = self.site.cfg
         max_clients, max_per_ip = int(cfg.max_clients or 0), int(cfg.max_per_ip or 0)
         refusal = None
@@ -252,11 +277,7 @@ class Broker:
         elif max_per_ip and self.per_ip.get(ip, 0) >= max_per_ip:
             refusal = TOO_MANY_FROM_YOU
         if refusal:
-            try:
-                conn.setblocking(False)
-                conn.send(refusal)
-            except OSError:
-                pass
+            _say(conn, refusal)
             return
         try:
             ino = os.fstat(conn.fileno()).st_ino
@@ -264,9 +285,12 @@ class Broker:
             conn.setblocking(True)
         except OSError:  # the client is gone already
             return
+        spawn = SpawnPrelogin()
+        if declared is not None and declared.client_ip:
+            spawn = SpawnPrelogin(ip, declared.client_port, declared.server_ip, declared.server_port)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pid, pidfd = self.zygote.spawn_prelogin(conn, theirs)
+            pid, pidfd = self.zygote.spawn_prelogin(conn, theirs, spawn)
         except SpawnRefused as e:
             log.warning("no pre-login process for %s: %s", ip, e)
             mine.close()
@@ -281,6 +305,8 @@ class Broker:
         proc = Proc(pid, pidfd)
         sid = f"{pid}.{next(self.serials)}"
         s = Session(sid, self.site, ip, local_ip, ino, Channel(mine), proc, LogRelay(self.site.events, ip, sid))
+        if declared is not None:
+            s.advertise = declared.server_ip
         self.sessions.add(s)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self._watch_proc(s)
@@ -300,6 +326,168 @@ class Broker:
                 self._admit_held(s)
 
         self._watch(proc.pidfd, exited, s)
+
+    # ------------------------------------------------------------------ PROXY protocol (proxy_protocol_enable)
+
+    def _trusted_sources(self) -> Any:
+        """proxy_protocol_from, parsed once per configuration (None: trust nobody)."""
+        site, trusted = self.trusted
+        if site is not self.site:
+            try:
+                trusted = TrustedSources(str(self.site.cfg.proxy_protocol_from or ""))
+            except ValueError as e:  # checked at start; a SIGHUP may bring a bad one
+                log.warning("%s: every PROXY connection is refused", e)
+                trusted = None
+            self.trusted = (self.site, trusted)
+        return trusted
+
+    def _ask_proxy(self, conn: socket.socket, peer: str) -> None:
+        """A connection that must start with a PROXY header: refused (closed, no reply) unless
+        its peer is a trusted balancer; else a dup goes to ftpwarden-proxy and this copy waits."""
+        trusted = self._trusted_sources()
+        if trusted is None or peer not in trusted:
+            self._proxy_refused(conn, peer, "not in proxy_protocol_from")
+            return
+        max_clients = int(self.site.cfg.max_clients or 0)
+        if max_clients and len(self.sessions) >= max_clients:  # early: no header read for nothing
+            with conn:
+                _say(conn, TOO_MANY)
+            return
+        proxy, why = self.proxy, ""
+        if proxy is None:
+            why = "the PROXY header reader is not running"
+        elif proxy.full():
+            why = "too many PROXY headers are being read"
+        else:
+            try:
+                token, pending = proxy.ask(conn, peer)
+            except BlockingIOError:
+                why = "the PROXY header reader's channel is full"
+            except ChannelError:
+                why = "the PROXY header reader is gone"
+                self._proxy_ended(proxy, "its channel closed")
+            else:
+                pending.timer = self.timers.after(HEADER_WAIT + ANSWER_GRACE,
+                                                  functools.partial(self._proxy_late, proxy, token))
+                return
+        self._proxy_refused(conn, peer, why)
+
+    def _proxy_refused(self, conn: socket.socket, peer: str, why: str) -> None:
+        """Closed before any reply: one warning with the balancer's address, and a CONNECT refused event."""
+        conn.close()
+        shown = host_addr(peer)
+        log.warning("%s: connection refused: %s", shown, why)
+        if self.site.events is not None:
+            self.site.events.connect_refused("-", shown, f"refused: {why}")
+
+    def _on_proxy(self, proxy: ProxyLink) -> None:
+        """ftpwarden-proxy's answers: each pending connection starts its session, or is closed."""
+        if self.proxy is not proxy:
+            return
+        try:
+            for pending, msg in proxy.answers():
+                self._proxied(pending, msg)
+        except ChannelClosed:
+            self._proxy_ended(proxy, "its channel closed")
+        except ChannelError as e:
+            self._proxy_ended(proxy, f"it broke the protocol: {e}")
+
+    def _proxied(self, pending: Pending, msg: ProxyDeclared) -> None:
+        if pending.timer is not None:
+            pending.timer.cancel()
+        conn = pending.conn
+        if not msg.ok:
+            self._proxy_refused(conn, pending.peer, f"PROXY header: {msg.why}")
+            return
+        try:  # the reader is unprivileged: what it says is checked
+            ip = checked_ip(msg.client_ip) if msg.client_ip else pending.peer  # LOCAL: the balancer
+            server = checked_ip(msg.server_ip) if msg.server_ip else ""
+        except ValueError:
+            self._proxy_refused(conn, pending.peer, "PROXY header: the reader declared no address")
+            return
+        with conn:
+            if not self.stopping:
+                self._start(conn, ip, ProxyDeclared(msg.token, True, ip if msg.client_ip else "",
+                                                    msg.client_port, server, msg.server_port, ""))
+
+    def _proxy_late(self, proxy: ProxyLink, token: int) -> None:
+        pending = proxy.drop(token)
+        if pending is not None:
+            self._proxy_refused(pending.conn, pending.peer, f"no answer on its PROXY header within "
+                                                            f"{HEADER_WAIT + ANSWER_GRACE:g} s")
+
+    def _start_proxy(self) -> None:
+        """Have the zygote fork ftpwarden-proxy (a heap that never held a password)."""
+        self.proxy_restart = None
+        if self.stopping or self.proxy is not None:
+            return
+        self.proxy_started = time.monotonic()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid, pidfd = self.zygote.spawn_proxy(theirs)
+        except SpawnRefused as e:
+            mine.close()
+            log.warning("no PROXY header reader: %s", e)
+            self._proxy_later()
+            return
+        except ChannelError:
+            mine.close()
+            self._zygote_died()
+            return
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        proxy = self.proxy = ProxyLink(pid, pidfd, Channel(mine))
+        self._watch(proxy, functools.partial(self._on_proxy, proxy))
+        self._watch(pidfd, functools.partial(self._proxy_ended, proxy, "it exited"))
+
+    def _proxy_later(self) -> None:
+        """Start it again, at most once per RESTART_GAP (one that cannot start does not spin)."""
+        if self.stopping or self.proxy is not None or self.proxy_restart is not None:
+            return
+        wait = max(0.0, self.proxy_started + RESTART_GAP - time.monotonic())
+        self.proxy_restart = self.timers.after(wait, self._start_proxy)
+
+    def _proxy_ended(self, proxy: ProxyLink, why: str) -> None:
+        """It exited, or its channel broke: the connections it was reading for are closed."""
+        if self.proxy is not proxy:
+            return
+        if why == "it exited":
+            try:  # what it answered before it died still counts
+                for pending, msg in proxy.answers():
+                    self._proxied(pending, msg)
+            except ChannelError:
+                pass
+            seccomp.report_sigsys(proxy.pid, proxy.pidfd)
+        self._stop_proxy()
+        print(f"ftpwarden: the PROXY header reader ended ({why}); starting a new one", file=sys.stderr)
+        self._proxy_later()
+
+    def _stop_proxy(self) -> None:
+        proxy, self.proxy = self.proxy, None
+        if self.proxy_restart is not None:
+            self.proxy_restart.cancel()
+            self.proxy_restart = None
+        if proxy is None:
+            return
+        if self.sel is not None:
+            for obj in (proxy, proxy.pidfd):
+                try:
+                    self.sel.unregister(obj)
+                except (KeyError, ValueError):
+                    pass
+        try:
+            signal.pidfd_send_signal(proxy.pidfd, signal.SIGKILL)  # it holds nothing worth a goodbye
+        except OSError:
+            pass
+        os.close(proxy.pidfd)
+        left = proxy.close()
+        for pending in left:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            pending.conn.close()
+        if left:
+            log.warning("PROXY: %d connection(s) waiting for their header closed", len(left))
 
     # ------------------------------------------------------------------ a session's channel
 
@@ -426,6 +614,9 @@ class Broker:
         elif self.checker is None:
             try:
                 account = s.site.authenticate(msg.user, msg.password, s.remote_ip)
+            except LoginUnavailable as e:
+                self._unavailable(s, e.reason)
+                return
             except Exception:  # an authenticator bug refuses the login, never grants it
                 account = None
             self._decide(s, account)
@@ -461,7 +652,12 @@ class Broker:
         if s.check is None:
             return
         client = self._stop_check(s)
-        account = client.answer()
+        try:
+            account = client.answer()
+        except LoginUnavailable as e:
+            self._pump()
+            self._unavailable(s, e.reason)
+            return
         if client.held is not None:  # session_support: until the session ends
             self._hold(s, client.held)
             client.held = None
@@ -527,6 +723,16 @@ class Broker:
             s.timer = self.timers.after(pause, functools.partial(self._grant, s), s)
             return
         self._grant(s)
+
+    def _unavailable(self, s: Session, reason: str) -> None:
+        """No decision (the user database cannot be reached): the pre-login process
+        answers 421 and hangs up.  Not a failed login: no ban counted, no delay."""
+        if s not in self.sessions:
+            return
+        log.warning("login %s from %s: 421, the user database cannot be reached: %s", s.user, s.remote_ip, reason)
+        s.phase = Phase.LEAVING
+        self._send(s, messages.LoginUnavailable())
+        s.timer = self.timers.after(EXIT_GRACE, s.proc.kill)
 
     def _grant(self, s: Session) -> None:
         if s not in self.sessions or s.account is None:
@@ -609,7 +815,8 @@ class Broker:
         admit = Admit(account.name, account.user_class.value, account.root,
                       ",".join(sorted(p.value for p in account.grants)), account.umask, account.anon_password,
                       account.uid, account.gid, account.chroot, account.start_dir, msg.pending,
-                      msg.tls_protected, msg.tls_pbsz, msg.tls_prot_private, s.local_ip, s.remote_ip, s.sid)
+                      msg.tls_protected, msg.tls_pbsz, msg.tls_prot_private, s.local_ip, s.remote_ip, s.sid,
+                      s.advertise)
         s.relay.logged_in(account)  # from now on the user in every line is the account's
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -812,6 +1019,8 @@ class Broker:
         self.generation += 1
         for w in list(self.workers):
             self._retire(w)  # they keep their sessions under the old config, take no new ones
+        if self.site.cfg.proxy_protocol_enable:
+            self._proxy_later()  # turned on now: started (a running one reads on)
         print("ftpwarden: configuration re-read; new sessions use it", file=sys.stderr)
 
     def _zygote_died(self) -> None:
@@ -832,6 +1041,7 @@ class Broker:
             self._control = None
         for sock in self.sockets:
             self._forget(sock)
+        self._stop_proxy()  # the connections waiting for their header close too
         self.queue.clear()
         for s in self.sessions:
             if s.phase is not Phase.POST:
@@ -847,6 +1057,7 @@ class Broker:
 
     def _finish(self) -> int:
         signal.set_wakeup_fd(-1)
+        self._stop_proxy()
         for proc in [*self.procs, *(w.proc for w in self.workers)]:
             proc.kill()
         for s in list(self.sessions):
@@ -858,6 +1069,8 @@ class Broker:
             self.sel = None
         os.close(self._wake[1])
         self._wake = ()
+        if self.state is not None:
+            self.state.close()  # it exits on this (and with the zygote, below)
         self.zygote.close()  # it exits on this; what it forked is gone already
         end_child(self.zygote.pid, STOP_WAIT)
         if self.checker is not None:
@@ -878,10 +1091,15 @@ class Broker:
     def _close_in_child(self) -> None:
         """Run first in a process forked from here (the checker, the zygote): it
         holds none of the broker's descriptors (their copies close, ours stay)."""
+        if self.proxy is not None:  # client sockets waiting for their header: in no selector
+            for pending in self.proxy.pending.values():
+                pending.conn.close()
         for sock in self.sockets:
             sock.close()
         if self.ops_feed is not None:
             self.ops_feed.close()
+        if self.state is not None:
+            self.state.close()
         control, notifier = self.control, self.notifier
         if control is not None:
             control[0].close()
@@ -950,6 +1168,47 @@ class Broker:
                                             lambda obj, fn, events: self._watch(obj, fn, None, events),
                                             unwatch, lambda delay, fn: self.timers.after(delay, fn))
 
+    def _start_state(self) -> None:
+        """state_db_url: ftpwarden-state (started by cli.py; again here when it dies) gets
+        each failed login and the accounts moving bytes; its bans and shares apply here."""
+        if self.state is None:
+            return
+        self.state.attach(self.site.bans)
+        self._state_tick()
+        if self.state.chan is None:  # it could not be started at first: again in a moment
+            self.timers.after(self.state.ended(), self._restart_state)
+            return
+        self._watch(self.state.chan, self._on_state)
+
+    def _on_state(self) -> None:
+        state = self.state
+        if state.receive(self.site.bans, self.site.account_rates, self.site.events):
+            return
+        if state.chan is not None and self.sel is not None:
+            self.sel.unregister(state.chan)
+        self.timers.after(state.ended(), self._restart_state)
+
+    def _restart_state(self) -> None:
+        if self.stopping or self.state is None or self.state.chan is not None:
+            return
+        try:
+            self.state.start(self.zygote.spawn_state)
+        except ChannelError:
+            self._zygote_died()
+            return
+        except OSError as e:  # SpawnRefused among them: tried again later
+            log.warning("ftpwarden-state: not started: %s", e)
+            self.timers.after(self.state.ended(), self._restart_state)
+            return
+        self._watch(self.state.chan, self._on_state)
+
+    def _state_tick(self) -> None:
+        if self.state is None or self.stopping:
+            return
+        if self.site.account_rates is not None:
+            self.state.active(self.site.account_rates.recently_active())
+        self.timers.after(0.5, self._state_tick)
+
     def _notify_tick(self) -> None:
         """STATUS= and WATCHDOG=1, from this loop: a broker stuck anywhere stops the pings."""
         if self.notifier is None or self.stopping:
@@ -1002,6 +1261,15 @@ class Broker:
                 s.proc.signal(signal.SIGTERM)
             kicked.append(s.sid)
         return kicked
+
+
+def _say(conn: socket.socket, line: bytes) -> None:
+    """One fixed line to a client we refuse: never a read, never a wait."""
+    try:
+        conn.setblocking(False)
+        conn.send(line)
+    except OSError:
+        pass
 
 
 def _reason(e: OSError) -> str:

@@ -5,7 +5,8 @@ anything else loads the user DB, so neither the listener nor any monitor holds
 hash material, and no worker forked from them can.  Each monitor gets its own
 channel to it (`connect`: one end travels over the control channel as
 SCM_RIGHTS); a check is `CheckLogin` -> `CheckGranted` (the account's fields,
-never a hash) or `CheckRefused`.
+never a hash), `CheckRefused`, or `CheckUnavailable` (the user database cannot
+be reached: the monitor raises LoginUnavailable, the client gets 421).
 
 Each check runs in a child of the checker that answers and exits: PAM's
 buffers (shadow lines) and scrypt's 16 MiB die with it, and a PAM module that
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..net import proctitle
+from ..policy.auth.base import LoginUnavailable
 from ..policy.auth.pam import take_held
 from ..policy.passwords import dummy_verify
 from ..proto.commands import Perm
@@ -43,6 +45,7 @@ from .messages import (
     CheckGranted,
     CheckLogin,
     CheckRefused,
+    CheckUnavailable,
 )
 
 __all__ = ["Checker", "CheckerClient", "refused"]
@@ -106,9 +109,14 @@ class CheckerClient:
             self.detach()  # one check per channel: a late answer is never the next check's
 
     def _read(self) -> Principal | None:
-        """The answer; a grant may carry its session holder's end (kept in `held`)."""
+        """The answer; a grant may carry its session holder's end (kept in `held`).
+        Raises LoginUnavailable when the checker could not decide."""
         assert self.chan is not None
-        msg, fds = self.chan.recv(CheckGranted, CheckRefused, max_fds=1)
+        msg, fds = self.chan.recv(CheckGranted, CheckRefused, CheckUnavailable, max_fds=1)
+        if isinstance(msg, CheckUnavailable):
+            for fd in fds:
+                os.close(fd)
+            raise LoginUnavailable(msg.reason)
         try:
             held = socket.socket(fileno=fds[0]) if fds else None
         except OSError:  # not a socket
@@ -300,6 +308,9 @@ def _fork_check(chan: Channel, authenticate: Authenticate, msg: CheckLogin) -> i
             signal.alarm(CHECK_SECONDS)  # SIGALRM's default ends a hung PAM module
             try:
                 account = authenticate(msg.user, msg.password, msg.remote_ip)
+            except LoginUnavailable as e:  # no decision now (user_db_url down): the client gets 421
+                chan.send(CheckUnavailable(e.reason))
+                os._exit(0)
             except Exception:  # an authenticator bug refuses the login, never grants it
                 account = None
             held = take_held()  # session_support: a PAM login's handle, for its session

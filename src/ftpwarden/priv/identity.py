@@ -243,6 +243,7 @@ class _Worker:
             control = ControlConnection(ctx, account=replace(account, root="/") if account.chroot else account,
                                         pending=msg.pending, tls_state=msg.tls_state,
                                         addresses=(msg.local_ip, msg.remote_ip),
+                                        advertise=msg.server_ip or None,  # a PROXY header's destination
                                         on_end=functools.partial(self._ended, session))
             session.control = control
             await asyncio.get_running_loop().connect_accepted_socket(lambda: control, session.conn)

@@ -25,6 +25,7 @@ __all__ = [
     "RateGrant", "RateWait", "QuotaAsk", "QuotaGrant", "QuotaUsed", "QuotaShow", "QuotaLines", "UploadHook",
     "HookDone",
     "SpawnPrelogin", "SpawnIdentity", "Spawned", "ZygoteReload", "Admit", "Kick",
+    "ProxyRead", "ProxyDeclared", "SpawnProxy",
     "CheckerConn", "CheckerReload", "CheckerUp", "CheckLogin", "CheckGranted", "CheckRefused",
 ]
 
@@ -470,9 +471,15 @@ KINDS.update({cls.kind: cls for cls in (QuotaAsk, QuotaGrant, QuotaUsed, QuotaSh
 @dataclass(frozen=True, slots=True)
 class SpawnPrelogin(Message):
     """Broker -> zygote: a pre-login process for the client socket (first
-    descriptor) talking to the broker over the session channel (second)."""
+    descriptor) talking to the broker over the session channel (second).
+    proxy_protocol_enable: the client and server addresses the balancer's PROXY
+    header declared ("" and 0: the socket's own peer, no declared server)."""
 
     kind: ClassVar[int] = 50
+    client_ip: str = ""
+    client_port: int = 0
+    server_ip: str = ""
+    server_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,6 +537,7 @@ class Admit(Message):
     local_ip: str
     remote_ip: str
     session: str = ""  # the broker's id of the session (as `ftpwarden who` shows it): what Kick names
+    server_ip: str = ""  # the destination a PROXY header declared (PASV's advertised address), or ""
 
     @property
     def tls_state(self) -> TlsState:
@@ -602,3 +610,121 @@ def decode(data: bytes) -> Message:
     if pos != len(data):
         raise ChannelError("trailing bytes")
     return cls(*values)
+
+
+# --- the PROXY header reader (priv/proxyreader.py) -------------------------------
+# proxy_protocol_enable in isolated mode: root never parses network bytes, so the
+# broker passes each trusted connection (a dup) to the unprivileged ftpwarden-proxy
+# process, which reads the header and answers; the broker keeps its own copy.
+
+@dataclass(frozen=True, slots=True)
+class ProxyRead(Message):
+    """Broker -> ftpwarden-proxy: read the PROXY header of the socket (the one
+    descriptor), consuming exactly the header, and answer ProxyDeclared(`token`)."""
+
+    kind: ClassVar[int] = 80
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyDeclared(Message):
+    """ftpwarden-proxy -> broker: the header of connection `token`.  `ok` False:
+    missing, malformed or late (`why`); the broker closes the connection.  An
+    empty client_ip (LOCAL, UNKNOWN) is the socket's own peer; an empty server_ip,
+    no declared destination."""
+
+    kind: ClassVar[int] = 81
+    token: int
+    ok: bool
+    client_ip: str
+    client_port: int
+    server_ip: str
+    server_port: int
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnProxy(Message):
+    """Broker -> zygote: the ftpwarden-proxy process, talking over the one
+    descriptor (a SOCK_SEQPACKET channel); answered Spawned or Refused."""
+
+    kind: ClassVar[int] = 82
+
+
+KINDS.update({cls.kind: cls for cls in (ProxyRead, ProxyDeclared, SpawnProxy)})
+
+
+# --- the user database unreachable (user_db_url, policy/auth/pgusers.py): kinds 85-89 ----------
+
+@dataclass(frozen=True, slots=True)
+class CheckUnavailable(Message):
+    """Checker -> monitor: no decision, the user database cannot be reached (`reason`: for the log)."""
+
+    kind: ClassVar[int] = 85
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoginUnavailable(Message):
+    """Monitor -> pre-login, after Login: no decision now; the worker answers 421 and closes.
+    Not a failed login: no ban counted, no delay."""
+
+    kind: ClassVar[int] = 86
+
+
+KINDS.update({cls.kind: cls for cls in (CheckUnavailable, LoginUnavailable)})
+__all__ += ["CheckUnavailable", "LoginUnavailable"]
+
+
+# --- shared state, state_db_url (broker <-> ftpwarden-state; ops/stateproc.py): kinds 90-99 ---
+# One-way each, never answered; the broker sends without waiting (a full channel drops one).
+
+@dataclass(frozen=True, slots=True)
+class StateFailure(Message):
+    """Broker -> state: a failed login from `ip` was counted here, under this ban rule."""
+
+    kind: ClassVar[int] = 90
+    ip: str
+    threshold: int
+    seconds: int
+    window: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateActive(Message):
+    """Broker -> state: this node moved bytes for `account` in the last second (user_max_rate)."""
+
+    kind: ClassVar[int] = 91
+    account: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateBan(Message):
+    """State -> broker: `ip` is banned (by some node) for `millis` more milliseconds."""
+
+    kind: ClassVar[int] = 92
+    ip: str
+    millis: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateShare(Message):
+    """State -> broker: `nodes` nodes move bytes for `account` now: this node's budget is rate / nodes."""
+
+    kind: ClassVar[int] = 93
+    account: str
+    nodes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnState(Message):
+    """Broker -> zygote: fork ftpwarden-state (ops/stateproc.py) on the one descriptor (its
+    channel); `node` is this node's name in the shared tables.  The zygote reads
+    state_db_url from its own configuration: the URL (a secret) never travels."""
+
+    kind: ClassVar[int] = 94
+    node: str
+
+
+KINDS.update({cls.kind: cls for cls in (StateFailure, StateActive, StateBan, StateShare, SpawnState)})
+__all__ += ["StateFailure", "StateActive", "StateBan", "StateShare", "SpawnState"]

@@ -31,10 +31,12 @@ from typing import Any
 from ..net.bans import login_failed
 from ..net.data import active_socket, passive_listener
 from ..net.limits import max_grant
+from ..policy.auth.base import LoginUnavailable
 from ..policy.auth.local import refused_at_user
 from ..policy.options import session_options
 from ..proto import addr
 from ..proto.verbs import tls_login_refusal
+from . import messages
 from .channel import Channel, ChannelClosed, end_child, fork_with_channel
 from .checker import CheckerClient
 from .logrelay import LOG_EVENTS, LogRelay
@@ -171,7 +173,14 @@ class Monitor:
                     return None  # QUIT, timeout or disconnect before login
                 assert isinstance(msg, Login)
                 started = time.monotonic()
-                account = self._check(msg)
+                try:
+                    account = self._check(msg)
+                except LoginUnavailable as e:  # 421 and the end: no failed login, no delay
+                    log.warning("login %s from %s: 421, the user database cannot be reached: %s",
+                                msg.user, self.remote_ip, e.reason)
+                    chan.send(messages.LoginUnavailable())
+                    self._end_worker(wait=5.0)
+                    return None
                 if account is not None and (why := login_refusal(self.cfg, msg, account)):
                     log.warning("login %s refused by the monitor: %s", msg.user, why)
                     account = None
@@ -214,6 +223,8 @@ class Monitor:
             return None
         try:
             account = self.authenticate(msg.user, msg.password, self.remote_ip)
+        except LoginUnavailable:
+            raise
         except Exception:  # an authenticator bug refuses the login, never grants it
             account = None
         finally:

@@ -78,11 +78,12 @@ class Namespaces:
         self.probed = 0  # the flags whose answer is known (a reload may ask for more)
         self._own_pid_ns = -1
 
-    def fork(self, cfg: Any, fork: Callable[[int], int]) -> int:
+    def fork(self, cfg: Any, fork: Callable[[int], int], without: int = 0) -> int:
         """Call `fork(flags)`, which forks once (its child passes `flags` to `enter`
         and never returns into it), so that the child starts in a new PID namespace
-        if `cfg` wants one and the kernel lets it; fork's answer."""
-        flags = wanted(cfg)
+        if `cfg` wants one and the kernel lets it; fork's answer.  `without`: the
+        namespaces this child must not get (CLONE_NEWNET for one that needs the network)."""
+        flags = wanted(cfg) & ~without
         if flags & ~CLONE_NEWPID & ~self.probed:
             self._probe(flags & ~CLONE_NEWPID & ~self.probed)
         flags &= ~self.refused

@@ -149,6 +149,7 @@ class Session:
     reserve: Callable[[int], float] | None = None
     connecting: socket.socket | None = None
     held: tuple[Handover, socket.socket] | None = None  # a plain session's admission, until ADMIT ends
+    advertise: str = ""  # the destination a PROXY header declared: PASV's address (Admit.server_ip)
 
 
 @dataclass(eq=False)

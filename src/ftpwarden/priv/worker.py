@@ -32,13 +32,13 @@ from ..net.limits import MAX_WAIT, RateGrants
 from ..net.tls import Contexts, handshake_deadline, make_context, wait_fd
 from ..ops.hooks import Result
 from ..ops.quota import Exceeded
-from ..policy.auth.base import LoginRefused, LoginRequest
+from ..policy.auth.base import LoginRefused, LoginRequest, LoginUnavailable
 from ..policy.hostsaccess import DENIED_REPLY, Verdict, check, rules_dir
 from ..policy.rdns import bounded
 from ..proto.actions import TlsState
 from ..proto.framing import line_cap
 from ..proto.principal import Principal, UserClass
-from . import seccomp
+from . import messages, seccomp
 from .channel import Channel
 from .creds import close_strays, drop_privileges, minimal_environment, set_parent_death_signal
 from .logrelay import ForwardingEventLog, forward_logs
@@ -106,9 +106,11 @@ class MonitorAuthenticator:
         return self._answer()
 
     def _answer(self) -> Principal:
-        msg, _ = self.chan.recv(LoginOk, LoginFailed)
+        msg, _ = self.chan.recv(LoginOk, LoginFailed, messages.LoginUnavailable)
         if isinstance(msg, LoginFailed):
             raise LoginRefused("refused by the monitor")
+        if isinstance(msg, messages.LoginUnavailable):  # 421 and the end (net/control.py)
+            raise LoginUnavailable("the user database cannot be reached")
         assert isinstance(msg, LoginOk)
         # What the pre-login worker learns of a good login: who, and of which
         # class (for the log).  No grants: the monitor keeps the rest.
@@ -278,17 +280,19 @@ def _prepare(conn: socket.socket | None = None) -> None:
     time.localtime()  # load the zone data now: /etc/localtime is gone after chroot
 
 
-def hosts_admitted(site: Site, conn_fd: int, chan_fd: int) -> bool:
+def hosts_admitted(site: Site, conn_fd: int, chan_fd: int, client_ip: str | None = None) -> bool:
     """tcp_wrappers=YES: may this client connect (hosts.allow / hosts.deny)?  Run
     first in the pre-login process, as root, before its namespaces and before any
     client byte is read: a name rule may need the resolver (a child, bounded in
-    time).  Refused: vsftpd's 421 line, the broker logs it, and False."""
+    time).  `client_ip`: the address a PROXY header declared (else the socket's
+    peer).  Refused: vsftpd's 421 line, the broker logs it, and False."""
     cfg = site.cfg
     if not cfg.tcp_wrappers:
         return True
     conn, chan = socket.socket(fileno=conn_fd), socket.socket(fileno=chan_fd)
     try:
-        decision = check(rules_dir(cfg), conn.getpeername()[0], conn.getsockname()[0], bounded)
+        client = client_ip or conn.getpeername()[0]
+        decision = check(rules_dir(cfg), client, conn.getsockname()[0], bounded)
         if decision.verdict is Verdict.ALLOW:
             return True
         ForwardingEventLog(chan).post(LogHostsDenied(decision.where[:200]))
@@ -301,10 +305,13 @@ def hosts_admitted(site: Site, conn_fd: int, chan_fd: int) -> bool:
     return False
 
 
-def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
+def prelogin(site: Site, conn: socket.socket, chan: Channel, *, declared: tuple[str, str] | None = None) -> None:
+    """`declared`: (client, server) addresses of the connection's PROXY header (server "" if
+    none): the session's remote address, and the destination PASV may advertise (after
+    login the identity worker's, from Admit.server_ip)."""
     cfg = site.cfg
     _prepare(None if cfg.ssl_enable else conn)  # TLS may be on: no plain-text 421 then
-    ip = _peer_ip(conn) if proctitle.active() else ""
+    ip = declared[0] if declared else _peer_ip(conn) if proctitle.active() else ""
     proctitle.show(f"{ip}: connected")
     forward_logs(site, chan.sock)  # no log fd here: the monitor writes what we report
     _detach_bans(site)
@@ -348,8 +355,12 @@ def prelogin(site: Site, conn: socket.socket, chan: Channel) -> None:
         seccomp.install("prelogin")
     proctitle.show(f"{ip}: not logged in")
 
+    addresses = None
+    if declared:  # the real local address (the passive listener binds there), the declared client
+        addresses = (conn.getsockname()[0], declared[0])
+
     async def main() -> None:
-        control = ControlConnection(ctx)
+        control = ControlConnection(ctx, addresses=addresses, advertise=declared[1] or None if declared else None)
         monitor_auth.protected = lambda: control.session.tls_state().protected
         try:
             # implicit TLS: nothing is read before the handshake, so no clear byte reaches the session

@@ -5,7 +5,9 @@ checker, so a process forked from it would carry other clients' passwords in
 its freed heap.  The zygote is forked before the first accept, loads the site
 itself, closes what no child may hold (log files, the ban and account-rate
 tables), warms and freezes its heap, and from then on only forks: a pre-login
-process per connection, an identity worker per identity (priv/identity.py).
+process per connection, an identity worker per identity (priv/identity.py),
+with proxy_protocol_enable the PROXY header reader (priv/proxyreader.py), and with
+state_db_url the shared-state process (ops/stateproc.py).
 It never reads client bytes; its one channel carries typed spawn requests
 with their descriptors, each answered at once with the child's pidfd.
 It ends with the listener (death signal) or when its channel closes.
@@ -13,6 +15,7 @@ It ends with the listener (death signal) or when its channel closes.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import select
@@ -34,9 +37,11 @@ from .messages import (
     Spawned,
     SpawnIdentity,
     SpawnPrelogin,
+    SpawnProxy,
+    SpawnState,
     ZygoteReload,
 )
-from .namespaces import Namespaces, enter, keep_signals
+from .namespaces import CLONE_NEWNET, Namespaces, enter, keep_signals
 from .warmup import settle, warm
 
 __all__ = ["Identity", "Zygote", "SpawnRefused", "RateNumber", "ZYGOTE_NAME", "PRELOGIN_NAME", "IDENTITY_NAME"]
@@ -95,9 +100,19 @@ class Zygote:
     def fileno(self) -> int:
         return self.chan.fileno()
 
-    def spawn_prelogin(self, conn: socket.socket, chan: socket.socket) -> tuple[int, int]:
-        """A pre-login process for `conn` talking over `chan`; the caller closes both after."""
-        return self._spawn(SpawnPrelogin(), (conn.fileno(), chan.fileno()))
+    def spawn_prelogin(self, conn: socket.socket, chan: socket.socket,
+                       declared: SpawnPrelogin | None = None) -> tuple[int, int]:
+        """A pre-login process for `conn` talking over `chan`; the caller closes both after.
+        `declared`: the addresses a PROXY header declared (proxy_protocol_enable)."""
+        return self._spawn(declared or SpawnPrelogin(), (conn.fileno(), chan.fileno()))
+
+    def spawn_proxy(self, chan: socket.socket) -> tuple[int, int]:
+        """The ftpwarden-proxy process (priv/proxyreader.py) talking over `chan`; the caller closes it after."""
+        return self._spawn(SpawnProxy(), (chan.fileno(),))
+
+    def spawn_state(self, chan: socket.socket, node: str) -> tuple[int, int]:
+        """The ftpwarden-state process (ops/stateproc.py) talking over `chan`; the caller closes it after."""
+        return self._spawn(SpawnState(node), (chan.fileno(),))
 
     def spawn_identity(self, identity: Identity, admission: socket.socket) -> tuple[int, int]:
         """An identity worker taking sessions over `admission`; the caller closes it after."""
@@ -113,7 +128,8 @@ class Zygote:
         """The zygote exits on this (its children live on until their own end)."""
         self.chan.close()
 
-    def _spawn(self, msg: SpawnPrelogin | SpawnIdentity, fds: tuple[int, ...]) -> tuple[int, int]:
+    def _spawn(self, msg: SpawnPrelogin | SpawnIdentity | SpawnProxy | SpawnState,
+               fds: tuple[int, ...]) -> tuple[int, int]:
         def ask() -> tuple[Any, list[int]]:
             self.chan.send(msg, fds)
             return self.chan.recv(Spawned, Refused, max_fds=1)
@@ -181,7 +197,7 @@ class _Zygote:
     def _request(self) -> bool:
         """One request answered; False when the broker is gone."""
         try:
-            msg, fds = self.chan.recv(SpawnPrelogin, SpawnIdentity, ZygoteReload, max_fds=2)
+            msg, fds = self.chan.recv(SpawnPrelogin, SpawnIdentity, SpawnProxy, SpawnState, ZygoteReload, max_fds=2)
         except ChannelClosed:
             return False
         except ChannelError as e:  # malformed: said, and the next one may be fine
@@ -191,7 +207,11 @@ class _Zygote:
                 self._reload()
                 return True
             if isinstance(msg, SpawnPrelogin):
-                pid = self._spawn_prelogin(fds)
+                pid = self._spawn_prelogin(msg, fds)
+            elif isinstance(msg, SpawnProxy):
+                pid = self._spawn_proxy(fds)
+            elif isinstance(msg, SpawnState):
+                pid = self._spawn_state(msg, fds)
             else:
                 assert isinstance(msg, SpawnIdentity)
                 pid = self._spawn_identity(msg, fds)
@@ -225,24 +245,54 @@ class _Zygote:
         self.site = site
         settle()
 
-    def _spawn_prelogin(self, fds: list[int]) -> int:
+    def _spawn_prelogin(self, msg: SpawnPrelogin, fds: list[int]) -> int:
         if len(fds) != 2:
             raise SpawnRefused("SpawnPrelogin carries two descriptors")
         _socket_of(fds[0], socket.SOCK_STREAM)
         _socket_of(fds[1], socket.SOCK_SEQPACKET, socket.AF_UNIX)
+        declared = _declared(msg)
         site = self.site
 
         def run() -> None:
             from . import worker
             _name(PRELOGIN_NAME.encode())
             conn = socket.socket(fileno=fds[0])
-            worker.prelogin(site, conn, Channel(socket.socket(fileno=fds[1])))  # sets its own death signal
+            worker.prelogin(site, conn, Channel(socket.socket(fileno=fds[1])),  # sets its own death signal
+                            declared=declared)
 
         def admitted() -> bool:  # tcp_wrappers, as root with the host's network: before the namespaces
             from . import worker
-            return worker.hosts_admitted(site, fds[0], fds[1])
+            return worker.hosts_admitted(site, fds[0], fds[1], declared[0] if declared else None)
 
         return self._fork(run, signal.SIGKILL, (signal.SIGTERM, signal.SIGINT), admitted)
+
+    def _spawn_proxy(self, fds: list[int]) -> int:
+        if len(fds) != 1:
+            raise SpawnRefused("SpawnProxy carries one descriptor")
+        _socket_of(fds[0], socket.SOCK_SEQPACKET, socket.AF_UNIX)
+        cfg = self.site.cfg
+
+        def run() -> None:
+            from . import proxyreader
+            proxyreader.serve(cfg, socket.socket(fileno=fds[0]))
+
+        return self._fork(run, signal.SIGKILL, (signal.SIGTERM, signal.SIGINT))
+
+    def _spawn_state(self, msg: SpawnState, fds: list[int]) -> int:
+        if len(fds) != 1:
+            raise SpawnRefused("SpawnState carries one descriptor")
+        _socket_of(fds[0], socket.SOCK_SEQPACKET, socket.AF_UNIX)
+        cfg = self.site.cfg
+        if not cfg.state_db_url:
+            raise SpawnRefused("no state_db_url")
+
+        def run() -> None:
+            from ..ops import stateproc
+            stateproc.serve(socket.socket(fileno=fds[0]), str(cfg.state_db_url), msg.node,
+                            str(cfg.nopriv_user or "nobody"))
+
+        # PostgreSQL is reached over the network: never in isolate_network's empty namespace
+        return self._fork(run, signal.SIGKILL, (signal.SIGTERM, signal.SIGINT), without=CLONE_NEWNET)
 
     def _spawn_identity(self, msg: SpawnIdentity, fds: list[int]) -> int:
         if len(fds) != 1:
@@ -267,10 +317,10 @@ class _Zygote:
         return self._fork(run, signal.SIGTERM, (signal.SIGTERM,))  # the zygote's end: each session hears 421
 
     def _fork(self, run: Callable[[], None], death_signal: int, defaults: tuple[int, ...],
-              first: Callable[[], bool] | None = None) -> int:
+              first: Callable[[], bool] | None = None, without: int = 0) -> int:
         """The child leaves the zygote's descriptors and signal set-up (`defaults`:
         the signals it obeys as any process does), enters its namespaces
-        (isolate, isolate_network), then runs `run`.  `first()` runs before the
+        (isolate, isolate_network; none of `without`), then runs `run`.  `first()` runs before the
         namespaces (tcp_wrappers' check, which may need the host's resolver); False ends the child."""
         def fork(flags: int) -> int:
             def child() -> int:
@@ -290,7 +340,7 @@ class _Zygote:
 
             return fork_child(child, lambda: log.exception("a child of the zygote failed"), death_signal)
 
-        return self.ns.fork(self.site.cfg, fork)
+        return self.ns.fork(self.site.cfg, fork, without)
 
 
 def _tidy(site: Any) -> Any:
@@ -307,6 +357,19 @@ def _tidy(site: Any) -> Any:
         site.account_rates.detach()
         site.account_rates = RateNumber(rate)
     return site
+
+
+def _declared(msg: SpawnPrelogin) -> tuple[str, str] | None:
+    """(client, server) addresses a PROXY header declared ("" server: none), checked
+    again here; None without a header.  SpawnRefused if not addresses."""
+    if not msg.client_ip:
+        return None
+    try:
+        client = str(ipaddress.ip_address(msg.client_ip))
+        server = str(ipaddress.ip_address(msg.server_ip)) if msg.server_ip else ""
+    except ValueError:
+        raise SpawnRefused("a declared address that is not one") from None
+    return client, server
 
 
 def _socket_of(fd: int, kind: int, family: int | None = None) -> None:

@@ -13,7 +13,7 @@ import re
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["parse_port", "parse_eprt", "format_pasv", "format_epsv", "same_host", "ipv4_of", "port_allowed"]
+__all__ = ["parse_port", "parse_eprt", "format_pasv", "format_epsv", "same_host", "ipv4_of", "port_allowed", "plain_ip"]
 
 _ARGUMENT_ERROR = 501
 _BAD_PROTOCOL = 522
@@ -89,6 +89,11 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def plain_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in `text` without its zone (%eth0), ::ffff:1.2.3.4 as 1.2.3.4; None if none."""
+    return _ip(text.split("%", 1)[0])
 
 
 @functools.lru_cache(maxsize=1024)

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 from ..passwords import dummy_verify
 from ..users import Account
 
-__all__ = ["LoginRequest", "LoginRefused", "Authenticator", "chain"]
+__all__ = ["LoginRequest", "LoginRefused", "LoginUnavailable", "Authenticator", "chain"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,11 @@ class LoginRefused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class LoginUnavailable(LoginRefused):
+    """No decision possible now (the user database cannot be reached): the client
+    gets 421 and the connection closes; not a failed login (no ban, no delay)."""
 
 
 @runtime_checkable

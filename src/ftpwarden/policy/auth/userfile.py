@@ -25,7 +25,7 @@ from ..users import Account, UserClass, grants_for
 from .base import LoginRefused, LoginRequest
 
 __all__ = [
-    "UserRecord", "valid_user_name", "check_root", "parse_userdb", "format_record",
+    "UserRecord", "valid_user_name", "check_root", "parse_userdb", "format_record", "RecordLogin",
     "UserFileAuthenticator", "MemoryUserAuthenticator",
 ]
 
@@ -141,8 +141,9 @@ def format_record(r: UserRecord) -> str:
     return ":".join([r.name, r.hash] + ([",".join(options)] if options else []))
 
 
-class _RecordAuthenticator:
-    """Login against UserRecords; subclasses say where the records come from."""
+class RecordLogin:
+    """A login decided from a UserRecord (or None: no such user): the password check and
+    the Account it gives.  One place for every store: the file, --user, PostgreSQL."""
 
     def __init__(self, cfg: Config, default_root: str) -> None:
         self._cfg = cfg
@@ -151,23 +152,11 @@ class _RecordAuthenticator:
         # login cost ~0.7 KiB per idle session.  Racing threads at worst build it twice.
         self._grants: dict[bool | None, frozenset[Perm]] = {}
 
-    def _records(self) -> tuple[dict[str, UserRecord], str | None]:
-        """(records, None), or ({}, why the source is unusable)."""
-        raise NotImplementedError
-
-    def wants(self, user: str) -> bool:
-        records, broken = self._records()
-        return broken is not None or user in records  # broken: refuse here, not fall through
-
-    def needs_password(self, user: str) -> bool:
-        return True
-
-    def authenticate(self, req: LoginRequest) -> Account:
-        records, broken = self._records()
-        rec = records.get(req.user)
+    def account(self, rec: UserRecord | None, req: LoginRequest, unknown: str = "unknown user") -> Account:
+        """Blocking (hashes); raises LoginRefused(`unknown`) when `rec` is None."""
         if rec is None:
             dummy_verify(req.password)  # as slow as a wrong password: no user enumeration
-            raise LoginRefused(broken or "unknown user")
+            raise LoginRefused(unknown)
         if not verify_password(req.password, rec.hash):
             raise LoginRefused("wrong password")
         root = rec.root or self._default_root
@@ -188,6 +177,28 @@ class _RecordAuthenticator:
         if grants is None:
             grants = self._grants[write] = grants_for(self._cfg, UserClass.GUEST, write=write)
         return grants
+
+
+class _RecordAuthenticator:
+    """Login against UserRecords; subclasses say where the records come from."""
+
+    def __init__(self, cfg: Config, default_root: str) -> None:
+        self._login = RecordLogin(cfg, default_root)
+
+    def _records(self) -> tuple[dict[str, UserRecord], str | None]:
+        """(records, None), or ({}, why the source is unusable)."""
+        raise NotImplementedError
+
+    def wants(self, user: str) -> bool:
+        records, broken = self._records()
+        return broken is not None or user in records  # broken: refuse here, not fall through
+
+    def needs_password(self, user: str) -> bool:
+        return True
+
+    def authenticate(self, req: LoginRequest) -> Account:
+        records, broken = self._records()
+        return self._login.account(records.get(req.user), req, broken or "unknown user")
 
 
 class MemoryUserAuthenticator(_RecordAuthenticator):
