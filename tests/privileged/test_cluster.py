@@ -77,7 +77,7 @@ def _ftpwarden(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 
 def _free_range(count: int) -> int:
     """The first of `count` ports free on the balancer's and both nodes' addresses."""
-    for base in range(41000, 60000, count):
+    for base in range(12000, 32000, count):  # below the ephemeral range (32768-): no client port there
         try:
             socks = []
             for host in (FRONT, *NODES):
