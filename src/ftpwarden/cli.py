@@ -409,6 +409,9 @@ def _serve(args: argparse.Namespace) -> int:
         if not cfg.listen and (cfg.upload_hook or cfg.quota_bytes or cfg.quota_files):
             print("warning: upload_hook and quotas are not supported with listen=NO (inetd mode) yet: "
                   "ignored", file=sys.stderr)
+        if not cfg.listen and not cfg.listen_ipv6 and cfg.state_db_url:  # one session per process
+            print("warning: state_db_url is not used with listen=NO (inetd mode): bans are not shared",
+                  file=sys.stderr)
     if isolated and quick:
         if args.workers is not None:
             print(f"warning: --workers {args.workers}: isolated mode (quick mode as root) has no worker "

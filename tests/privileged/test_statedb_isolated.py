@@ -18,7 +18,7 @@ import pytest
 from ..conftest import descendants, proc_stat, wait_for
 from ..integration.conftest import start_server, stop_server
 from ..services import postgres
-from .conftest import write_conf, zygote
+from .conftest import conf_at, ftp_over, inetd_session, write_conf, zygote
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 TIMEOUT = 20
@@ -218,3 +218,15 @@ def test_user_max_rate_is_split_between_an_isolated_and_a_pooled_node(make_nodes
     assert 0.5 * single < both < 1.5 * single  # without the split: about twice as much
     nodes = pg.psql("SELECT node FROM ftpwarden_rate_nodes WHERE account = 'ftpw_alice' ORDER BY node").stdout
     assert nodes.split() == ["iso", "pooled"]
+
+
+def test_inetd_mode_says_it_shares_no_bans(tmp_path):
+    """listen=NO serves one session per process: state_db_url is not used, and start-up says so."""
+    conf = conf_at(tmp_path, "anonymous_enable=YES", f"anon_root={tmp_path}", "state_db_url=postgresql://x@127.0.0.1:1/db")
+    with inetd_session(conf) as (proc, client):
+        ftp = ftp_over(client)
+        assert ftp.welcome.startswith("220")
+        ftp.quit()
+        assert proc.wait(10) == 0
+        assert proc.stderr is not None
+        assert "state_db_url is not used with listen=NO" in proc.stderr.read().decode()
