@@ -12,7 +12,8 @@ mid-query its socket is shut down after QUERY_DEADLINE.  Pooled mode keeps a
 psycopg_pool per process, used only from the password-check thread, made after a
 first direct connection succeeded and dropped when it fails (so a database that
 is down costs one refused connect per login, and one that came back is used at
-once); isolated mode's check children connect once per check (nothing crosses a fork).
+once; one that hangs is not asked again for HUNG_PAUSE seconds); isolated mode's
+check children connect once per check, in parallel (nothing crosses a fork).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,6 +52,11 @@ CONNECT_TIMEOUT = 3  # seconds (libpq's connect_timeout: whole seconds)
 STATEMENT_TIMEOUT_MS = 3000  # the server ends a query stuck on a lock
 QUERY_DEADLINE = 4.0  # seconds; then the socket is shut down (a server that stopped answering)
 POOL_WAIT = 4.0  # seconds a login waits for a pooled connection
+# Pooled mode: a lookup that failed only after this long met a database that does not answer
+# (not one that refuses): for HUNG_PAUSE seconds the next lookups fail at once instead of each
+# holding the one password thread for seconds, which would queue every other login behind them.
+SLOW_FAILURE = 1.0
+HUNG_PAUSE = 5.0
 _COLUMNS = "name, hash, root, write, umask, quota_bytes, quota_files"
 _SELECT = f"SELECT {_COLUMNS} FROM ftpwarden_users WHERE name = %s"
 _SCHEMES = ("postgresql", "postgres")
@@ -210,6 +217,7 @@ class PgUserAuthenticator:
         self._pool: ConnectionPool[Any] | None = None
         self._pool_pid = 0
         self._forsaken: list[ConnectionPool[Any]] = []  # inherited across a fork: never touched again
+        self._hung_until = 0.0  # pooled: until then the database is taken as not answering
 
     def wants(self, user: str) -> bool:
         return valid_user_name(user)  # last in the chain; no query here (the event loop calls it)
@@ -218,9 +226,15 @@ class PgUserAuthenticator:
         return True
 
     def authenticate(self, req: LoginRequest) -> Account:
+        started = time.monotonic()
+        if self._pooled and started < self._hung_until:
+            raise LoginUnavailable("user database unreachable: it did not answer a moment ago; "
+                                   f"tried again after {HUNG_PAUSE:.0f} s")
         try:
             row = self._lookup(req.user)
         except (psycopg.Error, PoolTimeout, OSError) as e:
+            if time.monotonic() - started >= SLOW_FAILURE:
+                self._hung_until = time.monotonic() + HUNG_PAUSE
             raise LoginUnavailable(f"user database unreachable: {reason(e)}") from None
         try:
             rec = None if row is None else _record(row)
