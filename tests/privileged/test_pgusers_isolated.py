@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ftplib
 import io
+import json
 import os
 import time
 
@@ -59,7 +60,8 @@ def test_login_through_the_checker_and_421_while_the_database_is_down(tmp_path_f
     base = tmp_path_factory.mktemp("pgiso")
     with postgres() as pg:
         assert ftpwarden("db", "init", "--db", pg.url).returncode == 0
-        conf, home = site(base, accounts, pg.url, "ban_threshold=2", "ban_window=60", "delay_failed_login=3")
+        conf, home = site(base, accounts, pg.url, "ban_threshold=2", "ban_window=60", "delay_failed_login=3",
+                          f"json_log_file={base / 'events.json'}")
         srv = start_server(["--config", str(conf)], home, base)
         try:
             with login(srv, "vera", "vera-pw") as ftp:
@@ -93,6 +95,9 @@ def test_login_through_the_checker_and_421_while_the_database_is_down(tmp_path_f
     err = srv.stderr()
     assert "Traceback" not in err, err
     assert "login vera from 127.0.0.1: 421, the user database cannot be reached" in err, err
+    events = [json.loads(line) for line in (base / "events.json").read_text().splitlines()]
+    failed = [e for e in events if e.get("event") == "login" and not e.get("ok")]
+    assert sum("user database unreachable" in str(e.get("reason")) for e in failed) == 3, failed
     print(f"isolated: 421 after {', '.join(f'{t:.2f}' for t in times)} s with the database down")
 
 

@@ -730,6 +730,7 @@ class Broker:
         if s not in self.sessions:
             return
         log.warning("login %s from %s: 421, the user database cannot be reached: %s", s.user, s.remote_ip, reason)
+        s.relay.login(s.user, None, reason)  # the logs' FAIL LOGIN line, as in pooled mode (no ban counted)
         s.phase = Phase.LEAVING
         self._send(s, messages.LoginUnavailable())
         s.timer = self.timers.after(EXIT_GRACE, s.proc.kill)

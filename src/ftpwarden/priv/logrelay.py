@@ -270,10 +270,10 @@ class LogRelay:
     def logged_in(self, account: Any) -> None:
         self.account = account
 
-    def login(self, user: str, account: Any) -> None:
-        """The monitor's own decision: `account` None is a refusal."""
+    def login(self, user: str, account: Any, reason: str = "refused by the monitor") -> None:
+        """The monitor's own decision: `account` None is a refusal (`reason`: the log's why)."""
         if account is None:
-            self.events.login(self.session, self.remote_ip, user[:USER_MAX], None, False, "refused by the monitor")
+            self.events.login(self.session, self.remote_ip, user[:USER_MAX], None, False, reason)
         else:
             self.events.login(self.session, self.remote_ip, account.name, account.user_class.value, True)
 
