@@ -30,6 +30,7 @@ import pytest
 
 from ..conftest import descendants, wait_for
 from ..integration.conftest import Server, start_server, stop_server
+from ..integration.test_ops_control import wait_who
 from ..services import free_port, haproxy
 from .conftest import LOCAL_USERS, comm, ids, socket_fds, tcp_sockets
 
@@ -68,7 +69,7 @@ def node(tmp_path_factory, session_isolation, accounts) -> Iterator[Server]:
         *(line for line in LOCAL_USERS if not line.startswith("pam_service_name")), f"pam_service_name={service}",
         "write_enable=YES", "delay_failed_login=0", "max_per_ip=2", "ban_threshold=3", "max_login_fails=1",
         "tcp_wrappers=YES", f"tcp_wrappers_dir={wrappers}", "setproctitle_enable=YES",
-        "xferlog_enable=YES", f"vsftpd_log_file={base / 'vsftpd.log'}",
+        "xferlog_enable=YES", f"vsftpd_log_file={base / 'vsftpd.log'}", f"control_socket={base / 'control.sock'}",
         "proxy_protocol_enable=YES", f"proxy_protocol_from={BALANCER}",
         f"pasv_min_port={pasv}", f"pasv_max_port={pasv + PASV_PORTS - 1}", ""]))
     srv = start_server(["--config", str(conf)], Path(accounts["alice"].pw_dir), base)
@@ -83,7 +84,7 @@ def node(tmp_path_factory, session_isolation, accounts) -> Iterator[Server]:
                   f"backend p{port}\n server n {NODE}:{port} send-proxy-v2 source {BALANCER}"]
     try:
         with haproxy("\n".join(lines) + "\n") as hap:
-            srv.extra.update(log=base / "vsftpd.log", rhost=rhost, fronts=(front1, front2), hap=hap)
+            srv.extra.update(log=base / "vsftpd.log", rhost=rhost, fronts=(front1, front2), hap=hap, conf=conf)
             yield srv
     finally:
         stop_server(srv)
@@ -148,6 +149,9 @@ def test_each_client_is_seen_with_its_own_address(node, version, source):
         assert wait_for(lambda: titled(node, f"{source}: not logged in"), TIMEOUT)
         ftp.login(*ALICE)
         assert ftp.sendcmd("NOOP").startswith("200")
+        # `ftpwarden who` (the broker's session table) shows the declared client too
+        rows = wait_who(node.extra["conf"], lambda rows: any(r["client"] == source for r in rows))
+        assert not [r for r in rows if r["client"] == BALANCER], rows
     finally:
         ftp.quit()
     assert wait_for(lambda: log_lines(node, f'CONNECT: Client "{source}"'), TIMEOUT), node.extra["log"].read_text()
