@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import pwd
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from client import Control, FtpError, login_once  # noqa: E402
 from fixture import CHEAP_USER, cheap_hash  # noqa: E402
-from tests.services import free_port, haproxy, postgres  # noqa: E402
+from tests.services import free_port, free_port_range, haproxy, postgres  # noqa: E402
 
 USER, PASSWORD = "benchuser", "benchpass"
 NODES = ("127.0.1.1", "127.0.1.2")
@@ -79,24 +78,6 @@ def _node(work: Path, name: str, lines: list[str], host: str) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-def _free_range(count: int) -> int:
-    """The first of `count` ports with nothing on them, TIME_WAIT included (HAProxy's bind fails on those)."""
-    for base in range(12000, 32000, count):  # below the ephemeral range (32768-): no client port there
-        socks: list[socket.socket] = []
-        try:
-            for host in (FRONT, *NODES):
-                for port in range(base, base + count):
-                    socks.append(socket.socket())
-                    socks[-1].bind((host, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no free port range")
 
 
 def _balancer(front: int, ports: list[int], ranges: list[int]) -> str:
@@ -213,7 +194,7 @@ def main() -> int:
                   "ban_threshold=0", "xferlog_enable=NO", "delay_failed_login=0", "allow_writeable_chroot=YES"]
         if args.mode == "pooled":
             common.append("pooled=YES")
-        first = _free_range(3 * RANGE)
+        first = free_port_range(3 * RANGE, (FRONT, *NODES))
         ranges = [first, first + RANGE]
 
         def setup(name: str, extra: list[str], two: bool) -> dict[str, object]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -43,6 +44,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_port_range(count: int, hosts: tuple[str, ...] = ("127.0.0.1",)) -> int:
+    """The first of `count` consecutive ports with nothing on them on every one of `hosts`:
+    for passive ranges and the balancer's frontends for them.  Below the ephemeral ports
+    (32768-), where no client's port or TIME_WAIT lingers; bound without SO_REUSEADDR, so
+    a port in TIME_WAIT (on which HAProxy's bind fails) counts as taken."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(12000, 32000 - count)
+        socks: list[socket.socket] = []
+        try:
+            for host in hosts:
+                for port in range(base, base + count):
+                    socks.append(socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET))
+                    socks[-1].bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {count} free ports in a row")
 
 
 def _account() -> tuple[int, int] | None:

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ..services import free_port, haproxy
+from ..services import free_port, free_port_range, haproxy
 from .conftest import Ctl, Server, serve
 
 pytestmark = pytest.mark.skipif(not shutil.which("haproxy", path="/usr/sbin:/usr/bin"),
@@ -33,26 +32,6 @@ pytestmark = pytest.mark.skipif(not shutil.which("haproxy", path="/usr/sbin:/usr
 TIMEOUT = 15
 FRONT_HOST = "127.0.0.2"
 PASV_COUNT = 8
-
-
-def _port_range(count: int) -> int:
-    """The first of `count` consecutive ports free on 127.0.0.1 and 127.0.0.2."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                for host in ("127.0.0.1", FRONT_HOST):
-                    s = socket.socket()
-                    socks.append(s)
-                    s.bind((host, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def _hap_cfg(node: Server, pasv: int, fronts: dict[str, tuple[int, int, str]]) -> str:
@@ -68,7 +47,7 @@ def _hap_cfg(node: Server, pasv: int, fronts: dict[str, tuple[int, int, str]]) -
 
 
 def _node(make_server, tmp_path: Path, *opts: str, workers: int = 1) -> tuple[Server, int, Path]:
-    pasv = _port_range(PASV_COUNT)
+    pasv = free_port_range(PASV_COUNT, ("127.0.0.1", FRONT_HOST))
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
     srv = serve(make_server, tmp_path, "proxy_protocol_enable=YES", "proxy_protocol_from=127.0.0.1",

@@ -21,7 +21,6 @@ import io
 import os
 import pwd
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import pytest
 
 from ..conftest import wait_for
 from ..integration.conftest import REPO, Server, start_server, stop_server
-from ..services import Postgres, Service, free_port, haproxy, postgres
+from ..services import Postgres, Service, free_port, free_port_range, haproxy, postgres
 from .conftest import conf_at
 
 pytestmark = pytest.mark.timeout(420)
@@ -73,25 +72,6 @@ def _ftpwarden(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     return subprocess.run([sys.executable, "-m", "ftpwarden", *args], input=stdin, capture_output=True,
                           text=True, timeout=60, env=env)
-
-
-def _free_range(count: int) -> int:
-    """The first of `count` ports free on the balancer's and both nodes' addresses."""
-    for base in range(12000, 32000, count):  # below the ephemeral range (32768-): no client port there
-        try:
-            socks = []
-            for host in (FRONT, *NODES):
-                for port in range(base, base + count):
-                    s = socket.socket()
-                    socks.append(s)
-                    s.bind((host, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def _balancer_config(front: int, node_ports: tuple[int, int], ranges: tuple[int, int],
@@ -144,7 +124,7 @@ def cluster(session_isolation: str, tmp_path_factory: pytest.TempPathFactory) ->
         assert add.returncode == 0, add.stderr
         node_ports = (free_port(NODES[0]), free_port(NODES[1]))
         metrics = (free_port(NODES[0]), free_port(NODES[1]))
-        first = _free_range(2 * RANGE)
+        first = free_port_range(2 * RANGE, (FRONT, *NODES))
         ranges = (first, first + RANGE)
         confs = (_node_conf(tmp, 0, node_ports[0], ranges[0], metrics[0], pg, data, "pooled=YES",
                             f"pasv_address={FRONT}"),

@@ -20,6 +20,7 @@ import io
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -31,8 +32,8 @@ import pytest
 from ..conftest import descendants, wait_for
 from ..integration.conftest import Server, start_server, stop_server
 from ..integration.test_ops_control import wait_who
-from ..services import free_port, haproxy
-from .conftest import LOCAL_USERS, comm, ids, socket_fds, tcp_sockets
+from ..services import free_port, free_port_range, haproxy
+from .conftest import LOCAL_USERS, comm, ids, socket_fds, tcp_sockets, tls_lines
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolated mode needs root (CI runs as root)")
 
@@ -62,7 +63,7 @@ def node(tmp_path_factory, session_isolation, accounts) -> Iterator[Server]:
     service = f"ftpwarden-proxytest-{uuid.uuid4().hex[:8]}"  # the usual one, plus a record of PAM_RHOST
     pam = Path("/etc/pam.d") / service
     pam.write_text(f"auth optional pam_exec.so {script}\n" + Path("/etc/pam.d/ftpwarden").read_text())
-    pasv = free_port(NODE)
+    pasv = free_port_range(PASV_PORTS, (NODE, BALANCER))
     conf = base / "node.conf"
     conf.write_text("\n".join([
         "listen=YES", f"listen_address={NODE}", "listen_port=0", f"secure_chroot_dir={base / 'empty'}",
@@ -360,3 +361,53 @@ def test_the_reader_consumes_exactly_the_header(header, declared):
         client.close()
         conn.close()
     assert not reader.is_alive()
+
+
+def test_ftps_behind_the_balancer(tmp_path_factory, session_isolation, accounts):
+    """Implicit FTPS (the TLS handshake after the header) and explicit AUTH TLS, through
+    HAProxy with send-proxy-v2 on control and on passive data, with curl at its defaults:
+    the TLS helper and the identity worker get the right bytes and the declared client."""
+    base = tmp_path_factory.mktemp("proxytls")
+    os.chmod(base, 0o755)
+    (base / "empty").mkdir(mode=0o755)
+    home = Path(accounts["alice"].pw_dir)
+    payload = os.urandom(900_000)
+    (home / "tls-down.bin").write_bytes(payload)
+    os.chown(home / "tls-down.bin", accounts["alice"].pw_uid, accounts["alice"].pw_gid)
+    pasv, implicit = free_port_range(PASV_PORTS, (NODE, BALANCER)), free_port(NODE)
+    conf = base / "node.conf"
+    conf.write_text("\n".join([
+        "listen=YES", f"listen_address={NODE}", "listen_port=0", f"secure_chroot_dir={base / 'empty'}",
+        *LOCAL_USERS, "write_enable=YES", "delay_failed_login=0", *tls_lines(base), f"implicit_ssl_port={implicit}",
+        "xferlog_enable=YES", f"vsftpd_log_file={base / 'vsftpd.log'}",
+        "proxy_protocol_enable=YES", f"proxy_protocol_from={BALANCER}",
+        f"pasv_min_port={pasv}", f"pasv_max_port={pasv + PASV_PORTS - 1}", ""]))
+    srv = start_server(["--config", str(conf)], home, base)
+    explicit_front, implicit_front = free_port(), free_port()
+    lines = ["defaults", " mode tcp", " timeout connect 2s", " timeout client 30s", " timeout server 30s",
+             f"frontend explicit\n bind {BALANCER}:{explicit_front}\n default_backend explicit",
+             f"backend explicit\n server n {NODE}:{srv.port} send-proxy-v2 source {BALANCER}",
+             f"frontend implicit\n bind {BALANCER}:{implicit_front}\n default_backend implicit",
+             f"backend implicit\n server n {NODE}:{implicit} send-proxy-v2 source {BALANCER}"]
+    for port in range(pasv, pasv + PASV_PORTS):
+        lines += [f"frontend p{port}\n bind {BALANCER}:{port}\n default_backend p{port}",
+                  f"backend p{port}\n server n {NODE}:{port} send-proxy-v2 source {BALANCER}"]
+    user = f"{ALICE[0]}:{ALICE[1]}"
+    try:
+        with haproxy("\n".join(lines) + "\n") as hap:
+            for source, url, extra in (("127.0.0.21", f"ftps://{BALANCER}:{implicit_front}", []),
+                                       ("127.0.0.22", f"ftp://{BALANCER}:{explicit_front}", ["--ssl-reqd"])):
+                down = subprocess.run(["curl", "-sS", "-k", *extra, "--interface", source, "-u", user,
+                                       f"{url}/tls-down.bin"], capture_output=True, timeout=60)
+                assert down.returncode == 0, (down.stderr, hap.log()[-2000:], srv.stderr()[-3000:])
+                assert down.stdout == payload
+                up = subprocess.run(["curl", "-sS", "-k", *extra, "--interface", source, "-u", user, "-T", "-",
+                                     f"{url}/tls-up-{source}.bin"], input=payload, capture_output=True, timeout=60)
+                assert up.returncode == 0, (up.stderr, srv.stderr()[-3000:])
+                assert (home / f"tls-up-{source}.bin").read_bytes() == payload
+    finally:
+        stop_server(srv)
+    log = (base / "vsftpd.log").read_text()
+    for source in ("127.0.0.21", "127.0.0.22"):
+        assert f'OK UPLOAD: Client "{source}"' in log and f'OK DOWNLOAD: Client "{source}"' in log, log
+    assert f'Client "{BALANCER}"' not in log, log
