@@ -197,3 +197,14 @@ def test_os_errors_name_the_file_not_errno(run, tmp_path):
     code, _, err = run("list", "--db", str(tmp_path))
     assert code == 1
     assert err == f"ftpwarden user: {tmp_path}: Is a directory\n"
+
+
+def test_passwd_keeps_the_users_quotas(run, tmp_path):
+    db = tmp_path / "users.db"
+    run("add", "--db", str(db), "carol", "--root", "/srv/carol", stdin_text="old\n")
+    db.write_text(db.read_text().rstrip("\n") + ",quota_bytes=1048576,quota_files=10\n")
+    assert (db_of(db)["carol"].quota_bytes, db_of(db)["carol"].quota_files) == (1048576, 10)
+    assert run("passwd", "--db", str(db), "carol", stdin_text="new\n")[0] == 0
+    rec = db_of(db)["carol"]
+    assert (rec.root, rec.quota_bytes, rec.quota_files) == ("/srv/carol", 1048576, 10)
+    assert verify_password("new", rec.hash)
