@@ -294,10 +294,10 @@ class _ProxiedListener:
             task.add_done_callback(self.pending.discard)
 
     def _refuse(self, conn: socket.socket, peer: str, why: str) -> None:
-        conn.close()
         shown = hostsaccess.host_addr(peer)
-        log.warning("%s: connection refused: %s", shown, why)
+        log.warning("%s: connection refused: %s", shown, why)  # logged before the close is seen
         self.ctx.events.connect_refused(self.ctx.session_id(), shown, f"refused: {why}")
+        conn.close()
 
     async def _start(self, conn: socket.socket, peer: str) -> None:
         started = False

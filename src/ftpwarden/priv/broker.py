@@ -373,12 +373,13 @@ class Broker:
         self._proxy_refused(conn, peer, why)
 
     def _proxy_refused(self, conn: socket.socket, peer: str, why: str) -> None:
-        """Closed before any reply: one warning with the balancer's address, and a CONNECT refused event."""
-        conn.close()
+        """Closed before any reply: one warning with the balancer's address, and a CONNECT refused
+        event, both written before the close can be seen."""
         shown = host_addr(peer)
         log.warning("%s: connection refused: %s", shown, why)
         if self.site.events is not None:
             self.site.events.connect_refused("-", shown, f"refused: {why}")
+        conn.close()
 
     def _on_proxy(self, proxy: ProxyLink) -> None:
         """ftpwarden-proxy's answers: each pending connection starts its session, or is closed."""
