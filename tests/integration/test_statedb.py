@@ -137,12 +137,13 @@ def test_the_database_down_keeps_logins_and_local_bans(make_server, tmp_path, pg
         assert "Traceback" not in text
 
 
-def _download(srv, source: str, counter: list[int], stop: threading.Event) -> None:
+def _download(srv, source: str, name: str, user: str, password: str, counter: list[int],
+              stop: threading.Event) -> None:
     ftp = ftplib.FTP(timeout=TIMEOUT)
     ftp.connect(srv.host, srv.port, source_address=(source, 0))
-    ftp.login("alice", "secret")
+    ftp.login(user, password)
     ftp.voidcmd("TYPE I")
-    with ftp.transfercmd("RETR big.bin") as data:
+    with ftp.transfercmd(f"RETR {name}") as data:
         while not stop.is_set():
             chunk = data.recv(65536)
             if not chunk:
@@ -151,12 +152,15 @@ def _download(srv, source: str, counter: list[int], stop: threading.Event) -> No
     ftp.close()
 
 
-def _rate(servers: list, warm: float = 1.5, span: float = 3.0) -> float:
-    """Bytes per second moved by one download from each server at once, after `warm` seconds."""
-    counters = [[0] for _ in servers]
+def download_rate(clients: list, name: str = "big.bin", first: int = 20, warm: float = 1.5,
+                  span: float = 3.0) -> float:
+    """Bytes per second moved by one download per (server, user, password) of `clients` at once,
+    after `warm` seconds; client i connects from 127.0.0.(first + i)."""
+    counters = [[0] for _ in clients]
     stop = threading.Event()
-    threads = [threading.Thread(target=_download, args=(srv, f"127.0.0.{20 + i}", counters[i], stop))
-               for i, srv in enumerate(servers)]
+    threads = [threading.Thread(target=_download, args=(srv, f"127.0.0.{first + i}", name, user, pw,
+                                                       counters[i], stop))
+               for i, (srv, user, pw) in enumerate(clients)]
     for t in threads:
         t.start()
     time.sleep(warm)
@@ -178,8 +182,8 @@ def test_user_max_rate_is_split_between_the_nodes(make_server, tmp_path, pg):
         f.truncate(8 * rate)
     a = node(make_server, tmp_path, pg, "node-a", "-o", f"user_max_rate={rate}")
     b = node(make_server, tmp_path, pg, "node-b", "-o", f"user_max_rate={rate}")
-    single = _rate([a])
-    both = _rate([a, b])
+    single = download_rate([(a, "alice", "secret")])
+    both = download_rate([(a, "alice", "secret"), (b, "alice", "secret")])
     print(f"user_max_rate {rate}: one node {single:.0f} B/s, two nodes together {both:.0f} B/s")
     assert single > 0.5 * rate
     assert both < 1.5 * single  # each node alone would give the whole rate: twice as much

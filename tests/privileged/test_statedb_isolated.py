@@ -9,7 +9,6 @@ import os
 import pwd
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from ..conftest import descendants, proc_stat, wait_for
 from ..integration.conftest import start_server, stop_server
+from ..integration.test_statedb import download_rate
 from ..services import postgres
 from .conftest import conf_at, ftp_over, inetd_session, write_conf, zygote
 
@@ -166,41 +166,6 @@ def test_a_killed_state_process_is_started_again(nodes):
     assert iso.proc.poll() is None and "Traceback" not in iso.stderr()
 
 
-def _download(srv, source: str, name: str, user: str, password: str, counter: list[int],
-              stop: threading.Event) -> None:
-    ftp = ftplib.FTP(timeout=TIMEOUT)
-    ftp.connect(srv.host, srv.port, source_address=(source, 0))
-    ftp.login(user, password)
-    ftp.voidcmd("TYPE I")
-    with ftp.transfercmd(f"RETR {name}") as data:
-        while not stop.is_set():
-            chunk = data.recv(65536)
-            if not chunk:
-                break
-            counter[0] += len(chunk)
-    ftp.close()
-
-
-def _rate(clients: list, warm: float = 1.5, span: float = 3.0) -> float:
-    """Bytes per second moved by the downloads `clients` (server, user, password) at once, after `warm` s."""
-    counters = [[0] for _ in clients]
-    stop = threading.Event()
-    threads = [threading.Thread(target=_download, args=(srv, f"127.0.0.{30 + i}", "statedb-big.bin", user, pw,
-                                                       counters[i], stop))
-               for i, (srv, user, pw) in enumerate(clients)]
-    for t in threads:
-        t.start()
-    time.sleep(warm)
-    before = sum(c[0] for c in counters)
-    time.sleep(span)
-    moved = sum(c[0] for c in counters) - before
-    stop.set()
-    for t in threads:
-        t.join(TIMEOUT)
-    assert not any(t.is_alive() for t in threads)
-    return moved / span
-
-
 def test_user_max_rate_is_split_between_an_isolated_and_a_pooled_node(make_nodes, accounts, tmp_path):
     rate = 300_000
     iso, pooled, pg = make_nodes(f"user_max_rate={rate}")
@@ -209,8 +174,9 @@ def test_user_max_rate_is_split_between_an_isolated_and_a_pooled_node(make_nodes
         with open(where / "statedb-big.bin", "wb") as f:
             f.truncate(8 * rate)
     try:
-        single = _rate([(iso, "ftpw_alice", "alice-pw-1")])
-        both = _rate([(iso, "ftpw_alice", "alice-pw-1"), (pooled, "ftpw_alice", "secret")])
+        single = download_rate([(iso, "ftpw_alice", "alice-pw-1")], "statedb-big.bin", 30)
+        both = download_rate([(iso, "ftpw_alice", "alice-pw-1"), (pooled, "ftpw_alice", "secret")],
+                             "statedb-big.bin", 30)
     finally:
         (home / "statedb-big.bin").unlink()
     print(f"user_max_rate {rate}: the isolated node alone {single:.0f} B/s, both nodes together {both:.0f} B/s")

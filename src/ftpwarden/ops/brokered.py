@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -44,21 +43,13 @@ __all__ = ["BrokerUploads", "REQUESTS"]
 log = logging.getLogger("ftpwarden.hooks")
 
 REQUESTS = (QuotaAsk, QuotaUsed, QuotaShow, UploadHook)
-DEFAULT_STATE_DIR = "/var/lib/ftpwarden/quota"
 
 
 class BrokerUploads:
     def __init__(self, cfg: Any) -> None:
         """Raises ValueError for a bad hook setting or an unusable quota_state_dir."""
         self.settings = hooks.settings(cfg)
-        explicit = getattr(cfg, "quota_state_dir", None)
-        state_dir = explicit or DEFAULT_STATE_DIR
-        try:
-            os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        except OSError as e:
-            if explicit or getattr(cfg, "quota_bytes", None) or getattr(cfg, "quota_files", None):
-                raise ValueError(f"quota_state_dir {state_dir}: {e.strerror}") from None
-        self.store = quota.QuotaStore(state_dir)
+        self.store = quota.open_store(cfg)
         self.runner: socket.socket | None = None
         self._ids = iter(range(1, 1 << 62))
         # request id -> (session, answer(session, msg)): the sync hooks under way

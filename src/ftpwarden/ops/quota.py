@@ -19,8 +19,8 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Limits", "Usage", "QuotaStore", "Grant", "grant", "limits_for", "recompute", "Exceeded", "describe",
-           "quota_key", "LocalQuota"]
+__all__ = ["Limits", "Usage", "QuotaStore", "open_store", "DEFAULT_STATE_DIR", "Grant", "grant", "limits_for",
+           "recompute", "Exceeded", "describe", "quota_key", "LocalQuota"]
 
 RECOMPUTE_MAX_ENTRIES = 10_000_000  # a bound on a runaway walk (a loop of bind mounts)
 
@@ -115,6 +115,23 @@ class QuotaStore:
             self._write(fd, usage)
         finally:
             os.close(fd)
+
+
+DEFAULT_STATE_DIR = "/var/lib/ftpwarden/quota"
+
+
+def open_store(cfg: Any) -> QuotaStore:
+    """quota_state_dir's store, the directory made if missing.  ValueError if it cannot be
+    made while the config sets a quota; without one (a server started by a user who may
+    not write /var/lib, say) it starts anyway: only user-file quotas need the directory,
+    and their uploads then fail with 451."""
+    state_dir = str(getattr(cfg, "quota_state_dir", None) or DEFAULT_STATE_DIR)
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except OSError as e:
+        if getattr(cfg, "quota_bytes", None) or getattr(cfg, "quota_files", None):
+            raise ValueError(f"quota_state_dir {state_dir}: {e.strerror}") from None
+    return QuotaStore(state_dir)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ def root_of(cfg: Any, user: str) -> str | None:
 def main(args: argparse.Namespace) -> int:
     from ..policy.config import load_config
     cfg, _warnings = load_config(args.config, args.overrides)
-    store = quota.QuotaStore(getattr(cfg, "quota_state_dir", None) or "/var/lib/ftpwarden/quota")
+    store = quota.QuotaStore(getattr(cfg, "quota_state_dir", None) or quota.DEFAULT_STATE_DIR)
     try:
         before = store.usage(args.user)
     except (OSError, ValueError) as e:

@@ -9,7 +9,6 @@ failed or stopped at its quota is never counted.
 
 from __future__ import annotations
 
-import os
 import stat
 from dataclasses import dataclass
 from typing import Any
@@ -97,23 +96,12 @@ def forget_file(cc: Any, size: int) -> None:
         pass
 
 
-DEFAULT_STATE_DIR = "/var/lib/ftpwarden/quota"
-
-
 def setup(ctx: Any, cfg: Any) -> None:
     """At start: the hook's settings and the quota store on `ctx`; ValueError says what is wrong.
     The hook runner itself is forked later, by each process that serves sessions, before
     its sandbox (`start_hooks`)."""
     ctx.hook_settings = hooks.settings(cfg)
-    explicit = getattr(cfg, "quota_state_dir", None)
-    state_dir = explicit or DEFAULT_STATE_DIR
-    ctx.quota = quota.LocalQuota(quota.QuotaStore(state_dir), cfg)
-    try:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    except OSError as e:
-        if explicit or getattr(cfg, "quota_bytes", None) or getattr(cfg, "quota_files", None):
-            raise ValueError(f"quota_state_dir {state_dir}: {e.strerror}") from None
-        # no quota in the config: only user-file quotas need it, and their uploads then fail (451)
+    ctx.quota = quota.LocalQuota(quota.open_store(cfg), cfg)
 
 
 def start_hooks(ctx: Any) -> None:
