@@ -115,7 +115,9 @@ def bind_control(path: str, group: int | None) -> socket.socket:
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # never a moment with looser bits than 0600
+    # the mode comes from the umask at bind (0600, or 0660 for the group): no chmod later, which
+    # would follow a symlink someone swapped in for the socket in a directory they may write
+    old = os.umask(0o117 if group is not None else 0o177)
     try:
         sock.bind(path)
     except BaseException:
@@ -125,9 +127,8 @@ def bind_control(path: str, group: int | None) -> socket.socket:
         os.umask(old)
     _BOUND[path] = os.lstat(path).st_ino
     try:
-        if group is not None:
-            os.chown(path, os.geteuid(), group)
-            os.chmod(path, 0o660)
+        if group is not None:  # still root's group until here: nobody else could connect yet
+            os.chown(path, os.geteuid(), group, follow_symlinks=False)
         sock.listen(16)
         sock.setblocking(False)
     except BaseException:
