@@ -48,7 +48,7 @@ from ..logs.events import EventLog
 from ..net import proctitle
 from ..net.bans import login_failed
 from ..net.data import active_socket, passive_listener
-from ..net.proxyproto import TrustedSources
+from ..net.proxyproto import TrustedSources, trusted_from
 from ..ops.brokered import BrokerUploads
 from ..policy.auth.base import LoginUnavailable
 from ..policy.hostsaccess import host_addr
@@ -130,7 +130,6 @@ class Broker:
         self.proxy: ProxyLink | None = None
         self.proxy_started = -RESTART_GAP
         self.proxy_restart: Any = None  # the timer of its next start, while one waits
-        self.trusted: tuple[Any, Any] = (None, None)  # (site, its TrustedSources): parsed once per config
         # first, before anything here could load the user DB: only the checker holds it
         self.checker = Checker(login, self._close_in_child) if login is not None else None
         self.site = load()
@@ -329,17 +328,13 @@ class Broker:
 
     # ------------------------------------------------------------------ PROXY protocol (proxy_protocol_enable)
 
-    def _trusted_sources(self) -> Any:
-        """proxy_protocol_from, parsed once per configuration (None: trust nobody)."""
-        site, trusted = self.trusted
-        if site is not self.site:
-            try:
-                trusted = TrustedSources(str(self.site.cfg.proxy_protocol_from or ""))
-            except ValueError as e:  # checked at start; a SIGHUP may bring a bad one
-                log.warning("%s: every PROXY connection is refused", e)
-                trusted = None
-            self.trusted = (self.site, trusted)
-        return trusted
+    def _trusted_sources(self) -> TrustedSources | None:
+        """proxy_protocol_from (parsed once per text by trusted_from); None: trust nobody."""
+        try:
+            return trusted_from(self.site.cfg)
+        except ValueError as e:  # checked at start; a SIGHUP may bring a bad one
+            log.warning("%s: every PROXY connection is refused", e)
+            return None
 
     def _ask_proxy(self, conn: socket.socket, peer: str) -> None:
         """A connection that must start with a PROXY header: refused (closed, no reply) unless
@@ -1023,6 +1018,8 @@ class Broker:
             self._retire(w)  # they keep their sessions under the old config, take no new ones
         if self.site.cfg.proxy_protocol_enable:
             self._proxy_later()  # turned on now: started (a running one reads on)
+        if self.state is not None:  # the ban list may be a new one (ban_threshold turned on)
+            self.state.attach(self.site.bans)
         print("ftpwarden: configuration re-read; new sessions use it", file=sys.stderr)
 
     def _zygote_died(self) -> None:

@@ -210,8 +210,7 @@ async def _read_one(token: int, fd: int, answer: Any) -> None:
         if conn.type != socket.SOCK_STREAM or conn.family not in (socket.AF_INET, socket.AF_INET6):
             raise ProxyHeaderError("not a TCP connection")
         conn.setblocking(False)
-        async with asyncio.timeout(HEADER_WAIT + ANSWER_GRACE / 2):  # the reader has its own deadline
-            declared = await read_header(conn, HEADER_WAIT)
+        declared = await read_header(conn, HEADER_WAIT)
         client, server = declared.client, declared.server
         answer(ProxyDeclared(token, True, client[0] if client else "", client[1] if client else 0,
                              server[0] if server else "", server[1] if server else 0, ""))

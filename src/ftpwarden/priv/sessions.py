@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from ..ops.brokered import REQUESTS
 from ..proto.principal import Principal
 from .channel import Channel
 from .checker import CheckerClient
@@ -34,11 +35,7 @@ from .messages import (
     Login,
     Message,
     PassiveListen,
-    QuotaAsk,
-    QuotaShow,
-    QuotaUsed,
     RateGrant,
-    UploadHook,
 )
 from .worker import writable_root
 
@@ -47,7 +44,7 @@ __all__ = ["Timer", "Timers", "Proc", "Phase", "Session", "Worker", "EXPECTED", 
 
 log = logging.getLogger("ftpwarden.broker")
 
-UPLOAD_REQUESTS = (QuotaAsk, QuotaUsed, QuotaShow, UploadHook)  # ops/brokered.py answers them
+UPLOAD_REQUESTS = REQUESTS  # quotas and upload_hook: ops/brokered.py answers them
 
 WRITABLE_ROOT = b"500 OOPS: refusing to run with writable root inside chroot(); see allow_writeable_chroot\r\n"
 
