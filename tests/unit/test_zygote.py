@@ -391,6 +391,19 @@ def test_zygote_ends_when_its_channel_closes_and_reloads_on_request(site_dirs: t
             os.waitpid(z.pid, 0)
 
 
+def _settled_fds(pid: int) -> list[str]:
+    """The process's descriptors once they stay the same for 0.3 s (WAIT at most)."""
+    deadline = time.monotonic() + WAIT
+    fds = sorted(os.listdir(f"/proc/{pid}/fd"), key=int)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = sorted(os.listdir(f"/proc/{pid}/fd"), key=int)
+        if now == fds:
+            break
+        fds = now
+    return fds
+
+
 def test_worker_descriptors_are_its_sessions_only(zygote: Zygote, nobody: pwd.struct_passwd,
                                                  site_dirs: tuple[Path, Path]) -> None:
     _, home = site_dirs
@@ -402,7 +415,7 @@ def test_worker_descriptors_are_its_sessions_only(zygote: Zygote, nobody: pwd.st
         _reply(client)
         _eof(chan)
         client.close()
-        before = sorted(os.listdir(f"/proc/{w.pid}/fd"), key=int)
+        before = _settled_fds(w.pid)  # the first session's sockets may still be closing
         client, chan = w.session()  # a second session, ended the same way, leaves nothing behind
         assert _reply(client).startswith(b"230")
         client.sendall(b"LIST\r\nQUIT\r\n")
